@@ -1,0 +1,462 @@
+"""The Wan2.2 diffusion transformer (DiT) for T2V-A14B, I2V-A14B and TI2V-5B, in one file.
+
+Matches `wan/modules/model.py` (`WanModel`) of Wan-Video/Wan2.2 @ 42bf4cf; implements
+shared/wan22-spec.md §2.1 (config.json), §2.2 (parameter names), §3 (forward pass) and the
+precision map of §3.8 / §12. Parameter names are exactly the official ones, so the published
+safetensors load without a rename table and `WanModel(cfg).state_dict()` writes official files.
+
+Precision (§3.8): the time embedding, modulation, LayerNorms, residual stream and head run in
+fp32 whatever the weights' dtype (weights are upcast on the fly, as the official fp32 autocast
+regions do); q/k/v/o, cross-attention, the text embedding and the FFN run in the weights' dtype
+(bf16 after conversion). RoPE tables are built in float64 on the CPU and applied in fp32.
+
+The model knows no parallelism: self-attention takes explicit (B, L, N, D) tensors, the RoPE
+multipliers of exactly those tokens and the key lengths, so a sequence-parallel wrapper can shard
+tokens from outside and hand each shard the multipliers of its true grid positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wan_core.checkpoint.errors import CheckpointError
+from wan_core.ops.attention import attention
+
+# Parameters whose computation the official forward keeps in fp32 (§3.8): the time embedding and
+# its projection, the per-block and head modulation tables, the affine LayerNorm before
+# cross-attention and the head. The forward below upcasts them itself; the loader can also keep
+# their weights in fp32 when converting the rest to bf16 (`load_dit(..., keep_fp32_islands=True)`).
+FP32_ISLANDS: tuple[str, ...] = (
+    "time_embedding.",
+    "time_projection.",
+    "blocks.*.modulation",
+    "blocks.*.norm3.",
+    "head.",
+)
+
+MODEL_TYPES = ("t2v", "i2v", "ti2v")  # s2v shares the class upstream but is out of scope (§1.1)
+ROPE_MAX_POSITIONS = 1024  # official table covers positions 0..1023 on each grid axis (§3.4)
+ROPE_THETA = 10000.0
+_CONFIG_CLASS_NAME = "WanModel"  # diffusers ConfigMixin metadata in the official config.json (§2.1)
+_CONFIG_DIFFUSERS_VERSION = "0.33.0"
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture numbers of one DiT, as in the official `config.json` (§1.2, §2.1).
+
+    `patch_size` and `text_dim` are not in the official file (diffusers `ignore_for_config`);
+    they keep their constructor defaults there and are written only when they differ (tiny models).
+    """
+
+    model_type: str
+    in_dim: int
+    dim: int
+    ffn_dim: int
+    out_dim: int
+    num_heads: int
+    num_layers: int
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512  # umT5 context length; shorter prompts are zero-padded to it (§3.3)
+    freq_dim: int = 256
+    text_dim: int = 4096  # umT5-XXL width
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {self.model_type!r} is not one of {MODEL_TYPES}")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"dim {self.dim} must split into {self.num_heads} heads of even size")
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DiTConfig:
+        """Read an official diffusers-style `config.json`; underscore keys are metadata."""
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(path, "file not found", "the DiT config.json") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(path, f"not readable JSON ({err})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(path, "not a JSON object")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if not k.startswith("_")}
+        unknown = sorted(set(values) - fields)
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values)
+        if unknown or missing:
+            problem = "; ".join(
+                part
+                for part in (
+                    f"unknown keys {unknown}" if unknown else "",
+                    f"missing keys {missing}" if missing else "",
+                )
+                if part
+            )
+            raise CheckpointError(path, problem, "the WanModel config keys of spec §2.1")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(path, str(err)) from None
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Write the official `config.json` (same keys and metadata); returns the text."""
+        out: dict[str, Any] = {
+            "_class_name": _CONFIG_CLASS_NAME,
+            "_diffusers_version": _CONFIG_DIFFUSERS_VERSION,
+        }
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("model_type", "dim", "ffn_dim", "freq_dim", "in_dim", "out_dim", "num_heads", "num_layers", "eps", "text_len"):
+            out[name] = getattr(self, name)
+        for name in ("patch_size", "text_dim"):  # absent from official files; only tiny models differ
+            if getattr(self, name) != defaults[name]:
+                out[name] = list(getattr(self, name)) if name == "patch_size" else getattr(self, name)
+        text = json.dumps(out, indent=2) + "\n"
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def flavor(cls, name: str) -> DiTConfig:
+        """Named configs: the three published DiTs (§1.2) and tiny ones for tests and demos."""
+        return _FLAVORS[name]
+
+
+_FLAVORS: dict[str, DiTConfig] = {
+    "t2v-A14B": DiTConfig("t2v", in_dim=16, dim=5120, ffn_dim=13824, out_dim=16, num_heads=40, num_layers=40),
+    "i2v-A14B": DiTConfig("i2v", in_dim=36, dim=5120, ffn_dim=13824, out_dim=16, num_heads=40, num_layers=40),
+    "ti2v-5B": DiTConfig("ti2v", in_dim=48, dim=3072, ffn_dim=14336, out_dim=48, num_heads=24, num_layers=30),
+    # head_dim 16 splits RoPE unevenly (8 temporal, 4 + 4 spatial dims), like 44/42/42 at full size.
+    "tiny-t2v": DiTConfig("t2v", in_dim=16, dim=48, ffn_dim=96, out_dim=16, num_heads=3, num_layers=2, text_dim=32),
+    "tiny-i2v": DiTConfig("i2v", in_dim=36, dim=48, ffn_dim=96, out_dim=16, num_heads=3, num_layers=2, text_dim=32),
+    "tiny-ti2v": DiTConfig("ti2v", in_dim=48, dim=48, ffn_dim=96, out_dim=48, num_heads=3, num_layers=2, text_dim=32),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinusoidal time embedding and 3-D RoPE (§3.3, §3.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
+    """[..., ] timesteps → [..., dim] fp32 as `[cos(t·ω), sin(t·ω)]`, ω_j = 10000^(−j/(dim/2)).
+
+    Computed in float64 like upstream: t·ω reaches 1000, where fp32 would lose ~1e-4 of phase.
+    It runs once per forward on (B, L) values, not per block, so float64 is not on the hot path.
+    """
+    half = dim // 2
+    t = t.to(torch.float64)
+    omega = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
+    phase = t[..., None] * omega  # (..., half)
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1).float()
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Complex pairs per grid axis (t, h, w): c − 2⌊c/3⌋, ⌊c/3⌋, ⌊c/3⌋ with c = head_dim/2."""
+    c = head_dim // 2
+    return c - 2 * (c // 3), c // 3, c // 3
+
+
+@lru_cache(maxsize=16)
+def _rope_axis_tables(head_dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor], ...]:
+    """Per axis: (cos, sin) of p·θ_k for p < 1024, built in float64 on the CPU, kept as fp32.
+
+    Built once per (head_dim, device), so no float64 work ever runs on an accelerator.
+    """
+    tables = []
+    for pairs in rope_axis_dims(head_dim):
+        theta = ROPE_THETA ** -(torch.arange(pairs, dtype=torch.float64) * 2 / (2 * pairs))
+        phase = torch.outer(torch.arange(ROPE_MAX_POSITIONS, dtype=torch.float64), theta)  # (1024, pairs)
+        tables.append((torch.cos(phase).float().to(device), torch.sin(phase).float().to(device)))
+    return tuple(tables)
+
+
+def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None = None) -> Tensor:
+    """(F', H', W') token grid → [L, 3] int64 (f, h, w) positions in row-major token order."""
+    axes = [torch.arange(n, device=device) for n in grid]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (L, 3)
+
+
+def rope_freqs(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """[L, 3] grid positions (each < 1024) → (cos, sin), each [L, head_dim/2] fp32.
+
+    Takes positions rather than a length so a sequence shard gets the rows of its true tokens.
+    """
+    tables = _rope_axis_tables(head_dim, positions.device)
+    cos = torch.cat([c[positions[:, axis]] for axis, (c, _) in enumerate(tables)], dim=1)  # (L, D/2)
+    sin = torch.cat([s[positions[:, axis]] for axis, (_, s) in enumerate(tables)], dim=1)
+    return cos, sin
+
+
+def apply_rope(x: Tensor, freqs: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate interleaved pairs (x[2k], x[2k+1]) of [B, L, N, D] by the [L, D/2] multipliers.
+
+    In fp32 (upstream uses float64 for the product; the fp32 error is ~1e-7 relative, far below
+    bf16 attention's), returned in fp32 like upstream; attention casts to the weights' dtype.
+    """
+    cos, sin = (f[None, :, None, :] for f in freqs)  # (1, L, 1, D/2)
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, D/2) each
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)  # (B, L, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+
+def _fp32_linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """A Linear computed in fp32 with upcast weights, as upstream's fp32 autocast regions do."""
+    return F.linear(x.float(), layer.weight.float(), layer.bias.float())
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """A Linear in the weights' dtype: the input is rounded to it (upstream's bf16 autocast)."""
+    return layer(x.to(layer.weight.dtype))
+
+
+def _linear_seq(ffn: nn.Sequential, x: Tensor) -> Tensor:
+    """Run `ffn` (Linear, GELU, Linear) in the weights' dtype."""
+    return ffn(x.to(ffn[0].weight.dtype))
+
+
+def _layer_norm(x: Tensor, eps: float) -> Tensor:
+    """Non-affine LayerNorm in fp32 (`norm1`, `norm2`, head norm; no parameters upstream)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+
+
+class WanRMSNorm(nn.Module):
+    """RMSNorm over the whole width (all heads together, §13.8): fp32 math, then × weight.
+
+    Upstream rounds the normalised value back to the input dtype before scaling, so bf16
+    activations give a bf16 product.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+
+
+class WanSelfAttention(nn.Module):
+    """Self-attention with RMS-normed q/k and 3-D RoPE (`blocks.N.self_attn`, §3.5 step 2)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps)
+        self.norm_k = WanRMSNorm(dim, eps)
+
+    def qkv(self, x: Tensor, freqs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
+        q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
+        k = self.norm_k(_linear(self.k, x)).unflatten(-1, (self.num_heads, -1))
+        v = _linear(self.v, x).unflatten(-1, (self.num_heads, -1))
+        dtype = self.q.weight.dtype
+        return apply_rope(q, freqs).to(dtype), apply_rope(k, freqs).to(dtype), v
+
+    def forward(self, x: Tensor, freqs: tuple[Tensor, Tensor], k_lens: Tensor | None = None) -> Tensor:
+        q, k, v = self.qkv(x, freqs)
+        out = attention(q, k, v, k_lens=k_lens)  # (B, L, N, D)
+        return _linear(self.o, out.flatten(2))
+
+
+class WanCrossAttention(nn.Module):
+    """Cross-attention to the embedded text (`blocks.N.cross_attn`): no RoPE, no key mask (§3.6)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = WanRMSNorm(dim, eps)
+        self.norm_k = WanRMSNorm(dim, eps)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
+        k = self.norm_k(_linear(self.k, context)).unflatten(-1, (self.num_heads, -1))  # (B, 512, N, D)
+        v = _linear(self.v, context).unflatten(-1, (self.num_heads, -1))
+        return _linear(self.o, attention(q, k, v).flatten(2))
+
+
+class WanAttentionBlock(nn.Module):
+    """One transformer block (`blocks.N`, §3.5); modulation, norms and residual in fp32."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = WanSelfAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = WanCrossAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(
+        self,
+        x: Tensor,
+        e0: Tensor,
+        context: Tensor,
+        freqs: tuple[Tensor, Tensor],
+        k_lens: Tensor | None = None,
+    ) -> Tensor:
+        """x [B, L, dim] fp32, e0 [B, L or 1, 6, dim] fp32, context [B, text_len, dim]."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)  # (B, L|1, dim)
+        # 1. self-attention on the modulated, normalised stream
+        y = self.self_attn(_layer_norm(x, self.eps) * (1 + scale1) + shift1, freqs, k_lens)
+        x = x + y.float() * gate1
+        # 2. cross-attention to the text: affine LayerNorm (fp32), no gate
+        normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
+        x = x + self.cross_attn(normed, context).float()
+        # 3. feed-forward in the weights' dtype, gated residual in fp32
+        y = _linear_seq(self.ffn, _layer_norm(x, self.eps) * (1 + scale2) + shift2)
+        return x + y.float() * gate2
+
+
+class Head(nn.Module):
+    """Output head (`head`, §3.7): modulated by `e` (not e0, no SiLU), fp32 throughout."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x [B, L, dim] fp32, e [B, L or 1, dim] fp32 → [B, L, out_dim·prod(patch)] fp32."""
+        shift, scale = (self.modulation.float() + e[:, :, None, :]).unbind(2)  # (B, L|1, dim)
+        return _fp32_linear(self.head, _layer_norm(x, self.eps) * (1 + scale) + shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class WanModel(nn.Module):
+    """Wan2.2 DiT with the official parameter names (§2.2); one device, batched tensors."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """t [B] or per-token [B, L] → e [B, L|1, dim] and e0 [B, L|1, 6, dim], both fp32 (§3.3).
+
+        A [B] timestep is kept at one row per sample and broadcast: the official code expands it
+        to every token first, which gives identical values at L times the memory.
+        """
+        t = t[:, None] if t.ndim == 1 else t  # (B, L|1)
+        emb = sinusoidal_embedding(t, self.cfg.freq_dim)  # (B, L|1, freq_dim)
+        e = _fp32_linear(self.time_embedding[2], F.silu(_fp32_linear(self.time_embedding[0], emb)))
+        e0 = _fp32_linear(self.time_projection[1], F.silu(e)).unflatten(-1, (6, -1))  # (B, L|1, 6, dim)
+        return e, e0
+
+    def embed_text(self, context: Tensor) -> Tensor:
+        """[B, text_len, text_dim] zero-padded umT5 states → [B, text_len, dim], weights' dtype."""
+        return self.text_embedding(context.to(self.text_embedding[0].weight.dtype))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict the flow velocity.
+
+        x: latents [B, C_x, F, H, W]; y: I2V conditioning [B, 20, F, H, W] (mask + image latent),
+        required for i2v and refused otherwise; t: [B] or per-token [B, F·H/2·W/2] timesteps;
+        context: [B, text_len, text_dim], each prompt zero-padded to text_len (§3.3).
+        Returns [B, out_dim, F, H, W] fp32.
+        """
+        cfg = self.cfg
+        if (y is not None) != (cfg.model_type == "i2v"):
+            raise ValueError(f"model_type {cfg.model_type!r}: y (I2V conditioning) must be given exactly for i2v")
+        if context.shape[1:] != (cfg.text_len, cfg.text_dim):
+            raise ValueError(f"context must be [B, {cfg.text_len}, {cfg.text_dim}] (zero-padded), got {list(context.shape)}")
+
+        # 1. patchify: Conv3d with kernel = stride = patch, tokens in row-major (f, h, w) order
+        if y is not None:
+            x = torch.cat([x, y], dim=1)  # (B, in_dim, F, H, W)
+        x = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, dim, F', H', W')
+        grid = tuple(x.shape[2:])
+        if max(grid) > ROPE_MAX_POSITIONS:
+            raise ValueError(f"token grid {grid} exceeds the {ROPE_MAX_POSITIONS} RoPE positions per axis (spec §3.4)")
+        x = x.flatten(2).transpose(1, 2).float()  # (B, L, dim); the residual stream is fp32
+        if t.ndim == 2 and t.shape[1] != x.shape[1]:
+            raise ValueError(f"per-token t has {t.shape[1]} tokens, the latent has {x.shape[1]}")
+        freqs = rope_freqs(grid_positions(grid, x.device), cfg.head_dim)  # (L, D/2) cos, sin
+
+        # 2. time and text embedding
+        e, e0 = self.embed_time(t)  # (B, L|1, dim), (B, L|1, 6, dim)
+        context = self.embed_text(context)  # (B, text_len, dim)
+
+        # 3. transformer blocks
+        for block in self.blocks:
+            x = block(x, e0, context, freqs)
+
+        # 4. head: [B, L, p_t·p_h·p_w·out_dim], channel fastest
+        x = self.head(x, e)
+
+        # 5. unpatchify
+        return self.unpatchify(x, grid)
+
+    def unpatchify(self, x: Tensor, grid: tuple[int, ...]) -> Tensor:
+        """[B, L, p_t·p_h·p_w·C] → [B, C, F'·p_t, H'·p_h, W'·p_w] (§3.7)."""
+        (pt, ph, pw), (f, h, w) = self.cfg.patch_size, grid
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, -1)  # (B, F', H', W', pt, ph, pw, C)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, F', pt, H', ph, W', pw)
+        return x.reshape(x.shape[0], x.shape[1], f * pt, h * ph, w * pw)
+
+    def forward_official(
+        self,
+        x: list[Tensor],
+        t: Tensor,
+        context: list[Tensor],
+        seq_len: int,
+        y: list[Tensor] | None = None,
+    ) -> list[Tensor]:
+        """The official list interface: x/y lists of [C, F, H, W], contexts [L_i, text_dim].
+
+        Latents of one call share a shape (as in every official pipeline) and are stacked;
+        contexts are zero-padded to text_len. `seq_len` (≥ tokens) only pads upstream and padded
+        keys are masked there, so it changes nothing except that a per-token t is cut to the tokens.
+        """
+        if len({tuple(v.shape) for v in x}) != 1:
+            raise ValueError("forward_official: all latents of one call must have the same shape")
+        tokens = math.prod(s // p for s, p in zip(x[0].shape[1:], self.cfg.patch_size))
+        if seq_len < tokens:
+            raise ValueError(f"seq_len {seq_len} is below the {tokens} tokens of the latent")
+        padded = x[0].new_zeros(len(context), self.cfg.text_len, self.cfg.text_dim)
+        for i, c in enumerate(context):
+            padded[i, : c.shape[0]] = c
+        out = self.forward(
+            torch.stack(x),
+            t[:, :tokens] if t.ndim == 2 else t,
+            padded,
+            torch.stack(y) if y is not None else None,
+        )
+        return list(out.unbind(0))

@@ -1,0 +1,151 @@
+"""One attention entry point for every model; kernels register behind it with their limits.
+
+`attention(q, k, v, *, k_lens=None, backend=None)` takes (B, L, N, D) tensors and returns
+(B, Lq, N, D) in q's dtype, softmax(q·kᵀ/√D)·v. Backends, tried in this order when none is forced:
+
+- `flash3`  FlashAttention-3 (`flash_attn_interface`), CUDA sm90, fp16/bf16 — what upstream runs.
+- `flash2`  FlashAttention-2 (`flash_attn`), CUDA sm80+, fp16/bf16 — upstream's fallback.
+- `sdpa`    `torch.nn.functional.scaled_dot_product_attention` on CUDA; torch picks cuDNN, flash,
+            memory-efficient or math, honouring any enclosing `torch.nn.attention.sdpa_kernel`.
+- `math`    exact reference on any device: SDPA's math kernel in fp32 (the CPU default).
+
+Force one with the `backend=` argument, `with attention_backend("sdpa"):`, or the environment
+variable `WANOPS_ATTENTION_BACKEND`; a forced backend that cannot run the request raises with
+one line saying why.
+
+Key padding (`k_lens[b]` = number of valid keys of sample b, spec §3.6) is honoured the same way
+for every backend: keys and values are cut to their valid length (one call when all lengths are
+equal, else one call per sample), which is exactly a key mask and keeps every kernel mask-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+ENV_VAR = "WANOPS_ATTENTION_BACKEND"
+_HALF = (torch.float16, torch.bfloat16)
+_forced: list[str] = []  # stack of names set by `attention_backend`
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A kernel: `check` returns None when it can run the request, else a one-line reason."""
+
+    name: str
+    check: Callable[[Tensor, Tensor, Tensor], str | None]
+    run: Callable[[Tensor, Tensor, Tensor], Tensor]  # dense (B, L, N, D) → (B, Lq, N, D)
+
+
+@cache
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _check_flash(module: str, min_capability: tuple[int, int], max_capability: tuple[int, int] | None) -> Callable[[Tensor, Tensor, Tensor], str | None]:
+    def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+        if not q.is_cuda:
+            return f"needs CUDA tensors, got {q.device.type}"
+        if q.dtype not in _HALF:
+            return f"needs fp16/bf16, got {q.dtype}"
+        if q.shape[-1] > 256 or q.shape[-1] % 8:
+            return f"head dim {q.shape[-1]} is not a multiple of 8 up to 256"
+        capability = torch.cuda.get_device_capability(q.device)
+        if capability < min_capability or (max_capability and capability > max_capability):
+            return f"GPU compute capability {capability} is not supported"
+        if _module(module) is None:
+            return f"`{module}` is not importable"
+        return None
+
+    return check
+
+
+def _run_flash3(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    out = _module("flash_attn_interface").flash_attn_func(q, k, v)
+    return out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the LSE
+
+
+def _run_flash2(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return _module("flash_attn").flash_attn_func(q, k, v)
+
+
+def _check_sdpa(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    return None if q.is_cuda else f"meant for CUDA, got {q.device.type} (use `math`)"
+
+
+def _run_sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, N, Lq, D)
+    return out.transpose(1, 2)  # (B, Lq, N, D)
+
+
+def _run_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    with sdpa_kernel(SDPBackend.MATH):
+        return _run_sdpa(q.float(), k.float(), v.float()).to(q.dtype)
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("flash3", _check_flash("flash_attn_interface", (9, 0), (9, 0)), _run_flash3),
+        Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
+        Backend("sdpa", _check_sdpa, _run_sdpa),
+        Backend("math", lambda q, k, v: None, _run_math),
+    )
+}
+
+
+@contextlib.contextmanager
+def attention_backend(name: str) -> Iterator[None]:
+    """Force one backend inside the block (beats the environment variable)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+    _forced.append(name)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def select_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) -> Backend:
+    """The backend that will run this request: forced (argument, context, env) or first able."""
+    name = backend or (_forced[-1] if _forced else None) or os.environ.get(ENV_VAR) or None
+    if name is not None:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}")
+        reason = BACKENDS[name].check(q, k, v)
+        if reason:
+            raise RuntimeError(f"attention backend {name!r} cannot run this request: {reason}")
+        return BACKENDS[name]
+    return next(b for b in BACKENDS.values() if b.check(q, k, v) is None)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, backend: str | None = None) -> Tensor:
+    """softmax(q·kᵀ/√D)·v on (B, L, N, D) tensors; keys ≥ k_lens[b] of sample b are ignored.
+
+    `k_lens` should live on the CPU (it is read on the host; a CUDA tensor costs a sync).
+    """
+    if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(f"attention wants (B, L, N, D) q/k/v with matching B, N, D; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    run = select_backend(q, k, v, backend).run
+    if k_lens is None:
+        return run(q, k, v)
+    lens = [int(n) for n in k_lens.tolist()]
+    if len(lens) != q.shape[0] or not all(0 < n <= k.shape[1] for n in lens):
+        raise ValueError(f"k_lens {lens} must give 1..{k.shape[1]} keys for each of {q.shape[0]} samples")
+    if len(set(lens)) == 1:
+        n = lens[0]
+        return run(q, k[:, :n], v[:, :n])
+    return torch.cat([run(q[b : b + 1], k[b : b + 1, :n], v[b : b + 1, :n]) for b, n in enumerate(lens)])
