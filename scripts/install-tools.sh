@@ -30,25 +30,41 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 
 total_start=$SECONDS
+SCRATCH=()  # scratch directories of builds; removed on exit whether they succeeded or not
+trap 'rm -rf "${SCRATCH[@]}"' EXIT
 
-# build TOOL VERSION DIR -- COMMAND...: run COMMAND in DIR with $OUTDIR set to a scratch directory
-# that must receive the binary TOOL; then move it into the cache and stamp it.
+# build TOOL VERSION BUILDER: run "BUILDER <output path>" unless a stamped binary is cached; the
+# binary goes to a scratch directory first and is moved into place and stamped only on success.
 build() {
-  local tool=$1 version=$2 dir=$3; shift 4
+  local tool=$1 version=$2 builder=$3
   [[ " $WANTED " == *" $tool "* ]] || return 0
   local dest="$CACHE/bin/$tool-$version-$GOV" stamp="$tool $version $GOV"
   if [[ -x "$dest/$tool" && -f "$dest/STAMP" && "$(cat "$dest/STAMP")" == "$stamp" ]]; then
     echo "install-tools: $tool $version: cached ($dest)"
     return 0
   fi
-  local start=$SECONDS
+  local start=$SECONDS scratch
   echo "install-tools: $tool $version: building with $GOV ..."
-  OUTDIR=$(mktemp -d "$CACHE/bin/.build-$tool.XXXXXX")
-  (cd "$dir" && OUTDIR=$OUTDIR "$@")
+  scratch=$(mktemp -d "$CACHE/bin/.build-$tool.XXXXXX")
+  SCRATCH+=("$scratch")
+  "$builder" "$scratch/$tool"
   rm -rf "$dest" && mkdir -p "$dest"
-  mv "$OUTDIR/$tool" "$dest/$tool" && rmdir "$OUTDIR"
+  mv "$scratch/$tool" "$dest/$tool"
   echo "$stamp" > "$dest/STAMP"
   echo "install-tools: $tool $version: built in $((SECONDS - start)) s, $(du -h "$dest/$tool" | cut -f1)"
+}
+
+build_etcd() { (cd "$ROOT/tools/etcd" && go build -ldflags "-s -w" -o "$1" go.etcd.io/etcd/server/v3); }
+build_k8s() {
+  (cd "$ROOT/tools/k8s" && go build -ldflags "$K8S_LDFLAGS" -o "$1" "k8s.io/kubernetes/cmd/$(basename "$1")")
+}
+build_helm() {
+  GOBIN=$(dirname "$1") go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+build_versitygw() {
+  GOBIN=$(dirname "$1") go install -ldflags "-s -w -X main.Version=$VERSITYGW_VERSION" \
+    "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 }
 
 mkdir -p "$CACHE/bin"
@@ -61,15 +77,11 @@ if ! grep -Eq "^(require)?[[:space:]]*k8s\.io/kubernetes ${KUBERNETES_VERSION}( 
   (cd "$ROOT/tools/k8s" && go mod tidy)
 fi
 
-build etcd "$ETCD_VERSION" "$ROOT/tools/etcd" -- \
-  sh -c 'go build -ldflags "-s -w" -o "$OUTDIR/etcd" go.etcd.io/etcd/server/v3'
+build etcd "$ETCD_VERSION" build_etcd
 for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-  build "$cmd" "$KUBERNETES_VERSION" "$ROOT/tools/k8s" -- \
-    go build -ldflags "$K8S_LDFLAGS" -o "$OUTDIR/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  build "$cmd" "$KUBERNETES_VERSION" build_k8s
 done
-build helm "$HELM_VERSION" "$ROOT" -- \
-  sh -c 'GOBIN=$OUTDIR go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version='"$HELM_VERSION"'" helm.sh/helm/v3/cmd/helm@'"$HELM_VERSION"
-build versitygw "$VERSITYGW_VERSION" "$ROOT" -- \
-  sh -c 'GOBIN=$OUTDIR go install -ldflags "-s -w -X main.Version='"$VERSITYGW_VERSION"'" github.com/versity/versitygw/cmd/versitygw@'"$VERSITYGW_VERSION"
+build helm "$HELM_VERSION" build_helm
+build versitygw "$VERSITYGW_VERSION" build_versitygw
 
 echo "install-tools: done in $((SECONDS - total_start)) s; cache: $(du -sh "$CACHE/bin" "$GOMODCACHE" "$GOCACHE" 2>/dev/null | awk '{printf "%s %s  ", $2, $1}')"
