@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,22 @@ from wan_core.ops.attention import attention
 
 # Parameters whose computation the official forward keeps in fp32 (§3.8): the time embedding and
 # its projection, the per-block and head modulation tables, the affine LayerNorm before
-# cross-attention and the head. The forward below upcasts them itself; the loader can also keep
-# their weights in fp32 when converting the rest to bf16 (`load_dit(..., keep_fp32_islands=True)`).
+# cross-attention and the head (globs over parameter names). The forward below upcasts them
+# itself; the loader can also keep their weights in fp32 when converting the rest to bf16
+# (`load_dit(..., keep_fp32_islands=True)`).
 FP32_ISLANDS: tuple[str, ...] = (
-    "time_embedding.",
-    "time_projection.",
+    "time_embedding.*",
+    "time_projection.*",
     "blocks.*.modulation",
-    "blocks.*.norm3.",
-    "head.",
+    "blocks.*.norm3.*",
+    "head.*",
 )
+
+
+def is_fp32_island(name: str) -> bool:
+    """Whether parameter `name` belongs to a part the official forward computes in fp32."""
+    return any(fnmatchcase(name, pattern) for pattern in FP32_ISLANDS)
+
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v")  # s2v shares the class upstream but is out of scope (§1.1)
 ROPE_MAX_POSITIONS = 1024  # official table covers positions 0..1023 on each grid axis (§3.4)

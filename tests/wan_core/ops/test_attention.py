@@ -1,0 +1,47 @@
+"""The attention entry point: key padding, backend choice and refusal messages (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from wan_core.ops.attention import ENV_VAR, attention, attention_backend, select_backend
+
+
+def masked_reference(q: Tensor, k: Tensor, v: Tensor, k_lens: list[int]) -> Tensor:
+    """softmax(q·kᵀ/√D + mask)·v in float64, keys ≥ k_lens[b] masked out; (B, L, N, D)."""
+    q, k, v = (x.double().transpose(1, 2) for x in (q, k, v))  # (B, N, L, D)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    valid = torch.arange(k.shape[2])[None, :] < torch.tensor(k_lens)[:, None]  # (B, Lk)
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) @ v).transpose(1, 2).float()
+
+
+@pytest.mark.parametrize("k_lens", [[13, 13], [13, 6], None])
+def test_key_padding_equals_a_key_mask(k_lens: list[int] | None) -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 3, 16, generator=gen) for n in (11, 13, 13))
+    out = attention(q, k, v, k_lens=torch.tensor(k_lens) if k_lens else None)
+    ref = masked_reference(q, k, v, k_lens or [13, 13])
+    assert out.shape == q.shape and (out - ref).abs().max() < 1e-6
+
+
+def test_cpu_picks_math_and_forced_backends_say_why_not() -> None:
+    q = torch.randn(1, 4, 2, 8)
+    assert select_backend(q, q, q).name == "math"
+    with attention_backend("sdpa"), pytest.raises(RuntimeError, match="'sdpa' cannot run this request: meant for CUDA"):
+        attention(q, q, q)
+    with pytest.raises(RuntimeError, match="'flash2' cannot run this request: needs CUDA tensors"):
+        attention(q, q, q, backend="flash2")
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attention(q, q, q, backend="nope")
+
+
+def test_environment_variable_forces_a_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    q = torch.randn(1, 4, 2, 8, dtype=torch.bfloat16)
+    monkeypatch.setenv(ENV_VAR, "flash3")
+    with pytest.raises(RuntimeError, match="'flash3' cannot run"):
+        attention(q, q, q)
+    with attention_backend("math"):  # the context manager wins over the environment
+        assert attention(q, q, q).dtype == torch.bfloat16
