@@ -268,7 +268,7 @@ class ChunkedVAE(nn.Module):
         x = self._encoder_input(videos.to(self.dtype))  # (B, C_in, F, H/p, W/p)
         cache: Cache = {}
         # Chunks of frames [0], [1..4], [5..8], … each give one latent frame (§5.4).
-        chunks = [x[:, :, :1], *x[:, :, 1:].split(st, dim=2)]
+        chunks = [x[:, :, :1], *x[:, :, 1:].split(st, dim=2)] if f > 1 else [x]
         out = torch.cat([self.encoder(chunk, cache) for chunk in chunks], dim=2)  # (B, 2z, F_lat, h, w)
         mu = self.conv1(out)[:, : self.z_dim].float()  # μ = first z channels; log-variance unused
         mean, inv_std = (s.view(1, -1, 1, 1, 1) for s in self.scale)

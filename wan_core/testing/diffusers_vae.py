@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from wan_core.models.vae2_1 import Wan21VAE
-from wan_core.models.vae2_2 import Wan22VAE
+from wan_core.models.vae2_1 import Wan21VAE, Wan21VAEConfig
+from wan_core.models.vae2_2 import Wan22VAE, Wan22VAEConfig
 
 # Whole-prefix renames (first match wins): official prefix → diffusers prefix.
 _PREFIXES: tuple[tuple[str, str], ...] = (
@@ -54,6 +54,17 @@ def _decoder21(key: str, per_stage: int) -> str:
     stage, j = divmod(int(m[1]), per_stage)
     inner = "upsamplers.0" if m[2].startswith(("resample.", "time_conv.")) else f"resnets.{j}"
     return f"decoder.up_blocks.{stage}.{inner}.{m[2]}"
+
+
+def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfig | Wan22VAEConfig, seed: int = 0) -> Wan21VAE | Wan22VAE:
+    """A VAE with seeded weights where every path matters: torch's default conv init, norm gains
+    drawn near 1 (all-ones gains would hide a γ applied on the wrong axis)."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval().requires_grad_(False)
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.copy_(1 + 0.1 * torch.randn(p.shape))
+    return model
 
 
 def to_diffusers_state_dict(model: Wan21VAE | Wan22VAE) -> dict[str, Tensor]:
