@@ -18,8 +18,6 @@ import json
 import sys
 from typing import Any
 
-import yaml
-
 from wanspec.spec import (
     GPU_RESOURCE,
     GROUP,
@@ -339,6 +337,8 @@ HEADER = (
 
 def render() -> str:
     """The CRD as YAML text, exactly as committed under crds/."""
+    import yaml  # only the generator needs it; wanspec itself needs only pydantic
+
     body = yaml.safe_dump(crd(), sort_keys=False, allow_unicode=True, width=100)
     return HEADER + "---\n" + body
 

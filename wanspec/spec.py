@@ -221,8 +221,9 @@ class Parallelism(ApiModel):
         None,
         description="Run the conditional and unconditional guidance passes on two halves of the "
         "GPUs at once (needs an even gpus). Unset: on only when gpus does not divide the task's "
-        "heads but gpus / 2 does (e.g. 16 GPUs for 40 heads → 2 × Ulysses 8), or when ulysses "
-        "is set to gpus / 2.",
+        "heads but gpus / 2 does (e.g. 16 GPUs for the "
+        f"{TASKS['t2v-A14B'].num_heads} heads of t2v-A14B → 2 × Ulysses 8), or when ulysses is "
+        "set to gpus / 2.",
     )
     dit_fsdp: bool | None = Field(
         None,
@@ -381,8 +382,8 @@ class VideoGenerationSpec(ApiModel):
         ge=1,
         le=MAX_FRAMES,
         description="Number of frames; must be 4n+1 (the VAE compresses time by 4). Unset: the "
-        f"task's default ({_per_task('frame_num')}); videos play at "
-        f"{_per_task('fps')} frames per second.",
+        f"task's default ({_per_task('frame_num')}). Frames per second of the video: "
+        f"{_per_task('fps')}.",
     )
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROMPT_CHARS)] = Field(
         description=f"Text describing the video. Encoded to at most {TEXT_LEN} umT5 tokens; "
