@@ -1,0 +1,213 @@
+"""GPU smoke benchmark: one full-size DiT forward, ours vs diffusers' WanTransformer3DModel.
+
+Builds a random-weight DiT (T2V-A14B expert or TI2V-5B) directly on the GPU in bf16, runs one
+forward (one CFG branch, batch 1, a random 512×4096 text context) with our `WanModel`, then hands
+the very same tensors to diffusers' model and runs it; reports the median of the warm runs
+(CUDA events), the peak memory of each and the cosine similarity of the two outputs (≥ 0.9999
+required; exit status 1 otherwise). Both run under the same SDPA kernel, cuDNN where it works.
+
+    python bench/dit_forward.py --model a14b --size 1280*720 --frames 81 --out bench.jsonl
+    python bench/dit_forward.py --model 5b --size 1280*704 --frames 121 --out bench.jsonl
+    python bench/dit_forward.py --model 5b --tiny            # CPU check that the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wan_core.models.dit import DiTConfig, WanModel  # noqa: E402
+from wan_core.ops.attention import attention_backend  # noqa: E402
+from wan_core.testing.diffusers_wan import diffusers_wan  # noqa: E402
+
+# model → (config flavor, tiny flavor, VAE z_dim, VAE stride (t, h, w), default size, default frames); spec §1.2, §1.4
+MODELS = {
+    "a14b": ("t2v-A14B", "tiny-t2v", 16, (4, 8, 8), "1280*720", 81),
+    "5b": ("ti2v-5B", "tiny-ti2v", 48, (4, 16, 16), "1280*704", 121),
+}
+SDPA_PREFERENCE = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+MIN_COSINE = 0.9999
+
+
+def latent_shape(z_dim: int, stride: tuple[int, int, int], size: str, frames: int) -> tuple[int, int, int, int]:
+    """'W*H' and a 4n+1 frame count → [z, (F−1)/4+1, H/s, W/s] (spec §1.4)."""
+    width, height = (int(v) for v in size.split("*"))
+    st, sh, sw = stride
+    if (frames - 1) % st or height % (2 * sh) or width % (2 * sw):
+        raise SystemExit(f"size {size} / {frames} frames do not fit the VAE stride {stride} and 2×2 patches")
+    return z_dim, (frames - 1) // st + 1, height // sh, width // sw
+
+
+def random_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int) -> WanModel:
+    """Weights drawn on the device (meta → to_empty → normal_), ~100× faster than default init."""
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    model = model.to_empty(device=device).to(dtype).eval().requires_grad_(False)
+    gen = torch.Generator(device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, 0.02, generator=gen)
+    return model
+
+
+def pick_sdpa(cfg: DiTConfig, tokens: int, device: torch.device, dtype: torch.dtype) -> SDPBackend | None:
+    """First SDPA kernel of SDPA_PREFERENCE that runs both attention shapes of the model."""
+    if device.type != "cuda":
+        return None
+    shapes = [(tokens, tokens), (tokens, cfg.text_len)]
+    for backend in SDPA_PREFERENCE:
+        try:
+            with sdpa_kernel(backend):
+                for lq, lk in shapes:
+                    q = torch.randn(1, cfg.num_heads, lq, cfg.head_dim, device=device, dtype=dtype)
+                    k = torch.randn(1, cfg.num_heads, lk, cfg.head_dim, device=device, dtype=dtype)
+                    torch.nn.functional.scaled_dot_product_attention(q, k, k)
+            return backend
+        except RuntimeError:
+            continue
+        finally:
+            q = k = None
+            torch.cuda.empty_cache()
+    raise SystemExit(f"none of {[b.name for b in SDPA_PREFERENCE]} runs these attention shapes")
+
+
+@contextlib.contextmanager
+def attention_kernels(sdpa: SDPBackend | None) -> Iterator[None]:
+    """The same SDPA kernel for both models on CUDA; the exact math path on CPU."""
+    if sdpa is None:
+        yield
+        return
+    with sdpa_kernel(sdpa), attention_backend("sdpa"):
+        yield
+
+
+def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Tensor, list[float], float | None]:
+    """One warm-up, then `runs` timed calls; returns the last output (CPU fp32), seconds, peak GiB."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            seconds.append(start.elapsed_time(end) / 1000)
+        else:
+            begin = time.perf_counter()
+            out = fn()
+            seconds.append(time.perf_counter() - begin)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return out.float().cpu(), seconds, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), required=True)
+    parser.add_argument("--size", help="W*H in pixels (default: the model's 720p-class size)")
+    parser.add_argument("--frames", type=int, help="video frames, 4n+1 (default 81 for a14b, 121 for 5b)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (≥ 3)")
+    parser.add_argument("--tiny", action="store_true", help="tiny config and a few tokens on CPU: checks the script")
+    parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
+    args = parser.parse_args()
+    if args.runs < 3:
+        parser.error("--runs must be at least 3")
+
+    flavor, tiny_flavor, z_dim, stride, size, frames = MODELS[args.model]
+    cfg = DiTConfig.flavor(tiny_flavor if args.tiny else flavor)
+    size, frames = args.size or ("64*64" if args.tiny else size), args.frames or (5 if args.tiny else frames)
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dtype = torch.bfloat16
+    shape = latent_shape(z_dim, stride, size, frames)
+    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+
+    import diffusers
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers_version": diffusers.__version__,
+        "model": flavor + (" (tiny config)" if args.tiny else ""),
+        "size": size,
+        "frames": frames,
+        "latent": list(shape),
+        "tokens": tokens,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
+    sdpa = pick_sdpa(cfg, tokens, device, dtype)
+    info["attention"] = f"torch SDPA {sdpa.name} for both" if sdpa else "CPU: ours math (fp32), diffusers native SDPA"
+    for key, value in info.items():
+        print(f"{key:>10}: {value}")
+
+    # Inputs: batch 1, one CFG branch. TI2V passes per-token timesteps (first latent frame clean).
+    gen = torch.Generator(device).manual_seed(1)
+    x = torch.randn(1, *shape, device=device, generator=gen).to(dtype)
+    context = torch.randn(1, cfg.text_len, cfg.text_dim, device=device, generator=gen).to(dtype)
+    t = torch.tensor([999.0], device=device)
+    if cfg.model_type == "ti2v":
+        t = t[:, None].repeat(1, tokens)
+        t[:, : tokens // shape[1]] = 0
+
+    # 1. ours
+    ours = random_dit(cfg, device, dtype, seed=0)
+    with torch.inference_mode(), attention_kernels(sdpa):
+        out_ours, sec_ours, peak_ours = timed(lambda: ours(x, t, context), args.runs, device)
+    state = ours.state_dict()
+    del ours
+
+    # 2. diffusers, on the same tensors (assigned, not copied); diffusers' from_pretrained keeps
+    #    its `_keep_in_fp32_modules` in fp32, so we do the same for a like-for-like run.
+    ref = diffusers_wan(cfg, state, device)
+    del state
+    for name, module in ref.named_modules():
+        if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
+            module.float()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    with torch.inference_mode(), attention_kernels(sdpa):
+        out_ref, sec_ref, peak_ref = timed(lambda: ref(x, t, context, return_dict=False)[0], args.runs, device)
+    del ref
+
+    cosine = float(torch.nn.functional.cosine_similarity(out_ours.flatten(), out_ref.flatten(), dim=0))
+    rel_l2 = float((out_ours - out_ref).norm() / out_ref.norm())
+    info.update(
+        ours={"median_s": statistics.median(sec_ours), "runs_s": sec_ours, "peak_gib": peak_ours},
+        diffusers={"median_s": statistics.median(sec_ref), "runs_s": sec_ref, "peak_gib": peak_ref},
+        cosine=cosine,
+        rel_l2=rel_l2,
+        ok=cosine >= MIN_COSINE,
+    )
+    for name in ("ours", "diffusers"):
+        r = info[name]
+        peak = "n/a on CPU" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+        print(f"{name:>10}: median {r['median_s']:.4f} s over {args.runs} runs, peak {peak}")
+    print(f"{'cosine':>10}: {cosine:.7f} (rel L2 {rel_l2:.2e}) {'OK' if info['ok'] else f'BELOW {MIN_COSINE}'}")
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(info) + "\n")
+    return 0 if info["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
