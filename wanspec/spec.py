@@ -406,9 +406,10 @@ class VideoGenerationSpec(ApiModel):
     seed: int = Field(
         -1,
         ge=-1,
-        le=2**63 - 1,
+        le=2**32 - 1,
         description="Random seed; the same seed, spec and GPU layout give the same video. -1 "
-        "picks one at random, reported in status.seed.",
+        "picks one at random, reported in status.seed. Bounded to 32 bits so every JSON tool "
+        "keeps it exact.",
     )
     sampling: Sampling = Field(
         default_factory=Sampling, description="Solver, steps, shift and guidance."
