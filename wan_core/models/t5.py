@@ -152,6 +152,7 @@ class T5Encoder(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.text_len = text_len
+        self.eval()  # inference only: upstream never trains the encoder
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Cleaned prompts → (ids, mask), each [B, text_len]; `</s>` appended, pad id 0."""

@@ -87,16 +87,6 @@ def random_state_dict(
         yield name, random_tensor(name, shape, generator)
 
 
-def random_t5_state_dict(config: T5Config = TINY_T5, seed: int = 0) -> dict[str, Tensor]:
-    """A random umT5 encoder state dict with the official key names (fp32; the file stores bf16)."""
-    return dict(random_state_dict(config.official_shapes(), torch.Generator().manual_seed(seed)))
-
-
-def tiny_tokenizer() -> Path:
-    """The tiny umT5-style tokenizer folder shipped with wanops."""
-    return TINY_TOKENIZER
-
-
 # ---- file writers (streaming) ------------------------------------------------------------------
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
@@ -204,6 +194,20 @@ def _record_offsets(path: Path) -> dict[str, int]:
     return {n.rsplit("/", 1)[1]: reader.get_record_offset(n[len(prefix):]) for n in names}
 
 
+def write_t5(out_dir: Path, config: T5Config, generator: torch.Generator) -> None:
+    """`models_t5_umt5-xxl-enc-bf16.pth` (bf16, official keys) and the `google/umt5-xxl` folder.
+
+    The tokenizer is always the tiny stand-in (the real one cannot be shipped); its 467 tokens
+    fit any encoder with at least that many embedding rows.
+    """
+    shapes = config.official_shapes()
+    write_pth(out_dir / T5_CHECKPOINT, shapes, random_state_dict(shapes, generator), torch.bfloat16)
+    tokenizer = out_dir / T5_TOKENIZER
+    if tokenizer.exists():
+        shutil.rmtree(tokenizer)
+    shutil.copytree(TINY_TOKENIZER, tokenizer)
+
+
 # ---- whole folders -----------------------------------------------------------------------------
 
 def write_checkpoint(
@@ -222,18 +226,10 @@ def write_checkpoint(
     for expert in spec.experts:  # ("high_noise_model", "low_noise_model") or ("",) = root
         write_sharded_dit(out / expert, dit, generator, shards)
 
-    t5 = T5Config() if full_size else TINY_T5
-    t5_shapes = t5.official_shapes()
-    write_pth(out / T5_CHECKPOINT, t5_shapes, random_state_dict(t5_shapes, generator), torch.bfloat16)
-
+    write_t5(out, T5Config() if full_size else TINY_T5, generator)
     vae_shapes = _meta_shapes(_vae(spec, full_size))
     write_pth(out / spec.vae_checkpoint, vae_shapes, random_state_dict(vae_shapes, generator),
               torch.float32)
-
-    tokenizer = out / T5_TOKENIZER
-    if tokenizer.exists():
-        shutil.rmtree(tokenizer)
-    shutil.copytree(TINY_TOKENIZER, tokenizer)
     return out
 
 
