@@ -3,7 +3,7 @@
 The agent reads and writes pods, nodes and leases as the API server sends them (camelCase dicts),
 the way the kubelet's code and the API docs name every field; the generated model classes would
 rename them and reject fields they do not know. Transport, TLS and auth come from the client's
-kubeconfig loader; watches use `kubernetes.watch` with `deserialize=False`.
+kubeconfig loader.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 JSON = dict[str, Any]
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -27,8 +28,8 @@ class Kube:
     def __init__(self, kubeconfig: str) -> None:
         cfg = client.Configuration()
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        cfg.connection_pool_maxsize = 32  # two watches, the heartbeat and a thread per pod share it
         self.api = client.ApiClient(cfg)
-        self.core = client.CoreV1Api(self.api)
         self.server = urlparse(cfg.host)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
@@ -64,14 +65,29 @@ class Kube:
     def delete(self, path: str, body: JSON | None = None) -> JSON:
         return self.request("DELETE", path, body)
 
-    def watch_pods(self, field_selector: str, resource_version: str, timeout_s: int) -> Iterator[JSON]:
-        """Raw watch events ({type, object}) for pods in all namespaces, ending after timeout_s."""
-        return watch.Watch().stream(
-            self.core.list_pod_for_all_namespaces, field_selector=field_selector,
-            resource_version=resource_version, allow_watch_bookmarks=True,
-            timeout_seconds=timeout_s, _request_timeout=timeout_s + 30, deserialize=False)
+    def watch(self, path: str, query: dict[str, Any], resource_version: str, timeout_s: int) -> Iterator[JSON]:
+        """Raw watch events ({type, object}) from resource_version on, ending after timeout_s.
 
-    def watch_services(self, resource_version: str, timeout_s: int) -> Iterator[JSON]:
-        return watch.Watch().stream(
-            self.core.list_service_for_all_namespaces, resource_version=resource_version,
-            allow_watch_bookmarks=True, timeout_seconds=timeout_s, _request_timeout=timeout_s + 30, deserialize=False)
+        An ERROR event raises ApiException with its code (410 when the version expired). The lines are
+        read here rather than through `kubernetes.watch.Watch(deserialize=False)`, which in client
+        37.0.2 looks for a `raw_object` key that only its deserializing path sets, so an ERROR event
+        (the 410 a re-list must follow) becomes a KeyError.
+        """
+        params = self.api.param_serialize(
+            "GET", path, query_params=[*query.items(), ("watch", "true"), ("resourceVersion", resource_version),
+                                       ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_s)],
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        resp = self.api.call_api(*params, _request_timeout=timeout_s + 30)
+        try:
+            if resp.status != 200:
+                ApiException.from_response(http_resp=resp, body=resp.read().decode(errors="replace"), data=None)
+            for line in iter_resp_lines(resp.response):
+                if not line:
+                    continue
+                event = json.loads(line)
+                if event["type"] == "ERROR":
+                    status = event["object"]
+                    raise ApiException(status=status.get("code", 500), reason=status.get("message", ""))
+                yield event
+        finally:
+            resp.response.release_conn()

@@ -13,7 +13,9 @@ What it implements, as the kubelet does:
 - Nodes: registers each --nodes name with capacity/allocatable for cpu, memory, pods, ephemeral-storage
   and `nvidia.com/gpu`, labels `kubernetes.io/hostname`, `kubernetes.io/os`, `kubernetes.io/arch`,
   `nvidia.com/gpu.present=true`, `nvidia.com/gpu.count`, a Ready condition, and keeps them alive by
-  renewing their Leases in `kube-node-lease` every 10 s and the Ready heartbeat every 60 s.
+  renewing their Leases in `kube-node-lease` every 10 s and the Ready heartbeat every 60 s. It also
+  removes the not-ready taint admission puts on new Nodes (the node-lifecycle controller's job, which
+  the local control plane does not run).
 - Pods bound to those nodes (spec.nodeName, by the real scheduler or by hand), watched with list+watch
   that re-lists after a 410 Gone. Per pod (podrun.py): init containers in order, then the containers,
   each container's `command`+`args` run as a local process with `$(VAR)` expansion, `workingDir`, env
@@ -88,6 +90,7 @@ LEASE_RENEW_S = 10.0  # the kubelet renews at a quarter of the duration
 STATUS_REPORT_S = 60.0  # Ready heartbeat; the kubelet reports unchanged status every 5 min
 WATCH_TIMEOUT_S = 300  # server-side end of each watch request; then the watch resumes at its resourceVersion
 MAX_PODS = "110"
+NODE_CONDITION_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 RUNTIME_VERSION = "wanops-nodeagent://0.1.0"
 IMAGE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
 _NODE_CONDITIONS = (  # type, status, reason, message: what a healthy kubelet posts
@@ -208,6 +211,7 @@ class NodeAgent:
                 self.kube.patch(f"/api/v1/nodes/{name}/status", {"status": {
                     **self._node_status(), "addresses": [{"type": "InternalIP", "address": HOST_IP},
                                                          {"type": "Hostname", "address": name}]}})
+                self._untaint(node)
                 self._renew_lease(name)
         except (ApiException, HTTPError) as e:
             log.warning("node registration failed (%s); retrying", e)
@@ -215,6 +219,20 @@ class NodeAgent:
         log.info("registered nodes %s (%d GPUs, cpu %s, memory %s each)", ",".join(self.nodes),
                  self.gpus_per_node, self.cpu, self.memory)
         return True
+
+    def _untaint(self, node: JSON) -> None:
+        """Drop the not-ready taint that admission (TaintNodesByCondition) puts on every new Node.
+
+        On a real cluster the node-lifecycle controller removes it once the kubelet reports Ready;
+        the local control plane leaves that controller out, so the agent does this one step. The
+        resourceVersion makes it fail (and registration retry) rather than overwrite a concurrent edit.
+        """
+        taints = node["spec"].get("taints", [])
+        kept = [t for t in taints if t["key"] not in NODE_CONDITION_TAINTS]
+        if len(kept) != len(taints):
+            self.kube.patch(f"/api/v1/nodes/{node['metadata']['name']}", {
+                "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
+                "spec": {"taints": kept}}, MERGE)
 
     def _renew_lease(self, name: str) -> None:
         spec = {"holderIdentity": name, "leaseDurationSeconds": LEASE_DURATION_S, "renewTime": _micro_now()}
@@ -278,7 +296,7 @@ class NodeAgent:
         selector = f"spec.nodeName={self.nodes[0]}" if len(self.nodes) == 1 else "spec.nodeName!="
         self._list_and_watch(
             stop, "pod", "/api/v1/pods", {"fieldSelector": selector},
-            lambda version, timeout: self.kube.watch_pods(selector, version, timeout),
+            lambda version, timeout: self.kube.watch("/api/v1/pods", {"fieldSelector": selector}, version, timeout),
             self._sync_pods, self._on_pod)
 
     def _sync_pods(self, pods: list[JSON]) -> None:
@@ -313,7 +331,8 @@ class NodeAgent:
         worker.start()
 
     def _watch_services(self, stop: threading.Event) -> None:
-        self._list_and_watch(stop, "service", "/api/v1/services", {}, self.kube.watch_services,
+        self._list_and_watch(stop, "service", "/api/v1/services", {},
+                             lambda version, timeout: self.kube.watch("/api/v1/services", {}, version, timeout),
                              self._sync_services, self._on_service)
 
     def _sync_services(self, services: list[JSON]) -> None:
