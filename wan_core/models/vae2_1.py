@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -41,9 +42,7 @@ class Wan21VAEConfig(VAEConfig):
     dim: int = 96
     z_dim: int = 16
 
-    def __post_init__(self) -> None:
-        if self.z_dim != len(LATENT_MEAN):
-            raise ValueError(f"z_dim {self.z_dim}: the Wan2.1 latent mean/std (§2.5) have {len(LATENT_MEAN)} channels")
+    latent_channels: ClassVar[int] = len(LATENT_MEAN)
 
     @classmethod
     def tiny(cls) -> Wan21VAEConfig:

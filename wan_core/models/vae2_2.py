@@ -83,7 +83,8 @@ class DupUp3D(nn.Module):
         ft, fs = self.factor_t, self.factor_s
         b, _, t, h, w = x.shape
         x = x.repeat_interleave(self.repeats, dim=1)  # (B, out·ft·fs·fs, T, H, W)
-        x = x.reshape(b, self.out_dim, ft, fs, fs, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, out, T, ft, H, fs, W, fs)
+        x = x.reshape(b, self.out_dim, ft, fs, fs, t, h, w)  # channel ((o·ft + i_t)·fs + i_h)·fs + i_w
+        x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, out, T, ft, H, fs, W, fs)
         x = x.reshape(b, self.out_dim, t * ft, h * fs, w * fs)
         return x[:, :, ft - 1 :] if first_chunk else x
 
@@ -135,10 +136,7 @@ class Wan22VAEConfig(VAEConfig):
     dec_dim: int = 256
 
     patch_size: ClassVar[int] = PATCH
-
-    def __post_init__(self) -> None:
-        if self.z_dim != len(LATENT_MEAN):
-            raise ValueError(f"z_dim {self.z_dim}: the Wan2.2 latent mean/std (§2.5) have {len(LATENT_MEAN)} channels")
+    latent_channels: ClassVar[int] = len(LATENT_MEAN)
 
     @classmethod
     def tiny(cls) -> Wan22VAEConfig:

@@ -12,7 +12,8 @@ conv lives in that conv and the order of calls cannot drift out of step with the
 Dtype. The official VAEs run in fp32 (§5.5). Running the modules in bf16 is an opt-in (the weights
 are cast by the loader); in that mode fp32 is kept where a rounding would otherwise compound:
 the RMS normalisation is computed in fp32 (`RMS_norm`), the latent mean/std normalisation is fp32
-(`ChunkedVAE.encode`/`decode`) and the decoded video is returned in fp32.
+(`ChunkedVAE.encode`/`decode`) and the decoded video is returned in fp32. The official fp32 cast
+around nearest-exact upsampling is dropped: a copy is exact in any dtype (`Resample`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class VAEConfig:
     temporal_downsample: tuple[bool, ...] = (False, True, True)
 
     patch_size: ClassVar[int] = 1  # pixel patchify before the encoder (2.2: 2)
+    latent_channels: ClassVar[int]  # channels of the published latent mean/std (§2.5)
+
+    def __post_init__(self) -> None:
+        if self.z_dim != self.latent_channels:
+            raise ValueError(f"z_dim {self.z_dim}: the published latent mean/std (§2.5) have {self.latent_channels}")
+        if len(self.temporal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"{len(self.dim_mult)} stages need {len(self.dim_mult) - 1} temporal_downsample flags, "
+                f"got {len(self.temporal_downsample)}"
+            )
 
     @property
     def stride(self) -> tuple[int, int, int]:

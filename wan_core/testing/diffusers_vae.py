@@ -28,7 +28,8 @@ _PREFIXES: tuple[tuple[str, str], ...] = (
     (r"^(en|de)coder\.middle\.1\.", r"\1coder.mid_block.attentions.0."),
     (r"^(en|de)coder\.middle\.2\.", r"\1coder.mid_block.resnets.1."),
     # Wan2.2 stages: inner `downsamples.j` / `upsamples.j` → `resnets.j`, or the stage's resampler.
-    (r"^encoder\.downsamples\.(\d+)\.downsamples\.\d+\.(?=resample\.|time_conv\.)", r"encoder.down_blocks.\1.downsampler."),
+    (r"^encoder\.downsamples\.(\d+)\.downsamples\.\d+\.(?=resample\.|time_conv\.)",
+     r"encoder.down_blocks.\1.downsampler."),
     (r"^encoder\.downsamples\.(\d+)\.downsamples\.(\d+)\.", r"encoder.down_blocks.\1.resnets.\2."),
     (r"^decoder\.upsamples\.(\d+)\.upsamples\.\d+\.(?=resample\.|time_conv\.)", r"decoder.up_blocks.\1.upsampler."),
     (r"^decoder\.upsamples\.(\d+)\.upsamples\.(\d+)\.", r"decoder.up_blocks.\1.resnets.\2."),
@@ -56,7 +57,9 @@ def _decoder21(key: str, per_stage: int) -> str:
     return f"decoder.up_blocks.{stage}.{inner}.{m[2]}"
 
 
-def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfig | Wan22VAEConfig, seed: int = 0) -> Wan21VAE | Wan22VAE:
+def random_vae(
+    model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfig | Wan22VAEConfig, seed: int = 0
+) -> Wan21VAE | Wan22VAE:
     """A VAE with seeded weights where every path matters: torch's default conv init, norm gains
     drawn near 1 (all-ones gains would hide a γ applied on the wrong axis)."""
     torch.manual_seed(seed)
@@ -109,5 +112,6 @@ def diffusers_vae(model: Wan21VAE | Wan22VAE, state_dict: Mapping[str, Tensor] |
 
     with torch.device("meta"):
         ref = AutoencoderKLWan(**diffusers_config(model))
-    ref.load_state_dict(state_dict if state_dict is not None else to_diffusers_state_dict(model), strict=True, assign=True)
+    weights = state_dict if state_dict is not None else to_diffusers_state_dict(model)
+    ref.load_state_dict(weights, strict=True, assign=True)
     return ref.eval().requires_grad_(False)

@@ -122,5 +122,6 @@ def test_avgdown_and_dupup_are_the_spec_formulas() -> None:
         for i_t in range(2):
             for i_h in range(2):
                 for i_w in range(2):
-                    assert torch.equal(full[:, o, i_t::2, i_h::2, i_w::2], repeated[:, ((o * 2 + i_t) * 2 + i_h) * 2 + i_w])
+                    channel = ((o * 2 + i_t) * 2 + i_h) * 2 + i_w
+                    assert torch.equal(full[:, o, i_t::2, i_h::2, i_w::2], repeated[:, channel])
     assert torch.equal(up(z, first_chunk=True), full[:, :, 1:])

@@ -1,0 +1,174 @@
+"""GPU smoke benchmark: one full-size VAE decode, ours vs diffusers' AutoencoderKLWan.
+
+Builds a random-weight Wan2.1 or Wan2.2 VAE directly on the GPU, decodes one random normalised
+latent of the shape the task produces with our `Wan21VAE`/`Wan22VAE`, then hands the very same
+weight tensors (renamed, not copied) to diffusers' model and decodes the same latent; reports the
+median of the warm runs (CUDA events), the peak memory of each (reset between) and the cosine
+similarity of the two videos (≥ 0.9999 required; exit status 1 otherwise). fp32 is the official
+precision (spec §5.5; TF32 convolutions by PyTorch default, printed below), bf16 the opt-in.
+
+    python bench/vae_decode.py --vae 2.1 --size 1280*720 --frames 81 --out bench.jsonl
+    python bench/vae_decode.py --vae 2.2 --size 1280*704 --frames 121 --out bench.jsonl
+    python bench/vae_decode.py --vae 2.2 --dtype bfloat16 --out bench.jsonl
+    python bench/vae_decode.py --vae 2.1 --tiny            # CPU check that the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wan_core.models.vae2_1 import Wan21VAE, Wan21VAEConfig  # noqa: E402
+from wan_core.models.vae2_2 import Wan22VAE, Wan22VAEConfig  # noqa: E402
+from wan_core.testing.diffusers_vae import diffusers_vae, to_diffusers_state_dict  # noqa: E402
+
+# vae → (model class, config class, default size, default frames); spec §1.2, §1.4
+VAES = {
+    "2.1": (Wan21VAE, Wan21VAEConfig, "1280*720", 81),  # t2v-A14B / i2v-A14B
+    "2.2": (Wan22VAE, Wan22VAEConfig, "1280*704", 121),  # ti2v-5B
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MIN_COSINE = 0.9999
+
+
+def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfig | Wan22VAEConfig,
+               device: torch.device, dtype: torch.dtype, seed: int) -> Wan21VAE | Wan22VAE:
+    """Weights drawn on the device (meta → to_empty → normal_): conv weights N(0, (0.5/√fan_in)²),
+    zero biases, unit gains, so activations stay O(1) and few output pixels hit the [−1, 1] clamp."""
+    with torch.device("meta"):
+        model = model_cls(config)
+    model = model.to_empty(device=device).eval().requires_grad_(False)
+    gen = torch.Generator(device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("gamma"):
+            p.fill_(1.0)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, 0.5 / math.sqrt(p[0].numel()), generator=gen)
+    return model.to(dtype)
+
+
+def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Tensor, list[float], float | None]:
+    """One warm-up, then `runs` timed calls; returns the last output (CPU fp32), seconds, peak GiB."""
+    fn()  # warm-up; its output is dropped at once
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(runs):
+        out = None  # never two videos alive on the device
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            seconds.append(start.elapsed_time(end) / 1000)
+        else:
+            begin = time.perf_counter()
+            out = fn()
+            seconds.append(time.perf_counter() - begin)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return out.float().cpu(), seconds, peak
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vae", choices=sorted(VAES), required=True)
+    parser.add_argument("--size", help="W*H in pixels (default: the task's 720p-class size)")
+    parser.add_argument("--frames", type=int, help="video frames, 4n+1 (default 81 for 2.1, 121 for 2.2)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float32 = official")
+    parser.add_argument("--runs", type=int, default=2, help="timed runs after one warm-up (≥ 2)")
+    parser.add_argument("--tiny", action="store_true", help="tiny config, a tiny video on CPU: checks the script")
+    parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
+    args = parser.parse_args()
+    if args.runs < 2:
+        parser.error("--runs must be at least 2")
+
+    model_cls, config_cls, size, frames = VAES[args.vae]
+    config = config_cls.tiny() if args.tiny else config_cls()
+    size, frames = args.size or ("48*32" if args.tiny else size), args.frames or (5 if args.tiny else frames)
+    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    dtype = DTYPES[args.dtype]
+    width, height = (int(v) for v in size.split("*"))
+    st, sh, sw = config.stride
+    if (frames - 1) % st or height % sh or width % sw:
+        raise SystemExit(f"size {size} / {frames} frames do not fit the VAE stride {config.stride}")
+    shape = (1, config.z_dim, (frames - 1) // st + 1, height // sh, width // sw)
+
+    import diffusers
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "diffusers_version": diffusers.__version__,
+        "vae": f"Wan{args.vae}" + (" (tiny config)" if args.tiny else ""),
+        "size": size,
+        "frames": frames,
+        "latent": list(shape),
+        "dtype": args.dtype,
+    }
+    for key, value in info.items():
+        print(f"{key:>17}: {value}")
+
+    gen = torch.Generator(device).manual_seed(1)
+    latents = torch.randn(shape, device=device, generator=gen)  # normalised latents, fp32 as the sampler hands them
+
+    # 1. ours
+    ours = random_vae(model_cls, config, device, dtype, seed=0)
+    with torch.inference_mode():
+        video_ours, sec_ours, peak_ours = timed(lambda: ours.decode(latents), args.runs, device)
+    state = to_diffusers_state_dict(ours)  # the same tensors under diffusers' names
+    mean, inv_std = (s.view(1, -1, 1, 1, 1) for s in ours.scale)
+    raw = (latents / inv_std + mean).to(dtype)  # diffusers decodes un-normalised latents (§5.5)
+    ref = diffusers_vae(ours, state)
+    del ours, state
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    # 2. diffusers, same weights, same latent
+    with torch.inference_mode():
+        video_ref, sec_ref, peak_ref = timed(lambda: ref.decode(raw).sample, args.runs, device)
+    del ref
+
+    cosine = float(torch.nn.functional.cosine_similarity(video_ours.flatten(), video_ref.flatten(), dim=0))
+    max_abs = float((video_ours - video_ref).abs().max())
+    info.update(
+        ours={"median_s": statistics.median(sec_ours), "runs_s": sec_ours, "peak_gib": peak_ours},
+        diffusers={"median_s": statistics.median(sec_ref), "runs_s": sec_ref, "peak_gib": peak_ref},
+        cosine=cosine,
+        max_abs=max_abs,
+        clamped_fraction=float((video_ref.abs() >= 1.0).float().mean()),
+        ok=cosine >= MIN_COSINE,
+    )
+    for name in ("ours", "diffusers"):
+        r = info[name]
+        peak = "n/a on CPU" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+        print(f"{name:>17}: median {r['median_s']:.3f} s over {args.runs} runs, peak {peak}")
+    verdict = "OK" if info["ok"] else f"BELOW {MIN_COSINE}"
+    print(f"{'cosine':>17}: {cosine:.7f} (max abs {max_abs:.2e}, {info['clamped_fraction']:.1%} clamped) {verdict}")
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(info) + "\n")
+    return 0 if info["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
