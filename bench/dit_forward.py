@@ -120,6 +120,30 @@ def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Te
     return out.float().cpu(), seconds, peak
 
 
+def rel_l2(a: Tensor, b: Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64 (fp32 sums over 10⁸ elements drift by ~1e-4)."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def fp32_reference(cfg: DiTConfig, state: dict[str, Tensor], x: Tensor, t: Tensor, context: Tensor, device: torch.device) -> Tensor:
+    """Ours with the bf16 weights upcast to fp32 and TF32 off: what both bf16 runs approximate.
+
+    Converts `state` in place, tensor by tensor, so the bf16 and fp32 copies never coexist whole.
+    """
+    for key in list(state):
+        state[key] = state[key].float()
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    model.load_state_dict(state, assign=True)
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            return model(x.float(), t, context.float()).float().cpu()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
@@ -128,6 +152,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (≥ 3)")
     parser.add_argument("--tiny", action="store_true", help="tiny config and a few tokens on CPU: checks the script")
     parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
+    parser.add_argument(
+        "--fp32-reference",
+        action="store_true",
+        help="also run ours with the same weights in fp32 (no TF32) and report each bf16 output's distance to it",
+    )
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3")
@@ -173,13 +202,12 @@ def main() -> int:
     ours = random_dit(cfg, device, dtype, seed=0)
     with torch.inference_mode(), attention_kernels(sdpa):
         out_ours, sec_ours, peak_ours = timed(lambda: ours(x, t, context), args.runs, device)
-    state = ours.state_dict()
+    state = ours.state_dict()  # the same tensors; kept for the fp32 reference
     del ours
 
     # 2. diffusers, on the same tensors (assigned, not copied); diffusers' from_pretrained keeps
     #    its `_keep_in_fp32_modules` in fp32, so we do the same for a like-for-like run.
     ref = diffusers_wan(cfg, state, device)
-    del state
     for name, module in ref.named_modules():
         if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
             module.float()
@@ -189,20 +217,25 @@ def main() -> int:
         out_ref, sec_ref, peak_ref = timed(lambda: ref(x, t, context, return_dict=False)[0], args.runs, device)
     del ref
 
-    cosine = float(torch.nn.functional.cosine_similarity(out_ours.flatten(), out_ref.flatten(), dim=0))
-    rel_l2 = float((out_ours - out_ref).norm() / out_ref.norm())
+    if args.fp32_reference:
+        truth = fp32_reference(cfg, state, x, t, context, device)
+        info["rel_l2_to_fp32"] = {"ours": rel_l2(out_ours, truth), "diffusers": rel_l2(out_ref, truth)}
+        print(f"{'vs fp32':>10}: rel L2 ours {info['rel_l2_to_fp32']['ours']:.2e}, diffusers {info['rel_l2_to_fp32']['diffusers']:.2e}")
+    del state
+
+    cosine = float(torch.nn.functional.cosine_similarity(out_ours.double().flatten(), out_ref.double().flatten(), dim=0))
     info.update(
         ours={"median_s": statistics.median(sec_ours), "runs_s": sec_ours, "peak_gib": peak_ours},
         diffusers={"median_s": statistics.median(sec_ref), "runs_s": sec_ref, "peak_gib": peak_ref},
         cosine=cosine,
-        rel_l2=rel_l2,
+        rel_l2=rel_l2(out_ours, out_ref),
         ok=cosine >= MIN_COSINE,
     )
     for name in ("ours", "diffusers"):
         r = info[name]
         peak = "n/a on CPU" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
         print(f"{name:>10}: median {r['median_s']:.4f} s over {args.runs} runs, peak {peak}")
-    print(f"{'cosine':>10}: {cosine:.7f} (rel L2 {rel_l2:.2e}) {'OK' if info['ok'] else f'BELOW {MIN_COSINE}'}")
+    print(f"{'cosine':>10}: {cosine:.7f} (rel L2 {info['rel_l2']:.2e}) {'OK' if info['ok'] else f'BELOW {MIN_COSINE}'}")
     if args.out:
         with args.out.open("a") as f:
             f.write(json.dumps(info) + "\n")

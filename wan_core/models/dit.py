@@ -181,8 +181,8 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 
 @lru_cache(maxsize=16)
-def _rope_axis_tables(head_dim: int, device: torch.device) -> tuple[tuple[Tensor, Tensor], ...]:
-    """Per axis: (cos, sin) of p·θ_k for p < 1024, built in float64 on the CPU, kept as fp32.
+def _rope_axis_tables(head_dim: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Per axis: exp(i·p·θ_k) for p < 1024, built in float64 on the CPU, kept as complex64.
 
     Built once per (head_dim, device), so no float64 work ever runs on an accelerator.
     """
@@ -190,7 +190,7 @@ def _rope_axis_tables(head_dim: int, device: torch.device) -> tuple[tuple[Tensor
     for pairs in rope_axis_dims(head_dim):
         theta = ROPE_THETA ** -(torch.arange(pairs, dtype=torch.float64) * 2 / (2 * pairs))
         phase = torch.outer(torch.arange(ROPE_MAX_POSITIONS, dtype=torch.float64), theta)  # (1024, pairs)
-        tables.append((torch.cos(phase).float().to(device), torch.sin(phase).float().to(device)))
+        tables.append(torch.polar(torch.ones_like(phase), phase).to(torch.complex64).to(device))
     return tuple(tables)
 
 
@@ -200,26 +200,23 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (L, 3)
 
 
-def rope_freqs(positions: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
-    """[L, 3] grid positions (each < 1024) → (cos, sin), each [L, head_dim/2] fp32.
+def rope_freqs(positions: Tensor, head_dim: int) -> Tensor:
+    """[L, 3] grid positions (each < 1024) → [L, head_dim/2] complex64 multipliers (§3.4).
 
     Takes positions rather than a length so a sequence shard gets the rows of its true tokens.
     """
     tables = _rope_axis_tables(head_dim, positions.device)
-    cos = torch.cat([c[positions[:, axis]] for axis, (c, _) in enumerate(tables)], dim=1)  # (L, D/2)
-    sin = torch.cat([s[positions[:, axis]] for axis, (_, s) in enumerate(tables)], dim=1)
-    return cos, sin
+    return torch.cat([table[positions[:, axis]] for axis, table in enumerate(tables)], dim=1)  # (L, D/2)
 
 
-def apply_rope(x: Tensor, freqs: tuple[Tensor, Tensor]) -> Tensor:
-    """Rotate interleaved pairs (x[2k], x[2k+1]) of [B, L, N, D] by the [L, D/2] multipliers.
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate interleaved pairs x[2k] + i·x[2k+1] of [B, L, N, D] by the [L, D/2] multipliers.
 
-    In fp32 (upstream uses float64 for the product; the fp32 error is ~1e-7 relative, far below
-    bf16 attention's), returned in fp32 like upstream; attention casts to the weights' dtype.
+    In fp32 (complex64; upstream uses complex128, the difference is ~1e-7 relative, far below
+    bf16 attention's), returned in fp32 like upstream; the caller casts to the weights' dtype.
     """
-    cos, sin = (f[None, :, None, :] for f in freqs)  # (1, L, 1, D/2)
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, D/2) each
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)  # (B, L, N, D)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (B, L, N, D/2)
+    return torch.view_as_real(pairs * freqs[None, :, None, :]).flatten(-2)  # (B, L, N, D)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +273,7 @@ class WanSelfAttention(nn.Module):
         self.norm_q = WanRMSNorm(dim, eps)
         self.norm_k = WanRMSNorm(dim, eps)
 
-    def qkv(self, x: Tensor, freqs: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
         q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
         k = self.norm_k(_linear(self.k, x)).unflatten(-1, (self.num_heads, -1))
@@ -284,7 +281,7 @@ class WanSelfAttention(nn.Module):
         dtype = self.q.weight.dtype
         return apply_rope(q, freqs).to(dtype), apply_rope(k, freqs).to(dtype), v
 
-    def forward(self, x: Tensor, freqs: tuple[Tensor, Tensor], k_lens: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
         out = attention(q, k, v, k_lens=k_lens)  # (B, L, N, D)
         return _linear(self.o, out.flatten(2))
@@ -327,7 +324,7 @@ class WanAttentionBlock(nn.Module):
         x: Tensor,
         e0: Tensor,
         context: Tensor,
-        freqs: tuple[Tensor, Tensor],
+        freqs: Tensor,
         k_lens: Tensor | None = None,
     ) -> Tensor:
         """x [B, L, dim] fp32, e0 [B, L or 1, 6, dim] fp32, context [B, text_len, dim]."""
@@ -416,7 +413,7 @@ class WanModel(nn.Module):
         x = x.flatten(2).transpose(1, 2).float()  # (B, L, dim); the residual stream is fp32
         if t.ndim == 2 and t.shape[1] != x.shape[1]:
             raise ValueError(f"per-token t has {t.shape[1]} tokens, the latent has {x.shape[1]}")
-        freqs = rope_freqs(grid_positions(grid, x.device), cfg.head_dim)  # (L, D/2) cos, sin
+        freqs = rope_freqs(grid_positions(grid, x.device), cfg.head_dim)  # (L, D/2) complex
 
         # 2. time and text embedding
         e, e0 = self.embed_time(t)  # (B, L|1, dim), (B, L|1, 6, dim)
