@@ -113,10 +113,13 @@ def load_dit(
         model = WanModel(cfg)
     check_shapes(folder, {k: tuple(v.shape) for k, v in model.state_dict().items()}, found)
 
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # safetensors wants an index
     for shard, keys in shards.items():
         tensors = {}
         try:
-            with safe_open(shard, framework="pt", device=str(torch.device(device))) as f:
+            with safe_open(shard, framework="pt", device=str(device)) as f:
                 for key in keys:
                     target = torch.float32 if keep_fp32_islands and is_fp32_island(key) else dtype
                     tensor = f.get_tensor(key)

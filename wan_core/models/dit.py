@@ -57,6 +57,9 @@ ROPE_MAX_POSITIONS = 1024  # official table covers positions 0..1023 on each gri
 ROPE_THETA = 10000.0
 _CONFIG_CLASS_NAME = "WanModel"  # diffusers ConfigMixin metadata in the official config.json (§2.1)
 _CONFIG_DIFFUSERS_VERSION = "0.33.0"
+# Upstream constructor arguments every in-scope model leaves at these values (§1.2); a config.json
+# may carry them, with exactly these values, since this implementation has no other variant.
+_FIXED_UPSTREAM_ARGS: dict[str, Any] = {"window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": True}
 
 
 @dataclass(frozen=True)
@@ -103,20 +106,16 @@ class DiTConfig:
             raise CheckpointError(path, f"not readable JSON ({err})") from None
         if not isinstance(raw, dict):
             raise CheckpointError(path, "not a JSON object")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in raw.items() if not k.startswith("_")}
-        unknown = sorted(set(values) - fields)
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values)
-        if unknown or missing:
-            problem = "; ".join(
-                part
-                for part in (
-                    f"unknown keys {unknown}" if unknown else "",
-                    f"missing keys {missing}" if missing else "",
-                )
-                if part
-            )
-            raise CheckpointError(path, problem, "the WanModel config keys of spec §2.1")
+        fields = dataclasses.fields(cls)
+        wrong = {k: raw[k] for k, v in _FIXED_UPSTREAM_ARGS.items() if k in raw and raw[k] != v}
+        if wrong:
+            raise CheckpointError(path, f"unsupported {wrong}", f"{_FIXED_UPSTREAM_ARGS} (all in-scope models)")
+        values = {k: v for k, v in raw.items() if not k.startswith("_") and k not in _FIXED_UPSTREAM_ARGS}
+        unknown = sorted(set(values) - {f.name for f in fields})
+        missing = sorted(f.name for f in fields if f.default is dataclasses.MISSING and f.name not in values)
+        problems = ([f"unknown keys {unknown}"] if unknown else []) + ([f"missing keys {missing}"] if missing else [])
+        if problems:
+            raise CheckpointError(path, "; ".join(problems), "the WanModel config keys of spec §2.1")
         try:
             return cls(**values)
         except (TypeError, ValueError) as err:
@@ -234,11 +233,6 @@ def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
     return layer(x.to(layer.weight.dtype))
 
 
-def _linear_seq(ffn: nn.Sequential, x: Tensor) -> Tensor:
-    """Run `ffn` (Linear, GELU, Linear) in the weights' dtype."""
-    return ffn(x.to(ffn[0].weight.dtype))
-
-
 def _layer_norm(x: Tensor, eps: float) -> Tensor:
     """Non-affine LayerNorm in fp32 (`norm1`, `norm2`, head norm; no parameters upstream)."""
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
@@ -336,7 +330,7 @@ class WanAttentionBlock(nn.Module):
         normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
         x = x + self.cross_attn(normed, context).float()
         # 3. feed-forward in the weights' dtype, gated residual in fp32
-        y = _linear_seq(self.ffn, _layer_norm(x, self.eps) * (1 + scale2) + shift2)
+        y = self.ffn((_layer_norm(x, self.eps) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype))
         return x + y.float() * gate2
 
 

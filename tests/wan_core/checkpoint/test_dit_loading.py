@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,12 @@ def test_config_json_matches_the_official_5b_file(tmp_path: Path) -> None:
     cfg = DiTConfig.from_json(tmp_path / "config.json")
     assert cfg == DiTConfig.flavor("ti2v-5B")
     assert json.loads(cfg.to_json()) == official
+    (tmp_path / "config.json").write_text(json.dumps({**official, "window_size": [-1, -1], "qk_norm": True}))
+    assert DiTConfig.from_json(tmp_path / "config.json") == cfg  # upstream defaults may be spelled out
+    for extra, problem in (({"window_size": [4, 4]}, "unsupported {'window_size': [4, 4]}"), ({"dim_head": 3}, "unknown keys ['dim_head']")):
+        (tmp_path / "config.json").write_text(json.dumps({**official, **extra}))
+        with pytest.raises(CheckpointError, match=re.escape(f"config.json: {problem}")):
+            DiTConfig.from_json(tmp_path / "config.json")
 
 
 def _error(folder: Path, **kwargs: object) -> str:
