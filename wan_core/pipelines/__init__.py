@@ -1,0 +1,60 @@
+"""Wan2.2 pipelines: prompt (+ image) → latents → video, one per task (spec §7).
+
+    pipe = load_pipeline(task="ti2v-5B", ckpt_dir="./Wan2.2-TI2V-5B")
+    video = pipe.generate("a red fox in the snow", size="1280*704", seed=42)  # (3, F, H, W) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from wan_core.pipelines.common import ProgressCallback, SamplingOptions, WanPipeline, initial_noise, resolve_seed
+from wan_core.pipelines.i2v import ImageToVideo
+from wan_core.pipelines.t2v import TextToVideo
+from wan_core.pipelines.ti2v import TextImageToVideo
+from wanspec.tasks import get_task
+
+PIPELINES: dict[str, type[WanPipeline]] = {
+    "t2v-A14B": TextToVideo,
+    "i2v-A14B": ImageToVideo,
+    "ti2v-5B": TextImageToVideo,
+}
+
+
+def load_pipeline(
+    task: str,
+    ckpt_dir: str | Path,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    offload_model: bool | None = None,
+    convert_model_dtype: bool = False,
+    t5_cpu: bool = False,
+) -> WanPipeline:
+    """Load the official checkpoint folder of `task` into its pipeline.
+
+    device: default CUDA when available, else CPU. dtype: compute dtype, default bf16 on CUDA
+    (the official precision map) and fp32 on CPU; fp32 runs every component in fp32.
+    offload_model: default for each `generate` (None → True in one process, as upstream).
+    convert_model_dtype: store the DiT weights in bf16. t5_cpu: encode prompts on the CPU.
+    """
+    spec = get_task(task)
+    return PIPELINES[spec.name](
+        spec.name, ckpt_dir, device=device, dtype=dtype, offload_model=offload_model,
+        convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu,
+    )
+
+
+__all__ = [
+    "PIPELINES",
+    "ImageToVideo",
+    "ProgressCallback",
+    "SamplingOptions",
+    "TextImageToVideo",
+    "TextToVideo",
+    "WanPipeline",
+    "initial_noise",
+    "load_pipeline",
+    "resolve_seed",
+]

@@ -1,0 +1,326 @@
+"""What the three Wan2.2 pipelines share: loading, memory modes, checks, prompts, noise, the loop.
+
+Matches the parts common to `wan/text2video.py`, `wan/image2video.py` and
+`wan/textimage2video.py` of Wan-Video/Wan2.2@42bf4cf: `shared/wan22-spec.md` §6.4–6.5 (guidance,
+expert choice), §7 (seed, noise, sampling), §11 (offload) and the precision map of §3.8 / §12.
+
+Same seed, same noise. The initial latent is drawn exactly as upstream draws it: one call
+`torch.randn(shape, dtype=float32, device=device, generator=torch.Generator(device).manual_seed(seed))`
+with upstream's 4-D shape `[z, F_lat, H_lat, W_lat]`, and no other random number is drawn (both
+solvers are deterministic). With the same seed, size, frame count and device type (CPU, or CUDA,
+whose Philox generator is the same on every NVIDIA GPU) the initial noise is therefore
+bit-identical to the official code's, so a user can reproduce an upstream video's starting point
+exactly; the video itself agrees to the bf16 tolerances of §12, not bit for bit. A negative seed
+picks one at random as upstream does (`random.randint(0, sys.maxsize)`); callers that must report
+the seed resolve it first with `resolve_seed`.
+
+Precision. With `dtype=torch.float32` every component (umT5 included) runs in fp32: the CPU parity
+path. With bf16 (the CUDA default) the official map applies: umT5 in bf16; the VAE in fp32; the DiT
+weights stay fp32 as stored and its matmuls run in bf16 under autocast, as upstream's
+`autocast(bf16)` does, unless `convert_model_dtype` casts the weights to bf16 (§11). The DiT keeps
+its fp32 islands (time embedding, modulation, norms, head) either way.
+
+Memory modes (§11). The DiTs are loaded to the CPU and moved to the device when needed; before
+every step only the active A14B expert is on the device. `offload_model` (default True in a single
+process, False under torchrun, as upstream) also moves umT5 back to the CPU after encoding and the
+DiT(s) after the loop. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
+stores the DiT weights in bf16 (half the memory).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from numbers import Real
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from wan_core.checkpoint.dit import load_dit_experts
+from wan_core.checkpoint.folder import inspect_folder
+from wan_core.checkpoint.t5 import load_t5
+from wan_core.checkpoint.vae import load_vae
+from wan_core.models.dit import WanModel
+from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
+from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
+
+# (step done, total steps, expert subfolder or None for the dense 5B model): progress for the runner.
+ProgressCallback = Callable[[int, int, str | None], None]
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 … 2^64 − 1
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def resolve_seed(seed: int) -> int:
+    """A negative seed becomes a random one, as upstream's `random.randint(0, sys.maxsize)` (§7)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if seed > MAX_SEED:
+        raise ValueError(f"seed {seed} is above the generator's maximum {MAX_SEED}")
+    return seed if seed >= 0 else random.randint(0, sys.maxsize)
+
+
+def initial_noise(shape: tuple[int, ...], seed: int, device: torch.device | str) -> Tensor:
+    """Upstream's initial latent: one fp32 `randn` of `shape` from a fresh generator on `device`.
+
+    Bit-identical to the official code for the same seed, shape and device type (module docstring).
+    """
+    device = torch.device(device)
+    generator = torch.Generator(device).manual_seed(seed)
+    return torch.randn(shape, dtype=torch.float32, device=device, generator=generator)
+
+
+def default_offload_model() -> bool:
+    """Upstream's `--offload_model` default: True for one process, False under torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")) == 1
+
+
+def to_tensor(image: Image.Image) -> Tensor:
+    """PIL RGB → [3, H, W] fp32 in [−1, 1]: torchvision's `to_tensor(img).sub_(0.5).div_(0.5)`."""
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    x = data.view(image.height, image.width, 3).permute(2, 0, 1).float().div(255)  # (3, H, W)
+    return x.sub_(0.5).div_(0.5)
+
+
+def check_image(img: object, task: TaskSpec) -> Image.Image:
+    """The conditioning image as RGB; anything but a PIL image is refused with what to pass."""
+    if not isinstance(img, Image.Image):
+        raise ValueError(f"{task.name}: img must be a PIL.Image.Image, got {type(img).__name__}")
+    return img.convert("RGB")
+
+
+def check_size(task: TaskSpec, size: str | tuple[int, int] | Size) -> Size:
+    """`size` as `'W*H'`, `(W, H)` or `Size`; only the task's SUPPORTED_SIZES pass (§1.4)."""
+    if isinstance(size, Size):
+        parsed = size
+    elif isinstance(size, str):
+        parsed = Size.parse(size)
+    elif isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        parsed = Size(*size)
+    else:
+        raise ValueError(f"size must be 'W*H' or (W, H), got {size!r}")
+    if parsed not in task.sizes:
+        allowed = ", ".join(str(s) for s in task.sizes)
+        raise ValueError(f"size {parsed} is not supported by {task.name}; supported sizes: {allowed}")
+    return parsed
+
+
+def check_max_area(task: TaskSpec, max_area: int) -> int:
+    """An image task's pixel budget must be the area of one of its sizes (MAX_AREA_CONFIGS, §1.4)."""
+    areas = sorted({s.area for s in task.sizes})
+    if isinstance(max_area, bool) or not isinstance(max_area, int) or max_area not in areas:
+        named = ", ".join(f"{a} ({' or '.join(str(s) for s in task.sizes if s.area == a)})" for a in areas)
+        raise ValueError(f"max_area {max_area!r} is not one of {task.name}'s: {named}")
+    return max_area
+
+
+def check_multiple(task: TaskSpec, width: int, height: int) -> None:
+    """Pixels must fill whole DiT patches of latents (stride × patch: 16 for A14B, 32 for 5B)."""
+    step_h = task.vae_stride[1] * PATCH_SIZE[1]
+    step_w = task.vae_stride[2] * PATCH_SIZE[2]
+    if width <= 0 or height <= 0 or width % step_w or height % step_h:
+        raise ValueError(f"{task.name}: {width}x{height} pixels are not positive multiples of {step_w}x{step_h}")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """The checked sampling settings of one `generate` call, defaults filled in from the task."""
+
+    frame_num: int
+    shift: float
+    sample_solver: str
+    sampling_steps: int
+    guide_scale: tuple[float, float]  # (low-noise, high-noise), upstream's order (§6.5)
+    seed: int  # resolved: never negative
+    offload_model: bool
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    """TI2V image mode (§7.3): latent frame 0 is the image latent, pinned before and after every step."""
+
+    z: Tensor  # [z, 1, h, w] normalised image latent
+    mask: Tensor  # [z, F_lat, h, w]: 0 on latent frame 0, 1 elsewhere
+
+    def pin(self, x: Tensor) -> Tensor:
+        """x with frame 0 replaced by the image latent: `(1 − M)·z + M·x`, upstream's expression."""
+        return (1.0 - self.mask) * self.z + self.mask * x
+
+    def timesteps(self, t: Tensor) -> Tensor:
+        """Per-token timesteps [1, L]: 0 on frame-0 tokens, t elsewhere (`mask[0][:, ::2, ::2]·t`)."""
+        return (self.mask[0][:, :: PATCH_SIZE[1], :: PATCH_SIZE[2]] * t).flatten()[None]
+
+
+class WanPipeline:
+    """A loaded task checkpoint (umT5, VAE, DiT or A14B experts) and the steps every pipeline shares.
+
+    Subclasses add `generate` (checks, then numbered steps). Build them with `load_pipeline`.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        ckpt_dir: str | Path,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        offload_model: bool | None = None,
+        convert_model_dtype: bool = False,
+        t5_cpu: bool = False,
+    ) -> None:
+        self.task = get_task(task)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {self.dtype}")
+        self.offload_model = default_offload_model() if offload_model is None else bool(offload_model)
+        self.t5_cpu = t5_cpu
+
+        # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
+        folder = inspect_folder(ckpt_dir, self.task.name)
+        # umT5 is created on the CPU and visits the device only to encode (§4.4).
+        self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
+        # The VAE lives on the device for the whole run, in fp32 (§5.5).
+        kind = "2.1" if self.task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2"
+        self.vae = load_vae(folder.vae, kind=kind, device=self.device, dtype=torch.float32)
+        # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted.
+        self.experts: dict[str, WanModel] = load_dit_experts(
+            folder.root, device="cpu", dtype=self.dtype if convert_model_dtype else None,
+            model_type=self.task.model_type,
+        )
+        weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
+        # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
+        self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def sampling_options(
+        self,
+        *,
+        frame_num: int | None = None,
+        shift: float | None = None,
+        sample_solver: str = "unipc",
+        sampling_steps: int | None = None,
+        guide_scale: float | tuple[float, float] | None = None,
+        seed: int = -1,
+        offload_model: bool | None = None,
+    ) -> SamplingOptions:
+        """Check the sampling arguments (None → the task's default) before anything runs (§8.3)."""
+        task = self.task
+        frame_num = task.frame_num if frame_num is None else frame_num
+        if isinstance(frame_num, bool) or not isinstance(frame_num, int):
+            raise ValueError(f"frame_num must be an integer, got {frame_num!r}")
+        check_frame_num(frame_num)
+        steps = task.sample_steps if sampling_steps is None else sampling_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"sampling_steps must be an integer >= 1, got {steps!r}")
+        shift = task.sample_shift if shift is None else shift
+        if isinstance(shift, bool) or not isinstance(shift, Real) or not math.isfinite(shift) or shift <= 0:
+            raise ValueError(f"shift must be a finite number > 0, got {shift!r}")
+        if sample_solver not in SOLVER_NAMES:
+            raise ValueError(f"unknown sample_solver {sample_solver!r}; valid solvers: {', '.join(SOLVER_NAMES)}")
+        scales = guide_scales(task.guide_scale if guide_scale is None else guide_scale)
+        if not all(math.isfinite(g) for g in scales):
+            raise ValueError(f"guide_scale must be finite, got {guide_scale!r}")
+        if not task.is_moe and scales[0] != scales[1]:
+            raise ValueError(f"{task.name} has one model, so one guide scale; got {guide_scale!r}")
+        return SamplingOptions(
+            frame_num=frame_num, shift=float(shift), sample_solver=sample_solver, sampling_steps=steps,
+            guide_scale=scales, seed=resolve_seed(seed),
+            offload_model=self.offload_model if offload_model is None else bool(offload_model),
+        )
+
+    # -- shared steps --------------------------------------------------------------------------
+
+    def encode_prompts(self, prompt: str, n_prompt: str, offload_model: bool) -> tuple[Tensor, Tensor]:
+        """(context, context_null), each [1, text_len, text_dim] zero-padded, on the device (§4.3).
+
+        An empty negative prompt means the task's default one (§1.3). The two prompts are encoded
+        as two batch-1 calls, as upstream does.
+        """
+        n_prompt = n_prompt or DEFAULT_NEGATIVE_PROMPT
+        encoder = self.text_encoder
+        where = torch.device("cpu") if self.t5_cpu else self.device
+        encoder.model.to(where)
+        contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
+        if offload_model and not self.t5_cpu:
+            encoder.model.to("cpu")
+        cfg = next(iter(self.experts.values())).cfg
+        padded = []
+        for c in contexts:  # rows n_i..511 are exact zeros (§3.3)
+            out = c.new_zeros(1, cfg.text_len, c.shape[1], device=self.device)
+            out[0, : c.shape[0]] = c.to(self.device)
+            padded.append(out)
+        return padded[0], padded[1]
+
+    def _active_dit(self, name: str) -> WanModel:
+        """Put only the DiT `name` on the device (upstream's `_prepare_model_for_timestep`, §11)."""
+        if self.device.type != "cpu":
+            for other, model in self.experts.items():
+                if other != name and model.patch_embedding.weight.device != torch.device("cpu"):
+                    model.to("cpu")
+            if self.experts[name].patch_embedding.weight.device != self.device:
+                self.experts[name].to(self.device)
+        return self.experts[name]
+
+    def _dit_precision(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._dit_autocast else nullcontext()
+
+    def denoise(
+        self,
+        latent: Tensor,
+        context: Tensor,
+        context_null: Tensor,
+        opts: SamplingOptions,
+        *,
+        y: Tensor | None = None,
+        first_frame: FirstFrame | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> Tensor:
+        """The sampling loop (§7.1 step 5): expert and guide scale per step, CFG, one solver step.
+
+        y: I2V-A14B conditioning [20, F_lat, h, w], given to both CFG branches. first_frame: TI2V
+        image mode (per-token timesteps, re-pinned after every step). Returns the final latent.
+        """
+        solver = make_solver(opts.sample_solver)
+        solver.set_timesteps(opts.sampling_steps, opts.shift, device=self.device)
+        boundary_t = self.task.boundary_timestep
+        y_batch = None if y is None else y[None]
+        x = latent
+        for i, t in enumerate(solver.timesteps):
+            if boundary_t is not None:
+                expert, scale = select_expert(t, boundary_t, opts.guide_scale)
+            else:
+                expert, scale = "", opts.guide_scale[0]
+            model = self._active_dit(expert)
+            timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
+            with self._dit_precision():
+                v_cond = model(x[None], timestep, context, y_batch)[0]
+                v_uncond = model(x[None], timestep, context_null, y_batch)[0]
+            x = solver.step(cfg_combine(v_cond, v_uncond, scale), x)
+            if first_frame is not None:
+                x = first_frame.pin(x)
+            if callback is not None:
+                callback(i + 1, opts.sampling_steps, expert or None)
+        if opts.offload_model:
+            for model in self.experts.values():
+                model.to("cpu")
+            self._empty_cache()
+        return x
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """[z, F_lat, h, w] → video [3, F, H, W] fp32 in [−1, 1] (§5.5)."""
+        return self.vae.decode(latent[None])[0]
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
