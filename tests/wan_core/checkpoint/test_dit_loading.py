@@ -155,3 +155,13 @@ def test_expert_folder_missing(tmp_path: Path) -> None:
         expert_folders(tmp_path)
     with pytest.raises(CheckpointError, match="no DiT here"):
         expert_folders(tmp_path / "high_noise_model" / "nothing")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_loads_straight_to_cuda_in_bf16(tmp_path: Path) -> None:
+    state = random_state(TINY)
+    write_folder(tmp_path, TINY, state)
+    model = load_dit(tmp_path, device="cuda", dtype=torch.bfloat16)
+    loaded = model.state_dict()
+    assert all(t.is_cuda and t.dtype == torch.bfloat16 for t in loaded.values())
+    assert all(torch.equal(loaded[k].cpu(), state[k].to(torch.bfloat16)) for k in state)

@@ -218,3 +218,28 @@ def test_forward_refuses_wrong_conditioning() -> None:
         model(x, torch.tensor([1, 2]), context)
     with pytest.raises(ValueError, match="zero-padded"):
         model(x, torch.tensor([1, 2]), context[:, :5], y=torch.zeros(2, 20, *GRID))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@torch.no_grad()
+def test_cuda_matches_cpu() -> None:
+    """fp32 on the GPU (TF32 off) through SDPA = CPU math; bf16 on the GPU stays close."""
+    from wan_core.ops.attention import attention_backend
+
+    model = random_model(tiny("tiny-ti2v"))
+    x, context = inputs(model.cfg)
+    tokens = math.prod(GRID) // 4
+    t = torch.full((2, tokens), 700.0)
+    t[:, :15] = 0
+    cpu = model(x, t, context)
+    gpu_model, args = model.cuda(), (x.cuda(), t.cuda(), context.cuda())
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with attention_backend("sdpa"):
+            err = rel_err(gpu_model(*args).cpu(), cpu)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    assert err <= TOL, err
+    bf16 = gpu_model.to(torch.bfloat16)(*args).cpu()
+    assert torch.nn.functional.cosine_similarity(bf16.flatten(), cpu.flatten(), dim=0) > 0.999

@@ -45,3 +45,15 @@ def test_environment_variable_forces_a_backend(monkeypatch: pytest.MonkeyPatch) 
         attention(q, q, q)
     with attention_backend("math"):  # the context manager wins over the environment
         assert attention(q, q, q).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_picks_a_kernel_and_honours_key_padding(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, n, 4, 64, generator=gen) for n in (37, 50, 50))
+    ref = masked_reference(q, k, v, [50, 21])
+    args = [x.cuda().to(dtype) for x in (q, k, v)]
+    assert select_backend(*args).name in ("flash3", "flash2", "sdpa")
+    out = attention(*args, k_lens=torch.tensor([50, 21])).float().cpu()
+    assert (out - ref).abs().max() < (2e-2 if dtype == torch.bfloat16 else 1e-4)
