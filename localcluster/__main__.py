@@ -28,8 +28,8 @@ def _up(args: argparse.Namespace) -> int:
     print(f"localcluster: ready in {cluster.timings['total']:.1f} s; node agent {agent}")
     print(f"  KUBECONFIG={cluster.kubeconfig}\n  S3 {cluster.s3_endpoint}")
     if args.timing:
-        for phase, seconds in cluster.timings.items():
-            print(f"  {phase:<24} {seconds:6.2f} s")
+        for component, seconds in sorted(cluster.timings.items(), key=lambda kv: kv[1]):
+            print(f"  {component:<24} ready at {seconds:6.2f} s")
     return 0
 
 

@@ -128,7 +128,7 @@ class LocalCluster:
         self.node_agent = self.kubernetes and (
             node_agent_available() if node_agent is None else node_agent)
         self.timeout = timeout
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # component -> seconds after start() when it was ready
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._state: dict = {}
         self._admin_ctx: ssl.SSLContext | None = None
@@ -188,7 +188,8 @@ class LocalCluster:
     def env(self) -> dict[str, str]:
         """Environment for clients: KUBECONFIG and the S3 endpoint/keys (ours and the AWS names)."""
         creds = self.s3
-        env = {
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
             "WANOPS_S3_ENDPOINT": creds.endpoint,
             "WANOPS_S3_ACCESS_KEY": creds.access_key,
             "WANOPS_S3_SECRET_KEY": creds.secret_key,
@@ -197,8 +198,6 @@ class LocalCluster:
             "AWS_SECRET_ACCESS_KEY": creds.secret_key,
             "AWS_REGION": creds.region,
         }
-        env["KUBECONFIG"] = str(self.kubeconfig)
-        return env
 
     def start(self) -> LocalCluster:
         """Start every component and return once all are ready; on failure stop what started."""
@@ -267,6 +266,7 @@ class LocalCluster:
         (sd / "s3" / "meta").mkdir()
         self._spawn("versitygw", [
             str(tools.find("versitygw")), "--port", f"127.0.0.1:{s3_port}", "--region", s3.REGION,
+            "--health", s3.HEALTH_PATH,
             "posix", "--sidecar", str(sd / "s3" / "meta"), str(sd / "s3" / "data"),
         ], env={**os.environ, "ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret})
 
