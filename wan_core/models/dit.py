@@ -224,8 +224,13 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 
 
 def _fp32_linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """A Linear computed in fp32 with upcast weights, as upstream's fp32 autocast regions do."""
-    return F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    """A Linear computed in fp32 with upcast weights, as upstream's fp32 autocast regions do.
+
+    Autocast is switched off here, so a caller's bf16 autocast (fp32 weights, bf16 compute)
+    keeps the fp32 islands fp32 exactly as upstream's nested `autocast(dtype=float32)` does.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), layer.weight.float(), layer.bias.float())
 
 
 def _linear(layer: nn.Linear, x: Tensor) -> Tensor:

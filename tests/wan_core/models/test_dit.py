@@ -243,3 +243,19 @@ def test_cuda_matches_cpu() -> None:
     assert err <= TOL, err
     bf16 = gpu_model.to(torch.bfloat16)(*args).cpu()
     assert torch.nn.functional.cosine_similarity(bf16.flatten(), cpu.flatten(), dim=0) > 0.999
+
+
+@torch.no_grad()
+def test_fp32_islands_survive_an_outer_bf16_autocast() -> None:
+    """Pipelines may run fp32 weights under autocast(bf16), as upstream does (§3.8)."""
+    model = random_model(tiny("tiny-t2v"))
+    x, context = inputs(model.cfg)
+    t = torch.tensor([999, 417])
+    e, e0 = model.embed_time(t)
+    ref = model(x, t, context)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        e_auto, e0_auto = model.embed_time(t)
+        out = model(x, t, context)
+    assert torch.equal(e, e_auto) and torch.equal(e0, e0_auto)
+    assert out.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
