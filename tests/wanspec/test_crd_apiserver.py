@@ -99,7 +99,7 @@ SERVER_REFUSES = [
     ("size not of the task", spec("ti2v-5B", size="1280*720"), "spec.size",
      "spec.size is not a size of spec.task"),
     ("size enum", spec(size="1920*1080"), "spec.size", "Unsupported value"),
-    ("frames not 4n+1", spec(frames=80), "spec.frames", "4n+1, e.g. 77 or 81"),
+    ("frames not 4n+1", spec(frames=80), "spec.frames", "spec.frames must be of the form 4n+1"),
     ("frames absurd", spec(frames=100001), "spec.frames", "less than or equal to 1001"),
     ("i2v without image", spec("i2v-A14B", inputImage=None), "spec.inputImage",
      "spec.inputImage is required for i2v-A14B"),
@@ -240,10 +240,13 @@ def test_printer_columns(kube, vg):
     vg.create(BASE["t2v-A14B"], name="table")
     vg.patch_status("table", {"phase": "Succeeded", "progress": {"percent": 100},
                               "output": {"uri": "s3://videos/table.mp4"}})
-    table = kube.call_api(
-        f"/apis/{GROUP}/{VERSION}/namespaces/{vg.ns}/{PLURAL}/table", "GET",
+    # What `kubectl get vg` prints: the server renders the printer columns as a Table.
+    method, url, headers, _, _ = kube.param_serialize(
+        "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{vg.ns}/{PLURAL}/table",
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True)
+        auth_settings=["BearerToken"])
+    response = kube.call_api(method, url, header_params=headers)
+    table = json.loads(response.read())
     names = [c["name"] for c in table["columnDefinitions"]]
     assert names[:7] == ["Name", "Task", "Size", "Phase", "Progress", "Age", "Output"]
     row = dict(zip(names, table["rows"][0]["cells"]))
