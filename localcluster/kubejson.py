@@ -22,6 +22,17 @@ STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 
 
+def brief(error: Exception) -> str:
+    """One line for a log: an ApiException's str() carries headers and body over many lines."""
+    if not isinstance(error, ApiException):
+        return str(error)
+    try:
+        message = json.loads(error.body or "")["message"]
+    except (ValueError, KeyError, TypeError):
+        message = error.reason
+    return f"{error.status}: {message}"
+
+
 class Kube:
     """A kubeconfig's API server, spoken to in JSON."""
 

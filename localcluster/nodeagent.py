@@ -77,7 +77,7 @@ from datetime import datetime, timezone
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from .kubejson import JSON, MERGE, Kube
+from .kubejson import JSON, MERGE, Kube, brief
 from .podnet import AddressPool, render_hosts, write_in_place
 from .podrun import NodeContext, PodWorker, now
 
@@ -208,13 +208,13 @@ class NodeAgent:
                         raise
                     node = self.kube.patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": labels}})
                 self._node_uids[name] = node["metadata"]["uid"]
-                self.kube.patch(f"/api/v1/nodes/{name}/status", {"status": {
+                node = self.kube.patch(f"/api/v1/nodes/{name}/status", {"status": {
                     **self._node_status(), "addresses": [{"type": "InternalIP", "address": HOST_IP},
                                                          {"type": "Hostname", "address": name}]}})
                 self._untaint(node)
                 self._renew_lease(name)
         except (ApiException, HTTPError) as e:
-            log.warning("node registration failed (%s); retrying", e)
+            log.warning("node registration failed (%s); retrying", brief(e))
             return False
         log.info("registered nodes %s (%d GPUs, cpu %s, memory %s each)", ",".join(self.nodes),
                  self.gpus_per_node, self.cpu, self.memory)
@@ -260,7 +260,7 @@ class NodeAgent:
                 if post_status:
                     last_status = time.monotonic()
             except (ApiException, HTTPError) as e:
-                log.warning("node heartbeat failed (%s)", e)
+                log.warning("node heartbeat failed (%s)", brief(e))
 
     # -- watches --------------------------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ class NodeAgent:
                 if e.status == 410:
                     log.info("%s watch expired (410 Gone); re-listing", what)
                 else:
-                    log.warning("%s watch failed (%s); re-listing", what, e)
+                    log.warning("%s watch failed (%s); re-listing", what, brief(e))
                     stop.wait(1.0)
                 version = ""
             except (HTTPError, OSError) as e:
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between SIGTERM and SIGKILL for pod processes when the agent stops")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

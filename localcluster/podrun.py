@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from .kubejson import JSON, Kube
+from .kubejson import JSON, Kube, brief
 from .podexec import START_ERROR_EXIT
 from .podnet import AddressPool, HostEntry
 from .podspec import PodConfigError, Sources, container_env, container_mounts, expand, prepare_volumes
@@ -232,7 +232,7 @@ class PodWorker:
                 self._kill_all(self._deletion_grace())
                 self.phase = ("Succeeded" if self.init_done and all(c.succeeded for c in self.containers)
                               else "Failed")
-                while not self._report() and not self._gone:  # the terminal phase before the delete
+                while not (self._report() or self._gone or self._stop_grace is not None):  # terminal phase, then delete
                     self._sleep(RETRY_S)
                 return
             self._step()
@@ -491,7 +491,7 @@ class PodWorker:
             self.node.kube.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", body)
         except ApiException as e:
             if e.status not in (404, 409):  # 404/409: the pod is gone or replaced; its DELETED event follows
-                log.warning("pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, e.status)
+                log.warning("pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, brief(e))
                 return False
         except HTTPError as e:
             log.warning("pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, e)
@@ -506,7 +506,7 @@ class PodWorker:
             self.node.kube.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
         except ApiException as e:
             if e.status not in (404, 409):
-                log.warning("pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, e.status)
+                log.warning("pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, brief(e))
                 return False
         except HTTPError as e:
             log.warning("pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, e)

@@ -106,7 +106,7 @@ def test_failed_pod_reports_exit_codes_and_termination_messages(core, namespace:
     core.create_namespaced_pod(namespace, pod(
         "fails",
         py("explicit", "open('/dev/termination-log', 'w').write('checkpoint missing'); raise SystemExit(3)"),
-        py("fallback", "import sys; print('first line'); print('last line', file=sys.stderr); sys.exit(4)",
+        py("fallback", "import sys; print('first line', flush=True); print('last line', file=sys.stderr); sys.exit(4)",
            terminationMessagePolicy="FallbackToLogsOnError"),
     ))
 
