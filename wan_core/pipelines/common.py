@@ -129,6 +129,13 @@ def check_multiple(task: TaskSpec, width: int, height: int) -> None:
         raise ValueError(f"{task.name}: {width}x{height} pixels are not positive multiples of {step_w}x{step_h}")
 
 
+def expert_for_step(task: TaskSpec, t: int | Tensor, guide_scale: tuple[float, float]) -> tuple[str, float]:
+    """The DiT ("" = the dense 5B) and guide scale for timestep t: the A14B switch of §6.5."""
+    if task.boundary_timestep is None:
+        return "", guide_scale[0]
+    return select_expert(t, task.boundary_timestep, guide_scale)
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """The checked sampling settings of one `generate` call, defaults filled in from the task."""
@@ -293,14 +300,10 @@ class WanPipeline:
         """
         solver = make_solver(opts.sample_solver)
         solver.set_timesteps(opts.sampling_steps, opts.shift, device=self.device)
-        boundary_t = self.task.boundary_timestep
         y_batch = None if y is None else y[None]
         x = latent
         for i, t in enumerate(solver.timesteps):
-            if boundary_t is not None:
-                expert, scale = select_expert(t, boundary_t, opts.guide_scale)
-            else:
-                expert, scale = "", opts.guide_scale[0]
+            expert, scale = expert_for_step(self.task, t, opts.guide_scale)
             model = self._active_dit(expert)
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
             with self._dit_precision():
