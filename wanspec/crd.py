@@ -51,7 +51,11 @@ def _rule(rule: str, message: str, field_path: str | None = None, **extra: str) 
 
 def _cel_map(values: dict[str, Any]) -> str:
     """A CEL map literal from task names, e.g. {'t2v-A14B': 40, ...}."""
-    return "{" + ", ".join(f"'{k}': {json.dumps(v).replace(chr(34), chr(39))}" for k, v in values.items()) + "}"
+    return (
+        "{"
+        + ", ".join(f"'{k}': {json.dumps(v).replace(chr(34), chr(39))}" for k, v in values.items())
+        + "}"
+    )
 
 
 def _cel_list(names: list[str]) -> str:
@@ -73,38 +77,74 @@ def spec_rules() -> list[Schema]:
     )
     even_half = f"(self.gpus % 2 == 0 && {heads} % (self.gpus / 2) == 0)"
     return [
-        _rule(f"self.size in {sizes}[self.task]",
-              "spec.size is not a size of spec.task; "
-              + "; ".join(f"{n}: {', '.join(map(str, t.sizes))}" for n, t in TASKS.items()),
-              ".size"),
-        _rule(f"!(self.task in {_cel_list(needs_image)}) || has(self.inputImage)",
-              f"spec.inputImage is required for {', '.join(needs_image)}", ".inputImage"),
-        _rule(f"!has(self.inputImage) || self.task in {_cel_list(accepts_image)}",
-              f"spec.inputImage is only accepted by {', '.join(accepts_image)}", ".inputImage"),
-        _rule(f"size(self.?sampling.?guideScale.orValue([0.0])) == 1 || self.task in {_cel_list(moe)}",
-              "spec.sampling.guideScale takes two values (low, high) only for the two-expert "
-              f"tasks {', '.join(moe)}; give one value", ".sampling.guideScale"),
-        _rule(f"!{u}.hasValue() || {heads} % {u}.value() == 0",
-              f"spec.parallelism.ulysses must divide the task's attention heads ({heads_text})",
-              ".parallelism.ulysses"),
-        _rule(f"!{cfg}.orValue(false) || self.gpus % 2 == 0",
-              "spec.parallelism.cfgParallel needs an even spec.gpus", ".parallelism.cfgParallel"),
-        _rule(f"!{u}.hasValue() || ({cfg}.hasValue() ? {u}.value() * ({cfg}.value() ? 2 : 1) == self.gpus"
-              f" : (self.gpus == {u}.value() || self.gpus == 2 * {u}.value()))",
-              "spec.parallelism.ulysses times 2 with cfgParallel (1 without) must equal spec.gpus",
-              ".parallelism.ulysses"),
-        _rule(f"{u}.hasValue() || ({cfg}.hasValue() ? ({cfg}.value() ? {even_half} : {heads} % self.gpus == 0)"
-              f" : ({heads} % self.gpus == 0 || {even_half}))",
-              "spec.gpus must divide the task's attention heads, or be twice a divisor (with "
-              f"CFG-parallel) ({heads_text})", ".gpus"),
-        _rule("!has(self.gpusPerPod) || self.gpus % self.gpusPerPod == 0",
-              "spec.gpusPerPod must divide spec.gpus", ".gpusPerPod"),
-        _rule("!self.?parallelism.?ditFsdp.orValue(false) || self.gpus > 1",
-              "spec.parallelism.ditFsdp needs spec.gpus > 1", ".parallelism.ditFsdp"),
-        _rule("!self.?parallelism.?t5Fsdp.orValue(false) || self.gpus > 1",
-              "spec.parallelism.t5Fsdp needs spec.gpus > 1", ".parallelism.t5Fsdp"),
-        _rule("!(self.?parallelism.?t5Fsdp.orValue(false) && self.?memory.?t5Cpu.orValue(false))",
-              "spec.memory.t5Cpu cannot be combined with spec.parallelism.t5Fsdp", ".memory.t5Cpu"),
+        _rule(
+            f"self.size in {sizes}[self.task]",
+            "spec.size is not a size of spec.task; "
+            + "; ".join(f"{n}: {', '.join(map(str, t.sizes))}" for n, t in TASKS.items()),
+            ".size",
+        ),
+        _rule(
+            f"!(self.task in {_cel_list(needs_image)}) || has(self.inputImage)",
+            f"spec.inputImage is required for {', '.join(needs_image)}",
+            ".inputImage",
+        ),
+        _rule(
+            f"!has(self.inputImage) || self.task in {_cel_list(accepts_image)}",
+            f"spec.inputImage is only accepted by {', '.join(accepts_image)}",
+            ".inputImage",
+        ),
+        _rule(
+            "size(self.?sampling.?guideScale.orValue([0.0])) == 1 || "
+            f"self.task in {_cel_list(moe)}",
+            "spec.sampling.guideScale takes two values (low, high) only for the two-expert "
+            f"tasks {', '.join(moe)}; give one value",
+            ".sampling.guideScale",
+        ),
+        _rule(
+            f"!{u}.hasValue() || {heads} % {u}.value() == 0",
+            f"spec.parallelism.ulysses must divide the task's attention heads ({heads_text})",
+            ".parallelism.ulysses",
+        ),
+        _rule(
+            f"!{cfg}.orValue(false) || self.gpus % 2 == 0",
+            "spec.parallelism.cfgParallel needs an even spec.gpus",
+            ".parallelism.cfgParallel",
+        ),
+        _rule(
+            f"!{u}.hasValue() || ({cfg}.hasValue() ? "
+            f"{u}.value() * ({cfg}.value() ? 2 : 1) == self.gpus"
+            f" : (self.gpus == {u}.value() || self.gpus == 2 * {u}.value()))",
+            "spec.parallelism.ulysses times 2 with cfgParallel (1 without) must equal spec.gpus",
+            ".parallelism.ulysses",
+        ),
+        _rule(
+            f"{u}.hasValue() || ({cfg}.hasValue() ? "
+            f"({cfg}.value() ? {even_half} : {heads} % self.gpus == 0)"
+            f" : ({heads} % self.gpus == 0 || {even_half}))",
+            "spec.gpus must divide the task's attention heads, or be twice a divisor (with "
+            f"CFG-parallel) ({heads_text})",
+            ".gpus",
+        ),
+        _rule(
+            "!has(self.gpusPerPod) || self.gpus % self.gpusPerPod == 0",
+            "spec.gpusPerPod must divide spec.gpus",
+            ".gpusPerPod",
+        ),
+        _rule(
+            "!self.?parallelism.?ditFsdp.orValue(false) || self.gpus > 1",
+            "spec.parallelism.ditFsdp needs spec.gpus > 1",
+            ".parallelism.ditFsdp",
+        ),
+        _rule(
+            "!self.?parallelism.?t5Fsdp.orValue(false) || self.gpus > 1",
+            "spec.parallelism.t5Fsdp needs spec.gpus > 1",
+            ".parallelism.t5Fsdp",
+        ),
+        _rule(
+            "!(self.?parallelism.?t5Fsdp.orValue(false) && self.?memory.?t5Cpu.orValue(false))",
+            "spec.memory.t5Cpu cannot be combined with spec.parallelism.t5Fsdp",
+            ".memory.t5Cpu",
+        ),
     ]
 
 
@@ -115,15 +155,23 @@ def immutability_rules(spec: Schema) -> list[Schema]:
     others also compare presence. Optional selection (`self.?f == oldSelf.?f`) would be shorter,
     but the API server's cost estimator loses the fields' size bounds through it and refuses.
     """
-    always = set(spec.get("required", [])) | {f for f, p in spec["properties"].items() if "default" in p}
+    always = set(spec.get("required", [])) | {
+        f for f, p in spec["properties"].items() if "default" in p
+    }
     rules = []
     for f in spec["properties"]:
         if f in MUTABLE_SPEC_FIELDS:
             continue
-        rule = (f"self.{f} == oldSelf.{f}" if f in always else
-                f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})")
-        rules.append(_rule(rule, f"spec.{f} is immutable after creation; only spec.suspend may change",
-                           f".{f}"))
+        rule = (
+            f"self.{f} == oldSelf.{f}"
+            if f in always
+            else f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+        )
+        rules.append(
+            _rule(
+                rule, f"spec.{f} is immutable after creation; only spec.suspend may change", f".{f}"
+            )
+        )
     return rules
 
 
@@ -135,38 +183,63 @@ FIELD_RULES: dict[str, list[Schema]] = {
         _rule("self % 4 == 1", "spec.frames must be of the form 4n+1 (…, 77, 81, 85, …, 121, …)"),
     ],
     "checkpoint.path": [
-        _rule("!self.split('/').exists(p, p == '..')", "spec.checkpoint.path must not contain `..`"),
+        _rule(
+            "!self.split('/').exists(p, p == '..')", "spec.checkpoint.path must not contain `..`"
+        ),
     ],
     "promptExtension": [
-        _rule("self.method != 'dashscope' || has(self.apiKeySecretRef)",
-              "spec.promptExtension.apiKeySecretRef is required for method dashscope",
-              ".apiKeySecretRef"),
+        _rule(
+            "self.method != 'dashscope' || has(self.apiKeySecretRef)",
+            "spec.promptExtension.apiKeySecretRef is required for method dashscope",
+            ".apiKeySecretRef",
+        ),
     ],
     "placement.resources.requests": [
-        _rule(f"!('{GPU_RESOURCE}' in self)",
-              f"spec.placement.resources.requests must not set {GPU_RESOURCE}: it follows spec.gpusPerPod"),
+        _rule(
+            f"!('{GPU_RESOURCE}' in self)",
+            f"spec.placement.resources.requests must not set {GPU_RESOURCE}: "
+            "it follows spec.gpusPerPod",
+        ),
     ],
     "placement.resources.limits": [
-        _rule(f"!('{GPU_RESOURCE}' in self)",
-              f"spec.placement.resources.limits must not set {GPU_RESOURCE}: it follows spec.gpusPerPod"),
+        _rule(
+            f"!('{GPU_RESOURCE}' in self)",
+            f"spec.placement.resources.limits must not set {GPU_RESOURCE}: "
+            "it follows spec.gpusPerPod",
+        ),
     ],
     "placement.tolerations[]": [
-        _rule("self.operator != 'Exists' || !has(self.value) || self.value == ''",
-              "toleration value must be empty with operator Exists", ".value"),
-        _rule("self.operator == 'Exists' || (has(self.key) && self.key != '')",
-              "a toleration with an empty key needs operator Exists", ".operator"),
-        _rule("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
-              "toleration tolerationSeconds only applies with effect NoExecute", ".tolerationSeconds"),
+        _rule(
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "toleration value must be empty with operator Exists",
+            ".value",
+        ),
+        _rule(
+            "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+            "a toleration with an empty key needs operator Exists",
+            ".operator",
+        ),
+        _rule(
+            "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "toleration tolerationSeconds only applies with effect NoExecute",
+            ".tolerationSeconds",
+        ),
     ],
 }
 
 ROOT_RULES = [
-    _rule(f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-          f"metadata.name must be at most {MAX_NAME_LENGTH} characters, so derived Job and pod "
-          "host names fit 63", reason="FieldValueInvalid"),
-    _rule(f"self.metadata.name.matches('{NAME_PATTERN}')",
-          "metadata.name must be a DNS label starting with a letter (lowercase letters, digits, "
-          "'-'): the headless Service is named after it", reason="FieldValueInvalid"),
+    _rule(
+        f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        f"metadata.name must be at most {MAX_NAME_LENGTH} characters, so derived Job and pod "
+        "host names fit 63",
+        reason="FieldValueInvalid",
+    ),
+    _rule(
+        f"self.metadata.name.matches('{NAME_PATTERN}')",
+        "metadata.name must be a DNS label starting with a letter (lowercase letters, digits, "
+        "'-'): the headless Service is named after it",
+        reason="FieldValueInvalid",
+    ),
 ]
 
 
@@ -234,7 +307,9 @@ def _describe(node: Schema, immutable: bool) -> None:
     if low is not None or high is not None:
         bound = []
         if low is not None:
-            bound.append(("greater than " if node.get("exclusiveMinimum") else "at least ") + str(low))
+            bound.append(
+                ("greater than " if node.get("exclusiveMinimum") else "at least ") + str(low)
+            )
         if high is not None:
             bound.append(f"at most {high}")
         tail.append(" and ".join(bound).capitalize() + ".")
@@ -277,6 +352,10 @@ def spec_schema() -> Schema:
     return _order(spec)
 
 
+def _column(name: str, kind: str, path: str, **extra: Any) -> Schema:
+    return {"name": name, "type": kind, "jsonPath": path, **extra}
+
+
 def crd() -> Schema:
     """The whole CustomResourceDefinition object."""
     status = _model_schema(VideoGenerationStatus)
@@ -286,7 +365,10 @@ def crd() -> Schema:
         "progress and the result appear in status.",
         "type": "object",
         "properties": {
-            "apiVersion": {"description": "APIVersion of this object: wanops.io/v1alpha1.", "type": "string"},
+            "apiVersion": {
+                "description": "APIVersion of this object: wanops.io/v1alpha1.",
+                "type": "string",
+            },
             "kind": {"description": "Kind of this object: VideoGeneration.", "type": "string"},
             "metadata": {"type": "object"},
             "spec": spec_schema(),
@@ -295,7 +377,6 @@ def crd() -> Schema:
         "required": ["spec"],
         "x-kubernetes-validations": ROOT_RULES,
     }
-    column = lambda name, kind, path, **kw: {"name": name, "type": kind, "jsonPath": path, **kw}  # noqa: E731
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -321,15 +402,19 @@ def crd() -> Schema:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        column("Task", "string", ".spec.task"),
-                        column("Size", "string", ".spec.size"),
-                        column("Phase", "string", ".status.phase"),
-                        column("Progress", "integer", ".status.progress.percent",
-                               description="Percent done"),
-                        column("Age", "date", ".metadata.creationTimestamp"),
-                        column("Output", "string", ".status.output.uri"),
-                        column("GPUs", "integer", ".spec.gpus", priority=1),
-                        column("Reason", "string", ".status.failure.reason", priority=1),
+                        _column("Task", "string", ".spec.task"),
+                        _column("Size", "string", ".spec.size"),
+                        _column("Phase", "string", ".status.phase"),
+                        _column(
+                            "Progress",
+                            "integer",
+                            ".status.progress.percent",
+                            description="Percent done",
+                        ),
+                        _column("Age", "date", ".metadata.creationTimestamp"),
+                        _column("Output", "string", ".status.output.uri"),
+                        _column("GPUs", "integer", ".spec.gpus", priority=1),
+                        _column("Reason", "string", ".status.failure.reason", priority=1),
                     ],
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -126,7 +126,8 @@ class Sampling(ApiModel):
 
     solver: Literal["unipc", "dpm++"] = Field(
         "unipc",
-        description="Flow-matching solver: `unipc` (upstream default) or `dpm++` (multistep DPM-Solver++).",
+        description="Flow-matching solver: `unipc` (upstream default) or `dpm++` "
+        "(multistep DPM-Solver++).",
     )
     steps: int | None = Field(
         None,
@@ -138,17 +139,17 @@ class Sampling(ApiModel):
         None,
         gt=0,
         le=100,
-        description="Noise-schedule shift; larger values spend more steps at high noise. Unset: the "
-        f"task's default ({_per_task('sample_shift')}); upstream suggests 3.0 for i2v at 480p.",
+        description="Noise-schedule shift; larger values spend more steps at high noise. "
+        f"Unset: the task's default ({_per_task('sample_shift')}); upstream suggests 3.0 for "
+        "i2v at 480p.",
     )
     guide_scale: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
         None,
         min_length=1,
         max_length=2,
-        description="Classifier-free guidance scale. `[g]` applies g to every expert; `[low, high]` "
-        "sets the low-noise and the high-noise expert separately (two-expert A14B tasks only). "
-        "Unset: the task's default as (low, high): "
-        f"{_per_task('guide_scale')}.",
+        description="Classifier-free guidance scale. `[g]` applies g to every expert; "
+        "`[low, high]` sets the low-noise and the high-noise expert separately (two-expert A14B "
+        f"tasks only). Unset: the task's default as (low, high): {_per_task('guide_scale')}.",
     )
 
 
@@ -241,7 +242,7 @@ class Parallelism(ApiModel):
 
 
 class MemoryModes(ApiModel):
-    """Trade speed for GPU memory (upstream `--offload_model`, `--convert_model_dtype`, `--t5_cpu`)."""
+    """Trade speed for GPU memory (upstream --offload_model, --convert_model_dtype, --t5_cpu)."""
 
     offload_model: bool | None = Field(
         None,
@@ -274,20 +275,20 @@ class MemoryModes(ApiModel):
 class OutputLocation(ApiModel):
     """Where the MP4 is uploaded: an S3-compatible bucket."""
 
-    bucket: Annotated[str, StringConstraints(min_length=3, max_length=63, pattern=S3_BUCKET_PATTERN)] = (
-        Field(description="Bucket the video is uploaded to.")
-    )
+    bucket: Annotated[
+        str, StringConstraints(min_length=3, max_length=63, pattern=S3_BUCKET_PATTERN)
+    ] = Field(description="Bucket the video is uploaded to.")
     prefix: Annotated[str, StringConstraints(max_length=512, pattern=r"^([^/\s][^\s]*)?$")] = Field(
         "",
         description="Key prefix, no leading `/`; the video lands at "
         "`<prefix><namespace>/<name>.mp4`, the runner's log beside it as `.log`.",
     )
-    endpoint: Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://\S+$")] | None = (
-        Field(
-            None,
-            description="S3 endpoint URL (`https://…`, or `http://…` inside the cluster). Unset: "
-            "the chart's object store endpoint.",
-        )
+    endpoint: (
+        Annotated[str, StringConstraints(max_length=512, pattern=r"^https?://\S+$")] | None
+    ) = Field(
+        None,
+        description="S3 endpoint URL (`https://…`, or `http://…` inside the cluster). Unset: "
+        "the chart's object store endpoint.",
     )
     credentials_secret_ref: SecretRef | None = Field(
         None,
@@ -314,7 +315,8 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(
         None,
         ge=0,
-        description="For NoExecute: how long the pod stays bound after the taint appears. Unset: forever.",
+        description="For NoExecute: how long the pod stays bound after the taint appears. "
+        "Unset: forever.",
     )
 
 
@@ -338,10 +340,13 @@ class ResourceOverride(ApiModel):
 class Placement(ApiModel):
     """Where and how the runner pods run; copied into every pod of the Job."""
 
-    node_selector: dict[
-        Annotated[str, StringConstraints(max_length=316)],
-        Annotated[str, StringConstraints(max_length=63)],
-    ] | None = Field(None, max_length=64, description="Node labels the runner pods require.")
+    node_selector: (
+        dict[
+            Annotated[str, StringConstraints(max_length=316)],
+            Annotated[str, StringConstraints(max_length=63)],
+        ]
+        | None
+    ) = Field(None, max_length=64, description="Node labels the runner pods require.")
     tolerations: list[Toleration] | None = Field(
         None, max_length=64, description="Taints the runner pods tolerate (e.g. GPU node taints)."
     )
@@ -354,9 +359,9 @@ class Placement(ApiModel):
     priority_class_name: DnsName | None = Field(
         None, description="PriorityClass of the runner pods. Unset: the cluster default."
     )
-    runner_image: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")] | None = (
-        Field(None, description="Container image of the runner. Unset: the chart's runner image.")
-    )
+    runner_image: (
+        Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")] | None
+    ) = Field(None, description="Container image of the runner. Unset: the chart's runner image.")
     resources: ResourceOverride | None = Field(
         None,
         description="Requests and limits of the runner container other than GPUs. Unset: the "
@@ -365,7 +370,7 @@ class Placement(ApiModel):
 
 
 class VideoGenerationSpec(ApiModel):
-    """What to generate and with which resources. Everything except `suspend` is fixed at creation."""
+    """What to generate and with which resources. All but `suspend` is fixed at creation."""
 
     task: TaskName = Field(
         description="Which Wan2.2 model runs: `t2v-A14B` (text to video, two 14B experts), "
@@ -394,14 +399,14 @@ class VideoGenerationSpec(ApiModel):
         description="What the video should not show. Empty: the upstream default negative prompt "
         "(Chinese, against oversaturation, blur, static frames, deformed limbs and the like).",
     )
-    input_image: Annotated[str, StringConstraints(max_length=2048, pattern=IMAGE_URI_PATTERN)] | None = (
-        Field(
-            None,
-            description="Conditioning image, as `s3://bucket/key` in the object store of `output` "
-            "(or the chart's store) or an `https://` URL. Required for i2v-A14B, optional for "
-            "ti2v-5B (selects image-to-video), not accepted by t2v-A14B. An image that cannot "
-            "be read ends the generation Failed (reason ImageNotReadable).",
-        )
+    input_image: (
+        Annotated[str, StringConstraints(max_length=2048, pattern=IMAGE_URI_PATTERN)] | None
+    ) = Field(
+        None,
+        description="Conditioning image, as `s3://bucket/key` in the object store of `output` "
+        "(or the chart's store) or an `https://` URL. Required for i2v-A14B, optional for "
+        "ti2v-5B (selects image-to-video), not accepted by t2v-A14B. An image that cannot "
+        "be read ends the generation Failed (reason ImageNotReadable).",
     )
     seed: int = Field(
         -1,
@@ -415,9 +420,12 @@ class VideoGenerationSpec(ApiModel):
         default_factory=Sampling, description="Solver, steps, shift and guidance."
     )
     prompt_extension: PromptExtension | None = Field(
-        None, description="Rewrite the prompt with an LLM first. Unset: the prompt is used as given."
+        None,
+        description="Rewrite the prompt with an LLM first. Unset: the prompt is used as given.",
     )
-    checkpoint: CheckpointSource = Field(description="The model weights, from a PersistentVolumeClaim.")
+    checkpoint: CheckpointSource = Field(
+        description="The model weights, from a PersistentVolumeClaim."
+    )
     gpus: int = Field(
         1,
         ge=1,
@@ -442,7 +450,8 @@ class VideoGenerationSpec(ApiModel):
     )
     output: OutputLocation | None = Field(
         None,
-        description="Where the MP4 goes. Unset: the chart's object store, its default bucket and prefix.",
+        description="Where the MP4 goes. Unset: the chart's object store, its default bucket "
+        "and prefix.",
     )
     suspend: bool = Field(
         False,
@@ -483,7 +492,8 @@ class VideoGenerationSpec(ApiModel):
     )
     placement: Placement = Field(
         default_factory=Placement,
-        description="Node selection, tolerations, affinity, priority, image and resources of the runner pods.",
+        description="Node selection, tolerations, affinity, priority, image and resources of "
+        "the runner pods.",
     )
 
     @model_validator(mode="after")
@@ -515,14 +525,14 @@ _REASON = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"  # metav1.Condition reason
 
 
 class Condition(ApiModel):
-    """A metav1.Condition: one aspect of the state, as kstatus, Argo CD and `kubectl wait` read it."""
+    """A metav1.Condition: one aspect of the state, as kstatus, Argo CD and kubectl wait read it."""
 
     type: Annotated[str, StringConstraints(min_length=1, max_length=316)] = Field(
         description="Condition type: Ready, Reconciling or Stalled (kstatus conventions)."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=_REASON)] = Field(
-        description="CamelCase reason for the last transition, e.g. Running, InsufficientGPUMemory."
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=_REASON)] = (
+        Field(description="CamelCase reason for the last transition, e.g. InsufficientGPUMemory.")
     )
     message: Annotated[str, StringConstraints(max_length=32768)] = Field(
         "", description="Human-readable details; for failures, what to fix."
@@ -536,9 +546,10 @@ class Condition(ApiModel):
 class Progress(ApiModel):
     """How far the runner is, written by rank 0 through the status subresource."""
 
-    stage: Literal["Loading", "EncodingPrompt", "Denoising", "Decoding", "Encoding", "Uploading"] | None = (
-        Field(None, description="What the runner is doing now.")
-    )
+    stage: (
+        Literal["Loading", "EncodingPrompt", "Denoising", "Decoding", "Encoding", "Uploading"]
+        | None
+    ) = Field(None, description="What the runner is doing now.")
     step: int | None = Field(None, ge=0, description="Denoising steps completed.")
     total_steps: int | None = Field(None, ge=1, description="Denoising steps in total.")
     expert: Literal["high_noise", "low_noise"] | None = Field(
@@ -547,7 +558,9 @@ class Progress(ApiModel):
     percent: int | None = Field(
         None, ge=0, le=100, description="Overall progress, loading and upload included."
     )
-    eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds until the video is uploaded.")
+    eta_seconds: int | None = Field(
+        None, ge=0, description="Estimated seconds until the video is uploaded."
+    )
 
 
 class OutputInfo(ApiModel):
@@ -575,7 +588,9 @@ class FailureInfo(ApiModel):
         description="CamelCase reason, e.g. StartTimeout, CheckpointNotFound, OOMKilled."
     )
     message: Annotated[str, StringConstraints(max_length=32768)] = Field(
-        "", description="What happened and what to fix; from the runner's termination message when there is one."
+        "",
+        description="What happened and what to fix; from the runner's termination message "
+        "when there is one.",
     )
     exit_code: int | None = Field(None, description="Exit code of the failing container.")
     pod: Annotated[str, StringConstraints(max_length=253)] | None = Field(
@@ -585,7 +600,8 @@ class FailureInfo(ApiModel):
 
 
 class VideoGenerationStatus(ApiModel):
-    """Observed state, written by the operator (phase, conditions, failure) and the runner (progress, output)."""
+    """Observed state: the operator writes phase, conditions and failure; the runner progress
+    and output."""
 
     phase: Phase | None = Field(
         None,
@@ -606,12 +622,16 @@ class VideoGenerationStatus(ApiModel):
     output: OutputInfo | None = Field(None, description="The uploaded video, once Succeeded.")
     failure: FailureInfo | None = Field(None, description="The last failure.")
     seed: int | None = Field(None, description="The seed actually used (resolves spec.seed -1).")
-    attempt: int | None = Field(None, ge=0, le=MAX_RETRY_LIMIT, description="Current attempt, from 0.")
+    attempt: int | None = Field(
+        None, ge=0, le=MAX_RETRY_LIMIT, description="Current attempt, from 0."
+    )
     job_name: Annotated[str, StringConstraints(max_length=63)] | None = Field(
         None, description="Name of the current attempt's Job."
     )
     start_time: datetime | None = Field(None, description="When the first runner pod started.")
-    completion_time: datetime | None = Field(None, description="When the phase became Succeeded or Failed.")
+    completion_time: datetime | None = Field(
+        None, description="When the phase became Succeeded or Failed."
+    )
     kopf: dict[str, Any] | None = Field(
         None,
         description="Reserved for the kopf framework's own records; not part of the API.",

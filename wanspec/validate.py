@@ -40,7 +40,7 @@ GPUS_PER_NODE = 8  # default pod width: the common 8-GPU node
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a spec: where (JSON path from the resource root), what, and what would do."""
+    """One thing wrong with a spec: where (JSON path from the root), what, and what would do."""
 
     path: str
     message: str
@@ -84,25 +84,43 @@ def layout_problems(
     """Why (task, gpus, ulysses, cfgParallel) has no Ulysses × CFG layout using every GPU."""
     degrees = ", ".join(map(str, task.ulysses_degrees()))
     if ulysses is not None and task.num_heads % ulysses:
-        return [Problem("spec.parallelism.ulysses",
-                        f"{ulysses} does not divide the {task.num_heads} attention heads of {task.name}",
-                        degrees)]
+        return [
+            Problem(
+                "spec.parallelism.ulysses",
+                f"{ulysses} does not divide the {task.num_heads} attention heads of {task.name}",
+                degrees,
+            )
+        ]
     cfg = _cfg_default(task.num_heads, gpus, ulysses) if cfg_parallel is None else cfg_parallel
     if cfg and gpus % 2:
-        return [Problem("spec.parallelism.cfgParallel",
-                        f"CFG-parallel needs an even gpus, got {gpus}", "false, or an even gpus")]
+        return [
+            Problem(
+                "spec.parallelism.cfgParallel",
+                f"CFG-parallel needs an even gpus, got {gpus}",
+                "false, or an even gpus",
+            )
+        ]
     factor = 2 if cfg else 1
     if ulysses is not None and ulysses * factor != gpus:
         want = f"{gpus // factor}" if gpus % factor == 0 else "none for this gpus"
-        return [Problem("spec.parallelism.ulysses",
-                        f"ulysses {ulysses} × {factor} (cfgParallel {'on' if cfg else 'off'}) "
-                        f"does not equal gpus {gpus}", want)]
+        return [
+            Problem(
+                "spec.parallelism.ulysses",
+                f"ulysses {ulysses} × {factor} (cfgParallel {'on' if cfg else 'off'}) "
+                f"does not equal gpus {gpus}",
+                want,
+            )
+        ]
     if ulysses is None and task.num_heads % (gpus // factor):
         counts = ", ".join(map(str, valid_gpu_counts(task)))
-        return [Problem("spec.gpus",
-                        f"{gpus} GPUs cannot split the {task.num_heads} attention heads of "
-                        f"{task.name} (Ulysses degree gpus{' / 2' if cfg else ''})",
-                        counts)]
+        return [
+            Problem(
+                "spec.gpus",
+                f"{gpus} GPUs cannot split the {task.num_heads} attention heads of "
+                f"{task.name} (Ulysses degree gpus{' / 2' if cfg else ''})",
+                counts,
+            )
+        ]
     return []
 
 
@@ -125,7 +143,11 @@ class Layout:
 def default_layout(spec: VideoGenerationSpec) -> Layout:
     """The layout of a valid spec, unset fields derived as the module docstring says."""
     task, p = TASKS[spec.task], spec.parallelism
-    cfg = _cfg_default(task.num_heads, spec.gpus, p.ulysses) if p.cfg_parallel is None else p.cfg_parallel
+    cfg = (
+        _cfg_default(task.num_heads, spec.gpus, p.ulysses)
+        if p.cfg_parallel is None
+        else p.cfg_parallel
+    )
     dit_fsdp = (task.is_moe and spec.gpus > 1) if p.dit_fsdp is None else p.dit_fsdp
     t5_fsdp = (dit_fsdp and not spec.memory.t5_cpu) if p.t5_fsdp is None else p.t5_fsdp
     return Layout(
@@ -169,21 +191,38 @@ def rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
     if task is not None:
         sizes = [str(s) for s in task.sizes]
         if isinstance(spec.get("size"), str) and spec["size"] not in sizes:
-            problems.append(Problem("spec.size", f"{spec['size']} is not a size of {task.name}",
-                                    ", ".join(sizes)))
+            problems.append(
+                Problem(
+                    "spec.size", f"{spec['size']} is not a size of {task.name}", ", ".join(sizes)
+                )
+            )
         image = spec.get("inputImage")
         if task.needs_image and image is None:
-            problems.append(Problem("spec.inputImage", f"{task.name} needs an input image",
-                                    "s3://bucket/key or https://host/path"))
+            problems.append(
+                Problem(
+                    "spec.inputImage",
+                    f"{task.name} needs an input image",
+                    "s3://bucket/key or https://host/path",
+                )
+            )
         if image is not None and not task.accepts_image:
             accepting = ", ".join(n for n, t in TASKS.items() if t.accepts_image)
-            problems.append(Problem("spec.inputImage", f"{task.name} takes no input image",
-                                    f"unset, or task {accepting}"))
+            problems.append(
+                Problem(
+                    "spec.inputImage",
+                    f"{task.name} takes no input image",
+                    f"unset, or task {accepting}",
+                )
+            )
         guide = _get(spec, "sampling.guideScale")
         if isinstance(guide, list) and len(guide) == 2 and not task.is_moe:
-            problems.append(Problem("spec.sampling.guideScale",
-                                    f"{task.name} has one expert, so one guide scale",
-                                    "a single value, e.g. [5.0]"))
+            problems.append(
+                Problem(
+                    "spec.sampling.guideScale",
+                    f"{task.name} has one expert, so one guide scale",
+                    "a single value, e.g. [5.0]",
+                )
+            )
         if gpus is not None and gpus >= 1:
             ulysses = _int(_get(spec, "parallelism.ulysses"))
             cfg = _bool(_get(spec, "parallelism.cfgParallel"))
@@ -193,39 +232,69 @@ def rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
     frames = _int(spec.get("frames"))
     if frames is not None and frames >= 1 and frames % 4 != 1:
         lower = 4 * ((frames - 1) // 4) + 1
-        problems.append(Problem("spec.frames", f"{frames} is not of the form 4n+1",
-                                f"{lower} or {lower + 4}"))
+        problems.append(
+            Problem("spec.frames", f"{frames} is not of the form 4n+1", f"{lower} or {lower + 4}")
+        )
 
-    if _get(spec, "promptExtension.method") == "dashscope" and _get(spec, "promptExtension.apiKeySecretRef") is None:
-        problems.append(Problem("spec.promptExtension.apiKeySecretRef",
-                                "method dashscope needs the Secret holding the API key",
-                                "{name: <secret>, key: DASH_API_KEY}"))
+    if (
+        _get(spec, "promptExtension.method") == "dashscope"
+        and _get(spec, "promptExtension.apiKeySecretRef") is None
+    ):
+        problems.append(
+            Problem(
+                "spec.promptExtension.apiKeySecretRef",
+                "method dashscope needs the Secret holding the API key",
+                "{name: <secret>, key: DASH_API_KEY}",
+            )
+        )
 
     path = _get(spec, "checkpoint.path")
     if isinstance(path, str) and ".." in path.split("/"):
-        problems.append(Problem("spec.checkpoint.path", "must not contain `..`",
-                                "a path inside the claim, e.g. Wan2.2-T2V-A14B"))
+        problems.append(
+            Problem(
+                "spec.checkpoint.path",
+                "must not contain `..`",
+                "a path inside the claim, e.g. Wan2.2-T2V-A14B",
+            )
+        )
 
     per_pod = _int(spec.get("gpusPerPod"))
     if gpus is not None and per_pod is not None and per_pod >= 1 and gpus % per_pod:
         divisors = [d for d in range(1, gpus + 1) if gpus % d == 0]
-        problems.append(Problem("spec.gpusPerPod", f"{per_pod} does not divide gpus {gpus}",
-                                ", ".join(map(str, divisors))))
+        problems.append(
+            Problem(
+                "spec.gpusPerPod",
+                f"{per_pod} does not divide gpus {gpus}",
+                ", ".join(map(str, divisors)),
+            )
+        )
 
     for switch in ("ditFsdp", "t5Fsdp"):
         if _get(spec, f"parallelism.{switch}") is True and gpus == 1:
-            problems.append(Problem(f"spec.parallelism.{switch}", "FSDP needs more than one GPU",
-                                    "false, or gpus > 1"))
+            problems.append(
+                Problem(
+                    f"spec.parallelism.{switch}",
+                    "FSDP needs more than one GPU",
+                    "false, or gpus > 1",
+                )
+            )
     if _get(spec, "parallelism.t5Fsdp") is True and _get(spec, "memory.t5Cpu") is True:
-        problems.append(Problem("spec.memory.t5Cpu", "cannot be combined with parallelism.t5Fsdp",
-                                "one of the two"))
+        problems.append(
+            Problem(
+                "spec.memory.t5Cpu", "cannot be combined with parallelism.t5Fsdp", "one of the two"
+            )
+        )
 
     for kind in ("requests", "limits"):
         amounts = _get(spec, f"placement.resources.{kind}")
         if isinstance(amounts, Mapping) and GPU_RESOURCE in amounts:
-            problems.append(Problem(f"spec.placement.resources.{kind}",
-                                    f"{GPU_RESOURCE} is set by the operator from gpusPerPod",
-                                    "cpu, memory, ephemeral-storage, …"))
+            problems.append(
+                Problem(
+                    f"spec.placement.resources.{kind}",
+                    f"{GPU_RESOURCE} is set by the operator from gpusPerPod",
+                    "cpu, memory, ephemeral-storage, …",
+                )
+            )
 
     tolerations = _get(spec, "placement.tolerations")
     for i, tol in enumerate(tolerations if isinstance(tolerations, list) else []):
@@ -243,8 +312,13 @@ def _toleration_problems(at: str, tol: Mapping[str, Any]) -> list[Problem]:
     if not tol.get("key") and operator != "Exists":
         problems.append(Problem(f"{at}.operator", "an empty key needs operator Exists", "Exists"))
     if tol.get("tolerationSeconds") is not None and tol.get("effect") != "NoExecute":
-        problems.append(Problem(f"{at}.tolerationSeconds", "only applies with effect NoExecute",
-                                "unset, or effect NoExecute"))
+        problems.append(
+            Problem(
+                f"{at}.tolerationSeconds",
+                "only applies with effect NoExecute",
+                "unset, or effect NoExecute",
+            )
+        )
     return problems
 
 
@@ -252,13 +326,23 @@ def name_problems(name: str) -> list[Problem]:
     """The resource name must leave room for derived Job and pod host names (63-char DNS labels)."""
     problems = []
     if len(name) > MAX_NAME_LENGTH:
-        problems.append(Problem("metadata.name", f"{len(name)} characters is longer than "
-                                f"{MAX_NAME_LENGTH}, so derived pod host names would pass 63",
-                                f"at most {MAX_NAME_LENGTH} characters"))
+        problems.append(
+            Problem(
+                "metadata.name",
+                f"{len(name)} characters is longer than "
+                f"{MAX_NAME_LENGTH}, so derived pod host names would pass 63",
+                f"at most {MAX_NAME_LENGTH} characters",
+            )
+        )
     if not re.match(NAME_PATTERN, name):
-        problems.append(Problem("metadata.name", f"{name!r} is not a DNS label starting with a "
-                                "letter (the headless Service is named after it)",
-                                "lowercase letters, digits and '-', starting with a letter"))
+        problems.append(
+            Problem(
+                "metadata.name",
+                f"{name!r} is not a DNS label starting with a "
+                "letter (the headless Service is named after it)",
+                "lowercase letters, digits and '-', starting with a letter",
+            )
+        )
     return problems
 
 
@@ -361,7 +445,17 @@ def resolve(spec: VideoGenerationSpec | Mapping[str, Any]) -> ResolvedSpec:
 
 
 __all__ = [
-    "InvalidSpec", "Layout", "Problem", "ResolvedSpec", "default_gpus_per_pod", "default_layout",
-    "layout_problems", "name_problems", "parse", "resolve", "rule_problems", "validate",
+    "InvalidSpec",
+    "Layout",
+    "Problem",
+    "ResolvedSpec",
+    "default_gpus_per_pod",
+    "default_layout",
+    "layout_problems",
+    "name_problems",
+    "parse",
+    "resolve",
+    "rule_problems",
+    "validate",
     "valid_gpu_counts",
 ]

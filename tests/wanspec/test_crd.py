@@ -1,4 +1,4 @@
-"""The generated CRD: no drift from the generator, structural, bounded, documented, rules derived."""
+"""The generated CRD: no drift, structural, bounded, documented, rules from the task table."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def walk(node: dict, path: str = "") -> Iterator[tuple[str, dict]]:
 
 def test_committed_crd_matches_the_generator():
     assert CRD_FILE.read_text() == crd.render(), (
-        "crds/ is stale: run `python -m wanspec.crd > crds/videogenerations.wanops.io.yaml`")
+        "crds/ is stale: run `python -m wanspec.crd > crds/videogenerations.wanops.io.yaml`"
+    )
 
 
 def test_generation_is_deterministic():
@@ -49,9 +50,17 @@ def test_identity(doc):
     spec = doc["spec"]
     assert doc["metadata"]["name"] == "videogenerations.wanops.io"
     assert (spec["group"], spec["scope"], spec["names"]["kind"], spec["names"]["shortNames"]) == (
-        "wanops.io", "Namespaced", "VideoGeneration", ["vg"])
+        "wanops.io",
+        "Namespaced",
+        "VideoGeneration",
+        ["vg"],
+    )
     [version] = spec["versions"]
-    assert version["name"] == "v1alpha1" and version["storage"] and version["subresources"] == {"status": {}}
+    assert (
+        version["name"] == "v1alpha1"
+        and version["storage"]
+        and version["subresources"] == {"status": {}}
+    )
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
     assert columns == ["Task", "Size", "Phase", "Progress", "Age", "Output"]
 
@@ -62,7 +71,9 @@ def test_schema_is_structural(schema):
         assert node.get("type") != "null" and "nullable" not in node, path
         if "anyOf" in node:  # only the int-or-string form is allowed
             assert node.get("x-kubernetes-int-or-string") and node["anyOf"] == [
-                {"type": "integer"}, {"type": "string"}], path
+                {"type": "integer"},
+                {"type": "string"},
+            ], path
         else:
             assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -93,8 +104,20 @@ def test_status_keeps_kopf_state_and_condition_list_map(schema):
     assert status["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
     assert status["conditions"]["x-kubernetes-list-type"] == "map"
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
-    assert status["conditions"]["items"]["required"] == ["type", "status", "reason", "lastTransitionTime"]
-    assert set(status["phase"]["enum"]) == {"Pending", "Queued", "Suspended", "Running", "Succeeded", "Failed"}
+    assert status["conditions"]["items"]["required"] == [
+        "type",
+        "status",
+        "reason",
+        "lastTransitionTime",
+    ]
+    assert set(status["phase"]["enum"]) == {
+        "Pending",
+        "Queued",
+        "Suspended",
+        "Running",
+        "Succeeded",
+        "Failed",
+    }
 
 
 def test_defaults_match_the_models(schema):

@@ -65,21 +65,32 @@ class _VG:
         self.api, self.ns = api, namespace
 
     def create(self, spec_: dict, name: str = "vg", dry_run: bool = False) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
-                "metadata": {"name": name}, "spec": spec_}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VideoGeneration",
+            "metadata": {"name": name},
+            "spec": spec_,
+        }
         return self.api.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, body, field_validation="Strict",
-            **({"dry_run": "All"} if dry_run else {}))
+            GROUP,
+            VERSION,
+            self.ns,
+            PLURAL,
+            body,
+            field_validation="Strict",
+            **({"dry_run": "All"} if dry_run else {}),
+        )
 
     def patch(self, name: str, patch: dict) -> dict:
         return self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, patch)
 
     def patch_status(self, name: str, status: dict) -> dict:
         return self.api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.ns, PLURAL, name, {"status": status})
+            GROUP, VERSION, self.ns, PLURAL, name, {"status": status}
+        )
 
     def refusal(self, spec_: dict, name: str = "vg") -> tuple[str, list[str]] | None:
-        """(message, fields) of the API server's refusal of a dry-run create, or None if accepted."""
+        """(message, fields) of the API server's refusal of a dry-run create; None: accepted."""
         from kubernetes.client.rest import ApiException
 
         try:
@@ -96,50 +107,106 @@ class _VG:
 # the others are the API server's own OpenAPI wording.
 SERVER_REFUSES = [
     ("task enum", spec(task="s2v-14B"), "spec.task", 'Unsupported value: "s2v-14B"'),
-    ("size not of the task", spec("ti2v-5B", size="1280*720"), "spec.size",
-     "spec.size is not a size of spec.task"),
+    (
+        "size not of the task",
+        spec("ti2v-5B", size="1280*720"),
+        "spec.size",
+        "spec.size is not a size of spec.task",
+    ),
     ("size enum", spec(size="1920*1080"), "spec.size", "Unsupported value"),
     ("frames not 4n+1", spec(frames=80), "spec.frames", "spec.frames must be of the form 4n+1"),
     ("frames absurd", spec(frames=100001), "spec.frames", "less than or equal to 1001"),
-    ("i2v without image", spec("i2v-A14B", inputImage=None), "spec.inputImage",
-     "spec.inputImage is required for i2v-A14B"),
-    ("t2v with image", spec(inputImage="https://example.org/a.png"), "spec.inputImage",
-     "only accepted by i2v-A14B, ti2v-5B"),
-    ("image URL scheme", spec("i2v-A14B", inputImage="ftp://example.org/a.png"), "spec.inputImage",
-     "should match"),
-    ("ulysses not dividing heads", spec(gpus=3, parallelism__ulysses=3), "spec.parallelism.ulysses",
-     "must divide the task's attention heads"),
-    ("ulysses not dividing 5B heads", spec("ti2v-5B", gpus=5, parallelism__ulysses=5),
-     "spec.parallelism.ulysses", "ti2v-5B: 24 heads"),
-    ("ulysses not dividing gpus", spec(gpus=8, parallelism__ulysses=5), "spec.parallelism.ulysses",
-     "must equal spec.gpus"),
+    (
+        "i2v without image",
+        spec("i2v-A14B", inputImage=None),
+        "spec.inputImage",
+        "spec.inputImage is required for i2v-A14B",
+    ),
+    (
+        "t2v with image",
+        spec(inputImage="https://example.org/a.png"),
+        "spec.inputImage",
+        "only accepted by i2v-A14B, ti2v-5B",
+    ),
+    (
+        "image URL scheme",
+        spec("i2v-A14B", inputImage="ftp://example.org/a.png"),
+        "spec.inputImage",
+        "should match",
+    ),
+    (
+        "ulysses not dividing heads",
+        spec(gpus=3, parallelism__ulysses=3),
+        "spec.parallelism.ulysses",
+        "must divide the task's attention heads",
+    ),
+    (
+        "ulysses not dividing 5B heads",
+        spec("ti2v-5B", gpus=5, parallelism__ulysses=5),
+        "spec.parallelism.ulysses",
+        "ti2v-5B: 24 heads",
+    ),
+    (
+        "ulysses not dividing gpus",
+        spec(gpus=8, parallelism__ulysses=5),
+        "spec.parallelism.ulysses",
+        "must equal spec.gpus",
+    ),
     ("gpus without a layout", spec(gpus=3), "spec.gpus", "must divide the task's attention heads"),
-    ("gpusPerPod not dividing gpus", spec(gpus=16, gpusPerPod=3), "spec.gpusPerPod",
-     "spec.gpusPerPod must divide spec.gpus"),
+    (
+        "gpusPerPod not dividing gpus",
+        spec(gpus=16, gpusPerPod=3),
+        "spec.gpusPerPod",
+        "spec.gpusPerPod must divide spec.gpus",
+    ),
     ("steps zero", spec(sampling__steps=0), "spec.sampling.steps", "greater than or equal to 1"),
     ("prompt over the limit", spec(prompt="x" * 10_001), "spec.prompt", "10000"),
     ("empty prompt", spec(prompt=""), "spec.prompt", "at least 1"),
-    ("two guide scales for 5B", spec("ti2v-5B", sampling__guideScale=[3.0, 4.0]),
-     "spec.sampling.guideScale", "two values (low, high) only for the two-expert"),
-    ("dashscope without key", spec(promptExtension={"method": "dashscope"}),
-     "spec.promptExtension.apiKeySecretRef", "required for method dashscope"),
-    ("t5Fsdp with t5Cpu", spec(gpus=2, parallelism__t5Fsdp=True, memory__t5Cpu=True),
-     "spec.memory.t5Cpu", "cannot be combined"),
+    (
+        "two guide scales for 5B",
+        spec("ti2v-5B", sampling__guideScale=[3.0, 4.0]),
+        "spec.sampling.guideScale",
+        "two values (low, high) only for the two-expert",
+    ),
+    (
+        "dashscope without key",
+        spec(promptExtension={"method": "dashscope"}),
+        "spec.promptExtension.apiKeySecretRef",
+        "required for method dashscope",
+    ),
+    (
+        "t5Fsdp with t5Cpu",
+        spec(gpus=2, parallelism__t5Fsdp=True, memory__t5Cpu=True),
+        "spec.memory.t5Cpu",
+        "cannot be combined",
+    ),
     ("ditFsdp on one GPU", spec(parallelism__ditFsdp=True), "spec.parallelism.ditFsdp", "gpus > 1"),
-    ("checkpoint path escapes", spec(checkpoint={"claimName": "m", "path": "a/../b"}),
-     "spec.checkpoint.path", "must not contain `..`"),
-    ("GPU in resources", spec(placement={"resources": {"limits": {"nvidia.com/gpu": 8}}}),
-     "spec.placement.resources.limits", "must not set nvidia.com/gpu"),
-    ("toleration Exists with value",
-     spec(placement={"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
-     "spec.placement.tolerations[0].value", "must be empty with operator Exists"),
+    (
+        "checkpoint path escapes",
+        spec(checkpoint={"claimName": "m", "path": "a/../b"}),
+        "spec.checkpoint.path",
+        "must not contain `..`",
+    ),
+    (
+        "GPU in resources",
+        spec(placement={"resources": {"limits": {"nvidia.com/gpu": 8}}}),
+        "spec.placement.resources.limits",
+        "must not set nvidia.com/gpu",
+    ),
+    (
+        "toleration Exists with value",
+        spec(placement={"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+        "spec.placement.tolerations[0].value",
+        "must be empty with operator Exists",
+    ),
     ("unknown field", spec(promt="typo"), "", 'unknown field "spec.promt"'),
     ("missing checkpoint", spec(checkpoint=None), "spec.checkpoint", "Required value"),
 ]
 
 
-@pytest.mark.parametrize(("case", "value", "field", "text"), SERVER_REFUSES,
-                         ids=[c[0] for c in SERVER_REFUSES])
+@pytest.mark.parametrize(
+    ("case", "value", "field", "text"), SERVER_REFUSES, ids=[c[0] for c in SERVER_REFUSES]
+)
 def test_server_refuses_with_a_message_naming_the_field(vg, case, value, field, text):
     refusal = vg.refusal(value)
     assert refusal is not None, f"{case}: accepted"
@@ -172,11 +239,21 @@ def test_server_and_validate_agree_on_every_gpu_layout(vg):
     disagreements = []
     for task in TASKS:
         for gpus in (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 40, 48, 80):
-            for par in ({}, {"cfgParallel": True}, {"cfgParallel": False}, {"ulysses": gpus},
-                        {"ulysses": max(gpus // 2, 1)}, {"ulysses": 8, "cfgParallel": True}):
+            for par in (
+                {},
+                {"cfgParallel": True},
+                {"cfgParallel": False},
+                {"ulysses": gpus},
+                {"ulysses": max(gpus // 2, 1)},
+                {"ulysses": 8, "cfgParallel": True},
+            ):
                 for per_pod in (None, 4):
-                    value = spec(task, gpus=gpus, parallelism=par,
-                                 **({"gpusPerPod": per_pod} if per_pod else {}))
+                    value = spec(
+                        task,
+                        gpus=gpus,
+                        parallelism=par,
+                        **({"gpusPerPod": per_pod} if per_pod else {}),
+                    )
                     python_ok = not validate(value)
                     server_ok = vg.refusal(value) is None
                     if python_ok != server_ok:
@@ -189,7 +266,12 @@ def test_valid_object_per_task_is_accepted_with_defaults(vg, task):
     created = vg.create(BASE[task], name=f"ok-{task.lower()}")
     s = created["spec"]
     assert (s["seed"], s["gpus"], s["suspend"], s["retryLimit"], s["startTimeoutSeconds"]) == (
-        -1, 1, False, 2, 1800)
+        -1,
+        1,
+        False,
+        2,
+        1800,
+    )
     assert s["sampling"] == {"solver": "unipc"}
     assert s["memory"] == {"t5Cpu": False}
     assert s["parallelism"] == {} and s["placement"] == {} and s["negativePrompt"] == ""
@@ -208,13 +290,21 @@ def test_spec_is_immutable_except_suspend(vg):
     from kubernetes.client.rest import ApiException
 
     vg.create(BASE["t2v-A14B"], name="fixed")
-    for patch in ({"prompt": "dogs"}, {"frames": 41}, {"gpus": 2}, {"sampling": {"steps": 10}},
-                  {"checkpoint": {"path": "elsewhere"}}):
+    for patch in (
+        {"prompt": "dogs"},
+        {"frames": 41},
+        {"gpus": 2},
+        {"sampling": {"steps": 10}},
+        {"checkpoint": {"path": "elsewhere"}},
+    ):
         with pytest.raises(ApiException) as err:
             vg.patch("fixed", {"spec": patch})
         field = next(iter(patch))
         assert err.value.status == 422
-        assert f"spec.{field} is immutable after creation; only spec.suspend may change" in err.value.body
+        assert (
+            f"spec.{field} is immutable after creation; only spec.suspend may change"
+            in err.value.body
+        )
     suspended = vg.patch("fixed", {"spec": {"suspend": True}})
     assert suspended["spec"]["suspend"] is True and suspended["metadata"]["generation"] == 2
     assert vg.patch("fixed", {"spec": {"suspend": False}})["spec"]["suspend"] is False
@@ -223,9 +313,18 @@ def test_spec_is_immutable_except_suspend(vg):
 def test_status_subresource_keeps_our_fields_and_kopf_state(vg):
     vg.create(BASE["ti2v-5B"], name="progress")
     status = {
-        "phase": "Running", "observedGeneration": 1,
-        "conditions": [{"type": "Reconciling", "status": "True", "reason": "Running", "message": "",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+        "phase": "Running",
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": "Reconciling",
+                "status": "True",
+                "reason": "Running",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
         "progress": {"stage": "Denoising", "step": 3, "totalSteps": 50, "percent": 7},
         "kopf": {"progress": {"handler": {"started": "2026-01-01T00:00:00Z"}}},
     }
@@ -238,20 +337,33 @@ def test_status_subresource_keeps_our_fields_and_kopf_state(vg):
 
 def test_printer_columns(kube, vg):
     vg.create(BASE["t2v-A14B"], name="table")
-    vg.patch_status("table", {"phase": "Succeeded", "progress": {"percent": 100},
-                              "output": {"uri": "s3://videos/table.mp4"}})
+    vg.patch_status(
+        "table",
+        {
+            "phase": "Succeeded",
+            "progress": {"percent": 100},
+            "output": {"uri": "s3://videos/table.mp4"},
+        },
+    )
     # What `kubectl get vg` prints: the server renders the printer columns as a Table.
     method, url, headers, _, _ = kube.param_serialize(
-        "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{vg.ns}/{PLURAL}/table",
+        "GET",
+        f"/apis/{GROUP}/{VERSION}/namespaces/{vg.ns}/{PLURAL}/table",
         header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-        auth_settings=["BearerToken"])
+        auth_settings=["BearerToken"],
+    )
     response = kube.call_api(method, url, header_params=headers)
     table = json.loads(response.read())
     names = [c["name"] for c in table["columnDefinitions"]]
     assert names[:7] == ["Name", "Task", "Size", "Phase", "Progress", "Age", "Output"]
-    row = dict(zip(names, table["rows"][0]["cells"]))
+    row = dict(zip(names, table["rows"][0]["cells"], strict=True))
     assert (row["Task"], row["Size"], row["Phase"], row["Progress"], row["Output"]) == (
-        "t2v-A14B", "1280*720", "Succeeded", 100, "s3://videos/table.mp4")
+        "t2v-A14B",
+        "1280*720",
+        "Succeeded",
+        100,
+        "s3://videos/table.mp4",
+    )
 
 
 def test_installed_crd_describes_every_property(crd_installed):
@@ -270,5 +382,5 @@ def test_installed_crd_describes_every_property(crd_installed):
     walk(schema, "")
     assert not missing
     assert schema["properties"]["spec"]["properties"]["sampling"]["properties"]["steps"][
-        "description"].startswith("Denoising steps.")
-
+        "description"
+    ].startswith("Denoising steps.")

@@ -43,8 +43,9 @@ def _types(annotation) -> list:
     return [annotation] if not args else [t for a in args for t in _types(a)]
 
 
-@pytest.mark.parametrize("model", sorted(_models(VideoGeneration), key=lambda m: m.__name__),
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "model", sorted(_models(VideoGeneration), key=lambda m: m.__name__), ids=lambda m: m.__name__
+)
 def test_every_field_is_described(model):
     for name, field in model.model_fields.items():
         if model is VideoGeneration and name in ("spec", "status"):
@@ -54,11 +55,22 @@ def test_every_field_is_described(model):
 
 def test_json_names_are_camel_case_and_round_trip():
     spec = VideoGenerationSpec.model_validate(
-        {**MINIMAL, "negativePrompt": "blur", "gpusPerPod": 1, "memory": {"gpuMemoryGiB": 80},
-         "promptExtension": {"targetLanguage": "en"}, "ttlSecondsAfterFinished": 60}
+        {
+            **MINIMAL,
+            "negativePrompt": "blur",
+            "gpusPerPod": 1,
+            "memory": {"gpuMemoryGiB": 80},
+            "promptExtension": {"targetLanguage": "en"},
+            "ttlSecondsAfterFinished": 60,
+        }
     )
     dumped = spec.model_dump(by_alias=True, exclude_none=True)
-    assert {"negativePrompt", "gpusPerPod", "ttlSecondsAfterFinished", "startTimeoutSeconds"} <= set(dumped)
+    assert {
+        "negativePrompt",
+        "gpusPerPod",
+        "ttlSecondsAfterFinished",
+        "startTimeoutSeconds",
+    } <= set(dumped)
     assert dumped["memory"]["gpuMemoryGiB"] == 80
     assert dumped["promptExtension"]["targetLanguage"] == "en"
     assert VideoGenerationSpec.model_validate(dumped) == spec
@@ -96,29 +108,57 @@ def test_task_and_size_enums_come_from_the_task_table():
 
 def test_quantities_accept_ints_and_strings():
     spec = VideoGenerationSpec.model_validate(
-        {**MINIMAL, "placement": {"resources": {"requests": {"cpu": 16, "memory": "200Gi"}}}})
+        {**MINIMAL, "placement": {"resources": {"requests": {"cpu": 16, "memory": "200Gi"}}}}
+    )
     assert spec.placement.resources.requests == {"cpu": "16", "memory": "200Gi"}
     with pytest.raises(ValidationError, match="memory"):
         VideoGenerationSpec.model_validate(
-            {**MINIMAL, "placement": {"resources": {"requests": {"memory": "lots"}}}})
+            {**MINIMAL, "placement": {"resources": {"requests": {"memory": "lots"}}}}
+        )
 
 
 def test_status_has_the_kstatus_shape():
-    status = VideoGenerationStatus.model_validate({
-        "phase": "Running",
-        "observedGeneration": 1,
-        "conditions": [{"type": "Reconciling", "status": "True", "reason": "Running",
-                        "message": "step 3/40", "lastTransitionTime": "2026-01-01T00:00:00Z",
-                        "observedGeneration": 1}],
-        "progress": {"stage": "Denoising", "step": 3, "totalSteps": 40, "expert": "high_noise",
-                     "percent": 9, "etaSeconds": 300},
-        "failure": {"reason": "OOMKilled", "exitCode": 137, "pod": "x-0", "time": "2026-01-01T00:00:00Z"},
-        "kopf": {"anything": {"goes": 1}},
-    })
+    status = VideoGenerationStatus.model_validate(
+        {
+            "phase": "Running",
+            "observedGeneration": 1,
+            "conditions": [
+                {
+                    "type": "Reconciling",
+                    "status": "True",
+                    "reason": "Running",
+                    "message": "step 3/40",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "observedGeneration": 1,
+                }
+            ],
+            "progress": {
+                "stage": "Denoising",
+                "step": 3,
+                "totalSteps": 40,
+                "expert": "high_noise",
+                "percent": 9,
+                "etaSeconds": 300,
+            },
+            "failure": {
+                "reason": "OOMKilled",
+                "exitCode": 137,
+                "pod": "x-0",
+                "time": "2026-01-01T00:00:00Z",
+            },
+            "kopf": {"anything": {"goes": 1}},
+        }
+    )
     assert status.conditions[0].observed_generation == 1
     assert set(CONDITION_TYPES) == {"Ready", "Reconciling", "Stalled"}
-    assert set(Condition.model_fields) == {"type", "status", "reason", "message",
-                                           "last_transition_time", "observed_generation"}
+    assert set(Condition.model_fields) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "last_transition_time",
+        "observed_generation",
+    }
     with pytest.raises(ValidationError):
         VideoGenerationStatus.model_validate({"phase": "Done"})
 

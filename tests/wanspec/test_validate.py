@@ -1,10 +1,13 @@
-"""validate(): every rule, every problem at once, field paths; resolve(): per-task and layout defaults."""
+"""validate(): every rule, all problems at once, field paths. resolve(): task and GPU defaults."""
 
 from __future__ import annotations
 
 import pytest
-
-from vg_cases import BASE, INVALID, spec  # tests/wanspec/vg_cases.py, shared with the API server test
+from vg_cases import (
+    BASE,
+    INVALID,
+    spec,
+)  # tests/wanspec/vg_cases.py, shared with the API server test
 
 from wanspec.spec import MAX_NAME_LENGTH, VideoGenerationSpec
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, TASKS
@@ -33,11 +36,27 @@ def test_valid_specs_have_no_problems(task):
 
 
 def test_every_problem_is_reported_at_once():
-    bad = spec("ti2v-5B", size="1280*720", frames=80, prompt="", gpus=5,
-               sampling__steps=0, sampling__guideScale=[1.0, 2.0], gpusPerPod=2)
+    bad = spec(
+        "ti2v-5B",
+        size="1280*720",
+        frames=80,
+        prompt="",
+        gpus=5,
+        sampling__steps=0,
+        sampling__guideScale=[1.0, 2.0],
+        gpusPerPod=2,
+    )
     paths = {p.path for p in validate(bad, name="Bad_Name")}
-    assert paths >= {"metadata.name", "spec.size", "spec.frames", "spec.prompt", "spec.gpus",
-                     "spec.sampling.steps", "spec.sampling.guideScale", "spec.gpusPerPod"}
+    assert paths >= {
+        "metadata.name",
+        "spec.size",
+        "spec.frames",
+        "spec.prompt",
+        "spec.gpus",
+        "spec.sampling.steps",
+        "spec.sampling.guideScale",
+        "spec.gpusPerPod",
+    }
 
 
 def test_problem_text_carries_path_and_valid_values():
@@ -50,8 +69,16 @@ def test_snake_case_input_is_checked_like_camel_case():
     assert validate(snake) == []
 
 
-@pytest.mark.parametrize(("name", "ok"), [("a" * MAX_NAME_LENGTH, True), ("a" * (MAX_NAME_LENGTH + 1), False),
-                                          ("cats-1", True), ("1cats", False), ("cats.v2", False)])
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("a" * MAX_NAME_LENGTH, True),
+        ("a" * (MAX_NAME_LENGTH + 1), False),
+        ("cats-1", True),
+        ("1cats", False),
+        ("cats.v2", False),
+    ],
+)
 def test_names_leave_room_for_derived_hostnames(name, ok):
     assert (validate(BASE["t2v-A14B"], name=name) == []) == ok
 
@@ -67,21 +94,42 @@ def test_parse_raises_with_every_problem():
 def test_resolve_takes_the_task_defaults(task):
     t, r = TASKS[task], resolve(BASE[task])
     assert (r.frames, r.steps, r.shift, r.guide_scale, r.fps) == (
-        t.frame_num, t.sample_steps, t.sample_shift, t.guide_scale, t.fps)
-    assert (r.gpus, r.pods, r.ulysses, r.cfg_parallel, r.dit_fsdp, r.t5_fsdp) == (1, 1, 1, False, False, False)
+        t.frame_num,
+        t.sample_steps,
+        t.sample_shift,
+        t.guide_scale,
+        t.fps,
+    )
+    assert (r.gpus, r.pods, r.ulysses, r.cfg_parallel, r.dit_fsdp, r.t5_fsdp) == (
+        1,
+        1,
+        1,
+        False,
+        False,
+        False,
+    )
     assert (r.offload_model, r.convert_model_dtype, r.t5_cpu) == (True, True, False)
     assert r.negative_prompt == DEFAULT_NEGATIVE_PROMPT
 
 
 def test_resolve_keeps_given_values():
-    r = resolve(spec(frames=41, sampling__steps=10, sampling__shift=3.0, sampling__guideScale=[2.0],
-                     memory__offloadModel=False, memory__convertModelDtype=False))
+    r = resolve(
+        spec(
+            frames=41,
+            sampling__steps=10,
+            sampling__shift=3.0,
+            sampling__guideScale=[2.0],
+            memory__offloadModel=False,
+            memory__convertModelDtype=False,
+        )
+    )
     assert (r.frames, r.steps, r.shift, r.guide_scale) == (41, 10, 3.0, (2.0, 2.0))
     assert (r.offload_model, r.convert_model_dtype) == (False, False)
     assert resolve(spec(sampling__guideScale=[2.0, 6.0])).guide_scale == (2.0, 6.0)
 
 
-# (task, gpus, given parallelism, gpusPerPod, expected (pods, perPod, ulysses, cfg, ditFsdp, t5Fsdp))
+# (task, gpus, given parallelism, gpusPerPod,
+#  expected (pods, perPod, ulysses, cfg, ditFsdp, t5Fsdp))
 LAYOUTS = [
     ("t2v-A14B", 8, {}, None, (1, 8, 8, False, True, True)),
     ("t2v-A14B", 16, {}, None, (2, 8, 8, True, True, True)),  # 16 ∤ 40 → CFG × Ulysses 8
@@ -122,7 +170,17 @@ def test_valid_gpu_counts_all_resolve_and_no_other_count_does():
 
 
 def test_default_gpus_per_pod():
-    assert [default_gpus_per_pod(g) for g in (1, 2, 5, 8, 10, 12, 16, 40, 80)] == [1, 2, 5, 8, 5, 6, 8, 8, 8]
+    assert [default_gpus_per_pod(g) for g in (1, 2, 5, 8, 10, 12, 16, 40, 80)] == [
+        1,
+        2,
+        5,
+        8,
+        5,
+        6,
+        8,
+        8,
+        8,
+    ]
 
 
 def test_problem_is_a_plain_value():
