@@ -9,6 +9,7 @@ kubeconfig loader.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -42,6 +43,7 @@ class Kube:
         cfg.connection_pool_maxsize = 32  # two watches, the heartbeat and a thread per pod share it
         self.api = client.ApiClient(cfg)
         self.server = urlparse(cfg.host)
+        self._watches: set[Any] = set()  # open watch responses (urllib3)
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
                 content_type: str = "application/json", timeout: float = 30) -> JSON:
@@ -89,6 +91,7 @@ class Kube:
                                        ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_s)],
             header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
         resp = self.api.call_api(*params, _request_timeout=timeout_s + 30)
+        self._watches.add(resp.response)
         try:
             if resp.status != 200:
                 ApiException.from_response(http_resp=resp, body=resp.read().decode(errors="replace"), data=None)
@@ -101,4 +104,19 @@ class Kube:
                     raise ApiException(status=status.get("code", 500), reason=status.get("message", ""))
                 yield event
         finally:
+            self._watches.discard(resp.response)
             resp.response.release_conn()
+
+    def close_watches(self) -> None:
+        """Unblock every open watch: shut its socket down, so the reading thread sees the stream end.
+
+        Closing instead would wait for the SSL lock that the blocked read holds (the same reason
+        `kubernetes.watch.Watch.stop` shuts the socket down first).
+        """
+        for resp in list(self._watches):
+            sock = getattr(getattr(resp, "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -167,6 +167,7 @@ class NodeAgent:
         deadline = time.monotonic() + self.shutdown_grace + 2
         for w in workers:
             w.join(max(0.0, deadline - time.monotonic()))
+        self.kube.close_watches()
 
     # -- nodes ----------------------------------------------------------------------------------------
 
