@@ -1,4 +1,4 @@
-"""Tiny official-layout checkpoints (one per task, written once per session) and their pipelines."""
+"""The tiny checkpoints (tests/wan_core/conftest.py) loaded into pipelines, once per session."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from wan_core.pipelines import WanPipeline, load_pipeline
-from wan_core.testing.tiny_checkpoint import write_tiny_checkpoint
-from wanspec.tasks import TASKS
 
 
 @pytest.fixture(autouse=True)
@@ -20,12 +18,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-ckpts")
-    return {task: write_tiny_checkpoint(task, root / task) for task in TASKS}
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,196 @@
+"""The `generate` command: upstream `generate.py`'s flags and defaults, on one GPU or the CPU.
+
+    python -m wan_core.generate --task ti2v-5B --size 1280*704 --ckpt_dir ./Wan2.2-TI2V-5B \\
+        --offload_model True --convert_model_dtype --t5_cpu --prompt "Two cats boxing"
+
+Matches `generate.py` of Wan-Video/Wan2.2@42bf4cf for the in-scope flags of `shared/wan22-spec.md`
+§8.1 (same names, same defaults, `str2bool` for --offload_model, the default file name of §7.4).
+Beyond upstream (issue 5): everything upstream silently mishandles is refused with what to fix
+(§8.3: frames not 4n+1, steps < 1, shift ≤ 0, an image for t2v-A14B, a missing image for
+i2v-A14B — upstream substitutes an example image we do not ship); --negative_prompt and --fps; a
+failed save is an error. Multi-GPU flags are parsed and refused in one process (issue 7), and so
+is prompt extension (not implemented yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, TASKS, Size, TaskSpec, check_frame_num
+
+log = logging.getLogger("wan_core.generate")
+
+# generate.py --task choices; the last two exist upstream but are out of scope (spec §1.1).
+TASK_CHOICES = (*TASKS, "animate-14B", "s2v-14B")
+OUT_OF_SCOPE_TASKS = ("animate-14B", "s2v-14B")
+DEFAULT_SIZE = "1280*720"  # upstream's default, invalid for ti2v-5B (spec §13.1)
+MULTI_GPU_ISSUE = "issue 7 (multi-GPU inference with torchrun, FSDP and Ulysses)"
+
+
+def str2bool(value: str) -> bool:
+    """Upstream's `str2bool`: yes/true/t/y/1 and no/false/f/n/0, any case."""
+    lowered = value.lower()
+    if lowered in ("yes", "true", "t", "y", "1"):
+        return True
+    if lowered in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true/false), got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The in-scope flags of generate.py (spec §8.1), plus --negative_prompt and --fps."""
+    p = argparse.ArgumentParser(prog="generate", description="Generate a video from a text prompt or an image with Wan2.2.")
+    p.add_argument("--task", default="t2v-A14B", choices=TASK_CHOICES, help="the task to run")
+    p.add_argument("--size", default=DEFAULT_SIZE, help="W*H: the output size (text) or pixel budget (image); must be supported by the task")
+    p.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default: 81; 121 for ti2v-5B)")
+    p.add_argument("--ckpt_dir", default=None, help="the task's checkpoint folder")
+    p.add_argument("--offload_model", type=str2bool, default=None, help="move models to the CPU after use (default: True in one process)")
+    p.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree (multi-GPU, not in one process)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard umT5 with FSDP (multi-GPU, not in one process)")
+    p.add_argument("--t5_cpu", action="store_true", help="keep umT5 on the CPU and encode there")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP (multi-GPU, not in one process)")
+    p.add_argument("--save_file", default=None, help="output MP4 (default: a name from task, size, prompt and time)")
+    p.add_argument("--prompt", default=None, help="the prompt (default: the task's example prompt)")
+    p.add_argument("--use_prompt_extend", action="store_true", help="extend the prompt with an LLM (not implemented yet)")
+    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
+    p.add_argument("--prompt_extend_model", default=None)
+    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+    p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks one at random")
+    p.add_argument("--image", default=None, help="conditioning image (required for i2v-A14B; selects image mode for ti2v-5B)")
+    p.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"])
+    p.add_argument("--sample_steps", type=int, default=None, help="sampling steps (default: 40; 50 for ti2v-5B)")
+    p.add_argument("--sample_shift", type=float, default=None, help="schedule shift (default: 12 t2v, 5 i2v/ti2v)")
+    p.add_argument("--sample_guide_scale", type=float, default=None, help="CFG scale for both experts (default: the task's)")
+    p.add_argument("--convert_model_dtype", action="store_true", help="store the DiT weights in bf16")
+    p.add_argument("--negative_prompt", default="", help="negative prompt (default: the task's, spec §1.3)")
+    p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 16; 24 for ti2v-5B)")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    """Every problem with the flags, each saying what to fix; nothing is loaded yet."""
+    problems: list[str] = []
+    if args.task in OUT_OF_SCOPE_TASKS:
+        return [f"--task {args.task} is out of scope for wanops; tasks: {', '.join(TASKS)}"]
+    task: TaskSpec = TASKS[args.task]
+    if args.ckpt_dir is None:
+        problems.append(f"--ckpt_dir is required: the {task.name} checkpoint folder")
+    try:
+        size = Size.parse(args.size)
+        if size not in task.sizes:
+            problems.append(f"--size {args.size} is not supported by {task.name}; use one of {', '.join(str(s) for s in task.sizes)}")
+    except ValueError as err:
+        problems.append(f"--size: {err}")
+    if args.frame_num is not None:
+        try:
+            check_frame_num(args.frame_num)
+        except ValueError as err:
+            problems.append(f"--frame_num: {err}")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        problems.append(f"--sample_steps must be >= 1, got {args.sample_steps}")
+    if args.sample_shift is not None and not args.sample_shift > 0:
+        problems.append(f"--sample_shift must be > 0, got {args.sample_shift}")
+    if args.fps is not None and args.fps < 1:
+        problems.append(f"--fps must be >= 1, got {args.fps}")
+    if task.needs_image and args.image is None:
+        problems.append(f"{task.name} needs --image (the first frame of the video)")
+    if not task.accepts_image and args.image is not None:
+        problems.append(f"{task.name} does not take --image; use i2v-A14B or ti2v-5B for image-to-video")
+    if args.image is not None and not Path(args.image).is_file():
+        problems.append(f"--image {args.image}: no such file")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    multi = [flag for flag, on in (("--ulysses_size", args.ulysses_size != 1), ("--dit_fsdp", args.dit_fsdp),
+                                   ("--t5_fsdp", args.t5_fsdp)) if on]
+    if args.ulysses_size < 1:
+        problems.append(f"--ulysses_size must be >= 1, got {args.ulysses_size}")
+    elif multi or world > 1:
+        launched = f"launched with WORLD_SIZE={world}" if world > 1 else "one process"
+        problems.append(f"{', '.join(multi) or 'torchrun'}: multi-GPU inference is not available yet ({launched}); "
+                        f"it is {MULTI_GPU_ISSUE}. Run on one GPU without these flags.")
+    if args.use_prompt_extend:
+        problems.append("--use_prompt_extend: prompt extension is not implemented yet; pass the extended prompt with --prompt")
+    return problems
+
+
+def default_save_file(task: str, size: str, ulysses_size: int, prompt: str, now: datetime | None = None) -> str:
+    """Upstream's name: `{task}_{size}_{ulysses}_{prompt[:50]}_{YYYYmmdd_HHMMSS}.mp4` (spec §7.4)."""
+    size = size.replace("*", "x") if sys.platform == "win32" else size
+    prompt50 = prompt.replace(" ", "_").replace("/", "_")[:50]
+    stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
+    return f"{task}_{size}_{ulysses_size}_{prompt50}_{stamp}.mp4"
+
+
+class _Progress:
+    """A tqdm bar fed by the pipeline's (step, total, expert) callback."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, step: int, total: int, expert: str | None) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="sampling", unit="step")
+        self.bar.set_postfix_str(expert or "", refresh=False)
+        self.bar.update(1)
+        if step == total:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, check, load, generate, save; returns the exit status (2: bad flags, 1: bad input files)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = check_args(args)
+    if problems:
+        parser.error("\n  ".join(problems))
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
+
+    # Heavy imports only after the flags are known to be good.
+    from PIL import Image, UnidentifiedImageError
+
+    from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.pipelines import load_pipeline, resolve_seed
+    from wan_core.video import save_video
+
+    task = TASKS[args.task]
+    prompt = args.prompt if args.prompt is not None else (EXAMPLE_PROMPT_I2V if task.needs_image else EXAMPLE_PROMPT_T2V)
+    seed = resolve_seed(args.base_seed)
+    image = None
+    if args.image is not None:
+        try:
+            image = Image.open(args.image).convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            print(f"generate: error: --image {args.image} is not a readable image ({err})", file=sys.stderr)
+            return 1
+    log.info("task %s, size %s, seed %d, prompt: %s", task.name, args.size, seed, prompt)
+
+    try:
+        pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
+                             convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu)
+    except CheckpointError as err:
+        print(f"generate: error: {err}", file=sys.stderr)
+        return 1
+    log.info("loaded on %s (%s)", pipe.device, str(pipe.dtype).removeprefix("torch."))
+
+    options = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
+                   sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
+                   n_prompt=args.negative_prompt, seed=seed, offload_model=args.offload_model,
+                   callback=_Progress())
+    if task.name == "i2v-A14B":
+        video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
+    elif task.name == "ti2v-5B":
+        video = pipe.generate(prompt, img=image, size=args.size, **options)
+    else:
+        video = pipe.generate(prompt, size=args.size, **options)
+
+    save_file = args.save_file or default_save_file(task.name, args.size, args.ulysses_size, prompt)
+    path = save_video(video, save_file, args.fps or task.fps)
+    log.info("saved %s (%d frames, %dx%d, %d fps)", path, video.shape[1], video.shape[3], video.shape[2],
+             args.fps or task.fps)
+    return 0

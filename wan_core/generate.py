@@ -1,0 +1,8 @@
+"""`python -m wan_core.generate …`: the upstream-compatible `generate` command (see `wan_core.cli`)."""
+
+import sys
+
+from wan_core.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
