@@ -1,0 +1,45 @@
+"""Frames → MP4 as upstream's save_video: truncating uint8 conversion, H.264 at the task's fps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+from wan_core.video import save_video, to_frames
+
+
+def test_uint8_conversion_truncates_and_clamps() -> None:
+    # (v + 1) / 2 · 255 = 127.9 → 127 (upstream casts, it does not round); ±1.5 are clamped
+    v = 127.9 / 255 * 2 - 1
+    video = torch.tensor([v, -1.5, 1.5, 0.0]).view(1, 4, 1, 1).expand(3, 4, 1, 1)  # (3, F=4, 1, 1)
+    frames = to_frames(video)
+    assert frames.shape == (4, 1, 1, 3) and frames.dtype == np.uint8
+    assert frames[:, 0, 0, 0].tolist() == [127, 0, 255, 127]
+
+
+def test_to_frames_refuses_other_layouts() -> None:
+    with pytest.raises(ValueError, match="video must be \\[3, F, H, W\\]"):
+        to_frames(torch.zeros(5, 3, 16, 16))
+
+
+def test_writes_an_h264_mp4_with_the_frames(tmp_path: Path) -> None:
+    f, h, w = torch.meshgrid(torch.arange(9.0), torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 48), indexing="ij")
+    video = torch.stack([0.8 * h, 0.8 * w, torch.sin(f / 3 + h + w)])  # (3, F, H, W): smooth, moving
+    path = save_video(video, tmp_path / "out.mp4", fps=24)
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    with imageio.get_reader(path) as reader:
+        meta = reader.get_meta_data()
+        decoded = np.stack(list(reader.iter_data()))
+    assert frames == 9 and meta["fps"] == 24 and meta["size"] == (48, 32) and meta["codec"] == "h264"
+    assert decoded.shape == (9, 32, 48, 3)
+    assert np.abs(decoded.astype(float) - to_frames(video).astype(float)).mean() < 4  # crf 10, yuv420p chroma: ~2.5; a wrong frame or axis: > 30
+
+
+def test_a_failed_save_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="folder .*absent does not exist"):
+        save_video(torch.zeros(3, 1, 16, 16), tmp_path / "absent" / "out.mp4", fps=16)
