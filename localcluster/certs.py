@@ -50,6 +50,9 @@ CLIENTS: dict[str, tuple[str, list[str]]] = {
     "admin": ("wanops-admin", ["system:masters"]),
     "kube-controller-manager": ("system:kube-controller-manager", []),
     "kube-scheduler": ("system:kube-scheduler", []),
+    # The API server's identity towards aggregated API servers; publishing a request-header CA also
+    # stops KCM and the scheduler from logging "missing content for CA bundle" every few seconds.
+    "front-proxy-client": ("front-proxy-client", []),
 }
 
 

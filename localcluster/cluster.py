@@ -302,12 +302,22 @@ class LocalCluster:
         self._spawn("kube-apiserver", [
             binaries["kube-apiserver"], f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
+            # Endpoints may not hold loopback addresses, so the "kubernetes" Service gets none;
+            # pods reach the API server through the address the node agent hands them.
+            "--endpoint-reconciler-type=none",
             f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
             f"--client-ca-file={pki.ca_cert}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={pki.sa_public}",
             f"--service-account-signing-key-file={pki.sa_private}",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+            f"--requestheader-client-ca-file={pki.ca_cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki.clients['front-proxy-client'].cert}",
+            f"--proxy-client-key-file={pki.clients['front-proxy-client'].key}",
             "--authorization-mode=RBAC", "--allow-privileged=true", "--profiling=false",
         ])
         admin_ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -322,7 +332,7 @@ class LocalCluster:
             ("kube-controller-manager", [
                 f"--controllers={CONTROLLERS}", "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.sa_private}",
-                f"--root-ca-file={pki.ca_cert}", f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                f"--root-ca-file={pki.ca_cert}",
             ]),
             ("kube-scheduler", []),
         ):

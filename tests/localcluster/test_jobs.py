@@ -38,11 +38,12 @@ def private_node(kube, namespace: str):
     """A Node only this test's pods can land on (a taint keeps everyone else off); no kubelet."""
     core = client.CoreV1Api(kube)
     name = f"sched-{namespace}"[:63]
+    private = {"key": "wanops.test/private", "value": namespace, "effect": "NoSchedule"}
     core.create_node(client.V1Node(
-        metadata=client.V1ObjectMeta(name=name, labels={"wanops.test/node": namespace}),
-        spec=client.V1NodeSpec(taints=[client.V1Taint(key="wanops.test/private", value=namespace,
-                                                      effect="NoSchedule")]),
-    ))
+        metadata=client.V1ObjectMeta(name=name, labels={"wanops.test/node": namespace})))
+    # Admission (TaintNodesByCondition) taints every new node not-ready; the node lifecycle
+    # controller that would lift it is deliberately off, so replace the taints with ours.
+    core.patch_node(name, {"spec": {"taints": [private]}})
     capacity = {"cpu": "4", "memory": "8Gi", "pods": "10", GPU: "8"}
     core.patch_node_status(name, {"status": {
         "capacity": capacity, "allocatable": capacity,
