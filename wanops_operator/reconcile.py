@@ -1,0 +1,414 @@
+"""One reconcile pass of one VideoGeneration: read → pre-flight → render → apply → status.
+
+Everything is derived from the resource, deterministic names and what the API server returns;
+the process keeps no record of jobs, so a restarted operator continues where the last one was.
+
+- Terminal phases are final (the spec is immutable except `suspend`), so a finished resource is
+  never re-run, even after its Job is removed by `ttlSecondsAfterFinished`.
+- Pre-flight, before each Job is created: what the API server can answer (the checkpoint claim,
+  Secrets and their keys, the runner ServiceAccount, an output location). A miss ends `Failed`
+  with a reason that says what to fix (`Refused`, a permanent error: no retry loop).
+- ConfigMap and Service are server-side applied every pass (drift is repaired, no-ops are free).
+  The Job is applied once, when missing: its template is immutable, and Kueue edits a suspended
+  Job's placement, which a re-apply would fight. After that only `spec.suspend` is patched, and
+  never for a Kueue-managed Job (Kueue owns it then).
+- A failed attempt that may be retried gets a fresh Job `<name>-a<n+1>`, whole.
+- Status: one merge patch on the status subresource per pass, and only if something changed.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from wanspec import contract
+from wanspec.spec import GROUP, PLURAL, VERSION, VideoGenerationSpec
+from wanspec.validate import InvalidSpec, name_problems, parse
+
+from wanops_operator import metrics, reasons
+from wanops_operator.config import OperatorConfig
+from wanops_operator.render import (
+    FIELD_MANAGER,
+    LABEL_ATTEMPT,
+    job_name,
+    kueue_queue,
+    labels,
+    render,
+    seed_for,
+    store_secret,
+)
+from wanops_operator.status import (
+    FAILED,
+    TERMINAL,
+    Observation,
+    after_failed_attempt,
+    changed,
+    failed,
+    observe,
+    status_patch,
+    timestamp,
+)
+
+APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
+TRANSIENT = (409, 429, 500, 502, 503, 504)
+RETRY_DELAY_S = 5.0
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+class Refused(kopf.PermanentError):
+    """The resource ended Failed before running (pre-flight or invalid spec); status says why."""
+
+
+@contextmanager
+def _exclusive(namespace: str, name: str) -> Iterator[None]:
+    """One pass per resource at a time: its own handlers, its Jobs' events and the resync loop
+    may all ask for a pass at once; the second then sees the first one's result."""
+    with _locks_guard:
+        lock = _locks.setdefault((namespace, name), threading.Lock())
+    with lock:
+        yield
+
+
+def _json(response: Any) -> dict[str, Any]:
+    """The API's own JSON (exact times and field names), from a `_preload_content=False` call."""
+    return json.loads(response.data)
+
+
+def _missing(error: ApiException) -> bool:
+    return error.status == 404
+
+
+class Cluster:
+    """The few API calls a pass makes, on one ApiClient."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    def resource(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as e:
+            if _missing(e):
+                return None
+            raise
+
+    def exists(self, read: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return _json(read(name, namespace, _preload_content=False))
+        except ApiException as e:
+            if _missing(e):
+                return None
+            raise
+
+    def jobs(self, vg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """This resource's Jobs by name (labels select, the owner uid confirms)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels(vg).items())
+        items = _json(
+            self.batch.list_namespaced_job(
+                vg["metadata"]["namespace"], label_selector=selector, _preload_content=False
+            )
+        )["items"]
+        uid = vg["metadata"]["uid"]
+        return {
+            j["metadata"]["name"]: j
+            for j in items
+            if any(o.get("uid") == uid for o in j["metadata"].get("ownerReferences", []))
+        }
+
+    def pods(self, job: Mapping[str, Any]) -> list[dict[str, Any]]:
+        selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+        return _json(
+            self.core.list_namespaced_pod(
+                job["metadata"]["namespace"], label_selector=selector, _preload_content=False
+            )
+        )["items"]
+
+    def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply with our field manager; creates the object if missing."""
+        patch = {
+            "ConfigMap": self.core.patch_namespaced_config_map,
+            "Service": self.core.patch_namespaced_service,
+            "Job": self.batch.patch_namespaced_job,
+        }[obj["kind"]]
+        meta = obj["metadata"]
+        return _json(
+            patch(
+                meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER, force=True,
+                _content_type=APPLY, _preload_content=False,
+            )
+        )
+
+    def set_suspend(self, job: Mapping[str, Any], suspend: bool) -> dict[str, Any]:
+        meta = job["metadata"]
+        return _json(
+            self.batch.patch_namespaced_job(
+                meta["name"], meta["namespace"], {"spec": {"suspend": suspend}},
+                field_manager=FIELD_MANAGER, _content_type=MERGE, _preload_content=False,
+            )
+        )
+
+    def delete_job(self, job: Mapping[str, Any]) -> None:
+        meta = job["metadata"]
+        try:
+            self.batch.delete_namespaced_job(
+                meta["name"], meta["namespace"], propagation_policy="Background"
+            )
+        except ApiException as e:
+            if not _missing(e):
+                raise
+
+    def patch_status(self, vg: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        meta = vg["metadata"]
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status},
+            _content_type=MERGE,
+        )
+
+    def event(self, vg: Mapping[str, Any], obs: Observation, now: datetime) -> None:
+        """A core/v1 Event on the resource, for `kubectl describe` and event exporters."""
+        meta = vg["metadata"]
+        when = timestamp(now)
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": vg["apiVersion"], "kind": vg["kind"], "name": meta["name"],
+                "namespace": meta["namespace"], "uid": meta["uid"],
+            },
+            "type": "Warning" if obs.phase == FAILED else "Normal",
+            "reason": obs.reason,
+            "message": obs.message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": when,
+            "lastTimestamp": when,
+            "count": 1,
+        }
+        self.core.create_namespaced_event(meta["namespace"], body)
+
+
+def _secret_problem(
+    cluster: Cluster, namespace: str, secret: str, keys: tuple[str, ...], field: str, hint: str,
+    now: datetime,
+) -> Observation | None:
+    found = cluster.exists(cluster.core.read_namespaced_secret, secret, namespace)
+    if found is None:
+        message = reasons.SECRET_NOT_FOUND_MESSAGE.format(
+            secret=secret, field=field, namespace=namespace, hint=hint
+        )
+        return failed(reasons.SECRET_NOT_FOUND, message, now=now)
+    absent = [k for k in keys if k not in (found.get("data") or {})]
+    if absent:
+        message = reasons.SECRET_KEY_NOT_FOUND_MESSAGE.format(
+            secret=secret, field=field, keys=", ".join(absent)
+        )
+        return failed(reasons.SECRET_KEY_NOT_FOUND, message, now=now)
+    return None
+
+
+def preflight(
+    cluster: Cluster, namespace: str, spec: VideoGenerationSpec, config: OperatorConfig,
+    now: datetime,
+) -> Observation | None:
+    """The first problem the API server can reveal before a Job is made, or None."""
+    claim = spec.checkpoint.claim_name
+    if cluster.exists(cluster.core.read_namespaced_persistent_volume_claim, claim, namespace) is None:
+        message = reasons.CHECKPOINT_NOT_FOUND_MESSAGE.format(claim=claim, namespace=namespace)
+        return failed(reasons.CHECKPOINT_NOT_FOUND, message, now=now)
+    account = config.runner_service_account
+    if cluster.exists(cluster.core.read_namespaced_service_account, account, namespace) is None:
+        message = reasons.SERVICE_ACCOUNT_NOT_FOUND_MESSAGE.format(
+            account=account, namespace=namespace
+        )
+        return failed(reasons.SERVICE_ACCOUNT_NOT_FOUND, message, now=now)
+    out = spec.output
+    for missing, value, have in (
+        ("", "bucket", out.bucket if out else config.store_bucket),
+        (".endpoint", "endpoint", (out.endpoint if out else None) or config.store_endpoint),
+    ):
+        if not have:
+            message = reasons.OUTPUT_NOT_CONFIGURED_MESSAGE.format(missing=missing, value=value)
+            return failed(reasons.OUTPUT_NOT_CONFIGURED, message, now=now)
+    own = out is not None and out.credentials_secret_ref is not None
+    problem = _secret_problem(
+        cluster, namespace, store_secret(spec, config), contract.STORE_SECRET_KEYS,
+        "spec.output.credentialsSecretRef" if own else "the chart's store.secret",
+        "" if own else "; create it with the object store's keys, or set "
+        "spec.output.credentialsSecretRef",
+        now,
+    )
+    if problem is not None:
+        return problem
+    ext = spec.prompt_extension
+    if ext is not None and ext.method == "dashscope" and ext.api_key_secret_ref is not None:
+        ref = ext.api_key_secret_ref
+        return _secret_problem(
+            cluster, namespace, ref.name, (ref.key,), "spec.promptExtension.apiKeySecretRef",
+            "", now,
+        )
+    return None
+
+
+def reconcile(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    config: OperatorConfig,
+    now: datetime | None = None,
+) -> str | None:
+    """One pass; returns the phase written (None if the resource is gone). Raises Refused once
+    when pre-flight ends the resource, kopf.TemporaryError for errors worth retrying soon."""
+    try:
+        with _exclusive(namespace, name):
+            phase = _pass(Cluster(api), namespace, name, config, now or datetime.now(timezone.utc))
+    except ApiException as e:
+        metrics.RECONCILES.labels("error").inc()
+        if e.status in TRANSIENT:
+            raise kopf.TemporaryError(f"API {e.status}: {e.reason}", delay=RETRY_DELAY_S) from e
+        raise
+    except HTTPError as e:
+        metrics.RECONCILES.labels("error").inc()
+        raise kopf.TemporaryError(f"API server unreachable: {e}", delay=RETRY_DELAY_S) from e
+    metrics.RECONCILES.labels("ok").inc()
+    metrics.observe_phase(namespace, name, phase)
+    return phase
+
+
+def _write(
+    cluster: Cluster, vg: dict[str, Any], obs: Observation, *, attempt: int, seed: int | None,
+    now: datetime,
+) -> None:
+    """The pass's one status patch, plus an Event and metrics when the phase or reason moved."""
+    patch = status_patch(
+        vg, obs, attempt=attempt, job_name=job_name(vg["metadata"]["name"], attempt),
+        seed=seed, now=now,
+    )
+    if not changed(vg, patch):
+        return
+    cluster.patch_status(vg, patch)
+    before = vg.get("status") or {}
+    reason_before = next(iter(before.get("conditions") or []), {}).get("reason")
+    if (before.get("phase"), reason_before) != (obs.phase, obs.reason):
+        cluster.event(vg, obs, now)
+    if obs.phase in TERMINAL and before.get("phase") not in TERMINAL:
+        start = patch.get("startTime")
+        done = patch.get("completionTime")
+        seconds = None
+        if start and done:
+            seconds = (
+                datetime.fromisoformat(done.replace("Z", "+00:00"))
+                - datetime.fromisoformat(start.replace("Z", "+00:00"))
+            ).total_seconds()
+        metrics.finished(obs.phase, seconds)
+
+
+def _pass(
+    cluster: Cluster, namespace: str, name: str, config: OperatorConfig, now: datetime
+) -> str | None:
+    vg = cluster.resource(namespace, name)
+    if vg is None:
+        return None
+    status = vg.get("status") or {}
+    attempt = status.get("attempt") or 0
+    if status.get("phase") in TERMINAL:
+        _refresh_generation(cluster, vg)
+        return status["phase"]
+
+    try:
+        problems = name_problems(name)
+        if problems:
+            raise InvalidSpec(problems)
+        spec = parse(vg["spec"])
+    except InvalidSpec as e:
+        message = reasons.INVALID_SPEC_MESSAGE.format(problems="; ".join(map(str, e.problems)))
+        _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now),
+               attempt=attempt, seed=None, now=now)
+        raise Refused(message) from e
+    seed = seed_for(spec, vg["metadata"]["uid"])
+
+    jobs = cluster.jobs(vg)
+    attempt = max([attempt] + [int(j["metadata"]["labels"][LABEL_ATTEMPT]) for j in jobs.values()])
+    job = jobs.get(job_name(name, attempt))
+    if job is None:
+        refused = preflight(cluster, namespace, spec, config, now)
+        if refused is not None:
+            _write(cluster, vg, refused, attempt=attempt, seed=seed, now=now)
+            raise Refused(refused.message)
+    config_map, service, wanted = render(vg, config=config, attempt=attempt, existing_job=job)
+    cluster.apply(config_map)
+    cluster.apply(service)
+    if job is None:
+        job = _create_job(cluster, vg, wanted, now)
+        if job is None:
+            return FAILED
+    elif kueue_queue(vg) is None and bool(job["spec"].get("suspend")) != spec.suspend:
+        job = cluster.set_suspend(job, spec.suspend)
+
+    obs = observe(
+        job, cluster.pods(job), queue=kueue_queue(vg),
+        start_timeout_seconds=spec.start_timeout_seconds,
+        active_deadline_seconds=spec.active_deadline_seconds, now=now,
+    )
+    obs = after_failed_attempt(
+        obs, attempt=attempt, retry_limit=spec.retry_limit, next_job=job_name(name, attempt + 1)
+    )
+    if obs.reason == reasons.RETRYING:
+        attempt += 1
+        config_map, _, wanted = render(vg, config=config, attempt=attempt)
+        cluster.apply(config_map)
+        _create_job(cluster, vg, wanted, now)
+    elif obs.reason == reasons.START_TIMEOUT:
+        cluster.delete_job(job)  # its pods must not start late, after the resource has failed
+    _write(cluster, vg, obs, attempt=attempt, seed=seed, now=now)
+    return obs.phase
+
+
+def _create_job(
+    cluster: Cluster, vg: dict[str, Any], job: dict[str, Any], now: datetime
+) -> dict[str, Any] | None:
+    """Apply a new attempt's Job; a Job the API server refuses (an affinity it rejects, say)
+    ends the resource Failed with the server's message."""
+    try:
+        created = cluster.apply(job)
+    except ApiException as e:
+        if e.status != 422:
+            raise
+        message = reasons.INVALID_SPEC_MESSAGE.format(problems=_api_message(e))
+        attempt = int(job["metadata"]["labels"][LABEL_ATTEMPT])
+        _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now),
+               attempt=attempt, seed=None, now=now)
+        return None
+    created_at = vg["metadata"].get("creationTimestamp")
+    if created_at and job["metadata"]["labels"][LABEL_ATTEMPT] == "0":
+        metrics.job_created(datetime.fromisoformat(created_at.replace("Z", "+00:00")), now)
+    return created
+
+
+def _api_message(error: ApiException) -> str:
+    try:
+        return json.loads(error.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(error.reason)
+
+
+def _refresh_generation(cluster: Cluster, vg: dict[str, Any]) -> None:
+    """A finished resource whose `suspend` was edited: only observedGeneration moves."""
+    generation = vg["metadata"].get("generation", 0)
+    status = vg["status"]
+    if status.get("observedGeneration") == generation:
+        return
+    conditions = [{**c, "observedGeneration": generation} for c in status.get("conditions") or []]
+    cluster.patch_status(vg, {"observedGeneration": generation, "conditions": conditions})
