@@ -1,0 +1,339 @@
+"""The operator running as a subprocess (`python -m wanops_operator`) against the local control
+plane: real API server, Job controller, garbage collector, scheduler and node agent.
+
+Runner pods run `stand_in_runner.py` (the operator's `WANOPS_RUNNER_COMMAND`, a deployment knob),
+which keeps the runner contract without the pipeline; see its docstring.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from localcluster import wait_for
+from wanops_operator import reasons
+from wanops_operator.config import OperatorConfig
+from wanops_operator.render import FIELD_MANAGER, job_name, render, service_name
+from wanspec import contract
+from wanspec.spec import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).parents[2]
+CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
+STAND_IN = Path(__file__).with_name("stand_in_runner.py")
+CLAIM = "models"
+BUCKET = "videos"
+RUNNER_SA = "wanops-runner"
+TIMEOUT = 120  # seconds for a phase to be reached on a busy 2-core machine
+
+SPEC = {
+    "task": "ti2v-5B",
+    "size": "1280*704",
+    "prompt": "rain",
+    "checkpoint": {"claimName": CLAIM, "path": "Wan2.2-TI2V-5B"},
+    "gpus": 2,
+    "gpusPerPod": 1,
+    "sampling": {"steps": 4},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def crd(kube) -> None:
+    ext = client.ApiextensionsV1Api(kube)
+    body = yaml.safe_load(CRD_FILE.read_text())
+    ext.patch_custom_resource_definition(
+        body["metadata"]["name"], body, field_manager="wanops-tests", force=True,
+        _content_type="application/apply-patch+yaml",
+    )
+
+    def established() -> bool:
+        got = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or [])
+
+    wait_for(established, what="CRD Established")
+    time.sleep(1)  # discovery catches up asynchronously
+
+
+@pytest.fixture(scope="module")
+def ns(kube, crd, tmp_path_factory) -> Iterator[str]:
+    """A namespace set up as the chart would: runner ServiceAccount with its Role, the store
+    Secret, and a bound checkpoint claim (hostPath PV; the local plane runs no PV binder)."""
+    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
+             what="default ServiceAccount")
+    core.create_namespaced_service_account(name, {"metadata": {"name": RUNNER_SA}})
+    rbac.create_namespaced_role(name, {
+        "metadata": {"name": RUNNER_SA},
+        "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"],
+                   "verbs": ["get", "patch"]}],
+    })
+    rbac.create_namespaced_role_binding(name, {
+        "metadata": {"name": RUNNER_SA},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
+        "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": name}],
+    })
+    core.create_namespaced_secret(name, {"metadata": {"name": "wanops-store"}, "stringData": {
+        contract.ACCESS_KEY_ENV: "key", contract.SECRET_KEY_ENV: "secret"}})
+    folder = tmp_path_factory.mktemp("claim")
+    core.create_persistent_volume({
+        "metadata": {"name": f"{name}-models"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
+                 "hostPath": {"path": str(folder)}, "storageClassName": "",
+                 "claimRef": {"namespace": name, "name": CLAIM}},
+    })
+    core.create_namespaced_persistent_volume_claim(name, {
+        "metadata": {"name": CLAIM, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                 "volumeName": f"{name}-models", "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+    core.delete_persistent_volume(f"{name}-models")
+
+
+class Operator:
+    """`python -m wanops_operator` in a subprocess, watching one namespace."""
+
+    def __init__(self, cluster, namespace: str, log: Path) -> None:
+        self.log = log
+        self.metrics_port = _free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "PYTHONPATH": str(ROOT),
+            "WANOPS_NAMESPACES": namespace,
+            "WANOPS_RUNNER_COMMAND": f"{sys.executable} {STAND_IN}",
+            "WANOPS_STORE_ENDPOINT": cluster.s3_endpoint,
+            "WANOPS_STORE_BUCKET": BUCKET,
+            "WANOPS_RESYNC_SECONDS": "3",
+            "WANOPS_METRICS_PORT": str(self.metrics_port),
+            "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "wanops_operator"], env=self.env, cwd=ROOT,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no clean-up, as when a node dies under the operator."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture(scope="module")
+def operator(cluster, ns, tmp_path_factory) -> Iterator[Operator]:
+    if not cluster.runs_pods:
+        pytest.skip("no node agent: runner pods would never run")
+    op = Operator(cluster, ns, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print(op.tail())
+
+
+class VGs:
+    def __init__(self, kube, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(kube)
+        self.batch = client.BatchV1Api(kube)
+        self.core = client.CoreV1Api(kube)
+        self.ns = namespace
+
+    def create(self, name: str, spec: dict[str, Any] | None = None, **changes: Any) -> dict:
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
+                "metadata": {"name": name}, "spec": {**copy.deepcopy(spec or SPEC), **changes}}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, op: Operator, timeout: float = TIMEOUT) -> dict:
+        try:
+            return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s,
+                            timeout=timeout, what=f"{name} {phase}", interval=0.5)
+        except TimeoutError:
+            pytest.fail(f"{name} never {phase}: {self.status(name)}\n--- operator:\n{op.tail()}")
+
+    def jobs(self, name: str) -> list[dict]:
+        items = self.batch.list_namespaced_job(
+            self.ns, label_selector=f"wanops.io/videogeneration={name}").items
+        return [client.ApiClient().sanitize_for_serialization(j) for j in items]
+
+    def conditions(self, name: str) -> dict[str, dict]:
+        return {c["type"]: c for c in self.status(name).get("conditions", [])}
+
+
+@pytest.fixture
+def vgs(kube, ns) -> VGs:
+    return VGs(kube, ns)
+
+
+def test_rendered_objects_pass_server_side_dry_run(kube, ns, crd) -> None:
+    """Every example and a multi-pod layout render into objects the API server accepts."""
+    core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
+    specs = [yaml.safe_load(p.read_text())["spec"] for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    specs.append({**SPEC, "gpus": 16, "gpusPerPod": 8, "task": "t2v-A14B", "size": "1280*720",
+                  "checkpoint": {"claimName": CLAIM, "path": "Wan2.2-T2V-A14B"}})
+    for i, spec in enumerate(specs):
+        vg = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
+              "metadata": {"name": f"dry-{i}", "namespace": ns, "uid": str(uuid.uuid4()),
+                           "generation": 1},
+              "spec": spec}
+        for obj in render(vg, config=OperatorConfig(store_bucket=BUCKET)):
+            patch = {"ConfigMap": core.patch_namespaced_config_map,
+                     "Service": core.patch_namespaced_service,
+                     "Job": batch.patch_namespaced_job}[obj["kind"]]
+            patch(obj["metadata"]["name"], ns, obj, field_manager=FIELD_MANAGER, force=True,
+                  dry_run="All", field_validation="Strict",
+                  _content_type="application/apply-patch+yaml")
+
+
+def test_runs_to_succeeded_with_ready_condition(vgs: VGs, operator: Operator) -> None:
+    vg = vgs.create("ok")
+    status = vgs.wait_phase("ok", "Succeeded", operator)
+
+    conds = vgs.conditions("ok")
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == reasons.SUCCEEDED
+    assert conds["Reconciling"]["status"] == "False" and conds["Stalled"]["status"] == "False"
+    assert all(c["observedGeneration"] == vg["metadata"]["generation"] for c in conds.values())
+    assert status["observedGeneration"] == vg["metadata"]["generation"]
+    # the runner's fields survive the operator's status writes
+    assert status["output"]["uri"] == f"s3://{BUCKET}/{vgs.ns}/ok.mp4"
+    assert status["progress"]["percent"] == 100
+    assert status["jobName"] == "ok-a0" and status["attempt"] == 0
+    assert status["startTime"] <= status["completionTime"]
+
+    (job,) = vgs.jobs("ok")
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["completionMode"]) == (2, 2, "Indexed")
+    assert job["status"]["succeeded"] == 2
+    assert job["metadata"]["ownerReferences"][0]["uid"] == vg["metadata"]["uid"]
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == service_name("ok") and pod["serviceAccountName"] == RUNNER_SA
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    svc = vgs.core.read_namespaced_service(service_name("ok"), vgs.ns)
+    assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses
+    events = vgs.core.list_namespaced_event(vgs.ns, field_selector="involvedObject.name=ok").items
+    assert {reasons.SUCCEEDED} <= {e.reason for e in events}
+
+
+def test_invalid_input_fails_at_once_with_the_runners_reason(vgs: VGs, operator: Operator) -> None:
+    vgs.create("bad-image", prompt="invalid-input")
+    status = vgs.wait_phase("bad-image", "Failed", operator)
+
+    failure = status["failure"]
+    assert failure["reason"] == contract.IMAGE_NOT_READABLE
+    assert failure["exitCode"] == contract.EXIT_INVALID_INPUT
+    assert "no such object" in failure["message"]
+    assert failure["pod"].startswith("bad-image-a0-")
+    stalled = vgs.conditions("bad-image")["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", contract.IMAGE_NOT_READABLE)
+    time.sleep(5)  # a resync or two: still one attempt
+    assert [j["metadata"]["name"] for j in vgs.jobs("bad-image")] == ["bad-image-a0"]
+    assert vgs.status("bad-image")["attempt"] == 0
+
+
+def test_missing_claim_fails_before_any_job(vgs: VGs, operator: Operator) -> None:
+    spec = {**SPEC, "checkpoint": {"claimName": "nowhere", "path": "x"}}
+    vgs.create("no-claim", spec)
+    status = vgs.wait_phase("no-claim", "Failed", operator, timeout=60)
+
+    assert status["failure"]["reason"] == reasons.CHECKPOINT_NOT_FOUND
+    assert "'nowhere'" in status["failure"]["message"]
+    assert vgs.conditions("no-claim")["Stalled"]["reason"] == reasons.CHECKPOINT_NOT_FOUND
+    assert vgs.jobs("no-claim") == []
+
+
+def test_infrastructure_failure_retries_with_a_fresh_attempt(vgs: VGs, operator: Operator) -> None:
+    vgs.create("flaky", prompt="fail-first-attempt", gpus=1, gpusPerPod=None)
+    status = vgs.wait_phase("flaky", "Succeeded", operator, timeout=2 * TIMEOUT)
+
+    assert status["attempt"] == 1 and status["jobName"] == "flaky-a1"
+    assert status["failure"]["exitCode"] == 1  # the last failure is kept
+    assert sorted(j["metadata"]["name"] for j in vgs.jobs("flaky")) == ["flaky-a0", "flaky-a1"]
+
+
+def test_suspend_then_resume(vgs: VGs, operator: Operator) -> None:
+    vgs.create("paused", suspend=True)
+    vgs.wait_phase("paused", "Suspended", operator, timeout=60)
+    (job,) = vgs.jobs("paused")
+    assert job["spec"]["suspend"] is True
+    assert not vgs.core.list_namespaced_pod(vgs.ns, label_selector="wanops.io/videogeneration=paused").items
+
+    vgs.custom.patch_namespaced_custom_object(GROUP, VERSION, vgs.ns, PLURAL, "paused",
+                                              {"spec": {"suspend": False}})
+    status = vgs.wait_phase("paused", "Succeeded", operator)
+    assert status["observedGeneration"] == vgs.get("paused")["metadata"]["generation"] == 2
+    assert [j["metadata"]["name"] for j in vgs.jobs("paused")] == ["paused-a0"]
+
+
+def test_deleting_the_resource_collects_its_children(vgs: VGs, operator: Operator) -> None:
+    vgs.create("gone", prompt="sleep:600")
+    vgs.wait_phase("gone", "Running", operator)
+    vgs.custom.delete_namespaced_custom_object(GROUP, VERSION, vgs.ns, PLURAL, "gone")
+
+    def collected() -> bool:
+        selector = "wanops.io/videogeneration=gone"
+        return not (vgs.jobs("gone")
+                    or vgs.core.list_namespaced_pod(vgs.ns, label_selector=selector).items
+                    or vgs.core.list_namespaced_service(vgs.ns, label_selector=selector).items
+                    or vgs.core.list_namespaced_config_map(vgs.ns, label_selector=selector).items)
+
+    wait_for(collected, timeout=TIMEOUT, what="garbage collection of Job, pods, Service, ConfigMap")
+
+
+def test_killed_operator_restarts_without_duplicates(vgs: VGs, operator: Operator) -> None:
+    vgs.create("steady", prompt="sleep:15", gpus=1, gpusPerPod=None)
+    running = vgs.wait_phase("steady", "Running", operator)
+    operator.kill()
+    operator.start()
+    time.sleep(8)  # resume handlers and a resync pass
+    status = vgs.status("steady")
+    assert status["phase"] in ("Running", "Succeeded")
+    assert status["startTime"] == running["startTime"]
+    status = vgs.wait_phase("steady", "Succeeded", operator)
+    assert [j["metadata"]["name"] for j in vgs.jobs("steady")] == ["steady-a0"]
+    assert status["attempt"] == 0
+
+
