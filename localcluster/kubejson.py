@@ -45,17 +45,30 @@ class Kube:
         self.server = urlparse(cfg.host)
         self._watches: set[Any] = set()  # open watch responses (urllib3)
 
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                content_type: str = "application/json", timeout: float = 30) -> JSON:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30,
+    ) -> JSON:
         """One call; raises ApiException (with .status) for any non-2xx answer."""
         params = self.api.param_serialize(
-            method, path, query_params=list((query or {}).items()),
+            method,
+            path,
+            query_params=list((query or {}).items()),
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"])
+            body=body,
+            auth_settings=["BearerToken"],
+        )
         resp = self.api.call_api(*params, _request_timeout=timeout)
         data = resp.read()
         if not 200 <= resp.status <= 299:
-            ApiException.from_response(http_resp=resp, body=data.decode(errors="replace"), data=None)
+            ApiException.from_response(
+                http_resp=resp, body=data.decode(errors="replace"), data=None
+            )
         return json.loads(data) if data else {}
 
     def get(self, path: str, query: dict[str, Any] | None = None) -> JSON:
@@ -78,37 +91,52 @@ class Kube:
     def delete(self, path: str, body: JSON | None = None) -> JSON:
         return self.request("DELETE", path, body)
 
-    def watch(self, path: str, query: dict[str, Any], resource_version: str, timeout_s: int) -> Iterator[JSON]:
+    def watch(
+        self, path: str, query: dict[str, Any], resource_version: str, timeout_s: int
+    ) -> Iterator[JSON]:
         """Raw watch events ({type, object}) from resource_version on, ending after timeout_s.
 
-        An ERROR event raises ApiException with its code (410 when the version expired). The lines are
-        read here rather than through `kubernetes.watch.Watch(deserialize=False)`, which in client
-        37.0.2 looks for a `raw_object` key that only its deserializing path sets, so an ERROR event
-        (the 410 a re-list must follow) becomes a KeyError.
+        An ERROR event raises ApiException with its code (410 when the version expired). The lines
+        are read here rather than through `kubernetes.watch.Watch(deserialize=False)`, which in
+        client 37.0.2 looks for a `raw_object` key that only its deserializing path sets, so an
+        ERROR event (the 410 a re-list must follow) becomes a KeyError.
         """
         params = self.api.param_serialize(
-            "GET", path, query_params=[*query.items(), ("watch", "true"), ("resourceVersion", resource_version),
-                                       ("allowWatchBookmarks", "true"), ("timeoutSeconds", timeout_s)],
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            "GET",
+            path,
+            query_params=[
+                *query.items(),
+                ("watch", "true"),
+                ("resourceVersion", resource_version),
+                ("allowWatchBookmarks", "true"),
+                ("timeoutSeconds", timeout_s),
+            ],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
         resp = self.api.call_api(*params, _request_timeout=timeout_s + 30)
         self._watches.add(resp.response)
         try:
             if resp.status != 200:
-                ApiException.from_response(http_resp=resp, body=resp.read().decode(errors="replace"), data=None)
+                ApiException.from_response(
+                    http_resp=resp, body=resp.read().decode(errors="replace"), data=None
+                )
             for line in iter_resp_lines(resp.response):
                 if not line:
                     continue
                 event = json.loads(line)
                 if event["type"] == "ERROR":
                     status = event["object"]
-                    raise ApiException(status=status.get("code", 500), reason=status.get("message", ""))
+                    raise ApiException(
+                        status=status.get("code", 500), reason=status.get("message", "")
+                    )
                 yield event
         finally:
             self._watches.discard(resp.response)
             resp.response.release_conn()
 
     def close_watches(self) -> None:
-        """Unblock every open watch: shut its socket down, so the reading thread sees the stream end.
+        """Unblock every open watch: shut its socket down, so the reading thread sees the end.
 
         Closing instead would wait for the SSL lock that the blocked read holds (the same reason
         `kubernetes.watch.Watch.stop` shuts the socket down first).

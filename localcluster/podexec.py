@@ -1,16 +1,16 @@
 """Container start-up for the node agent: runs as the first program of every container process.
 
 The node agent starts `python -I podexec.py SPEC.json` in a new session (its process group is the
-container's). This program, still single-threaded, gives itself what a container runtime would:
-a private mount namespace in which the pod's hosts file, volumes and termination-message file are
-bind-mounted at their absolute paths, and a private UTS namespace carrying the pod's hostname. Then it
-execs the container's command with the container's environment. Stdlib only and run by path (`-I`),
-so nothing from the pod's environment or the agent's imports can change how it behaves.
+container's). This program, still single-threaded, gives itself what a container runtime would: a
+private mount namespace in which the pod's hosts file, volumes and termination-message file are
+bind-mounted at their absolute paths, and a private UTS namespace carrying the pod's hostname. Then
+it execs the container's command with the container's environment. Stdlib only and run by path
+(`-I`), so nothing from the pod's environment or the agent's imports can change how it behaves.
 
-SPEC.json (written by the agent, deleted here after reading): argv, env, cwd, hostname, mounts
-(list of {source, target, readOnly}, applied in order), parent (the agent's pid) and startError (a
-host path: on any failure before exec the reason is written there and the exit code is 128, which
-the agent reports as reason StartError, like a runtime that cannot start the container).
+SPEC.json (written by the agent, deleted here after reading): argv, env, cwd, hostname, mounts (list
+of {source, target, readOnly}, applied in order), parent (the agent's pid) and startError (a host
+path: on any failure before exec the reason is written there and the exit code is 128, which the
+agent reports as reason StartError, like a runtime that cannot start the container).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _enter(spec: dict) -> None:
         _bind(m["source"], m["target"], m["readOnly"])
     os.makedirs(spec["cwd"], exist_ok=True)
     os.chdir(spec["cwd"])
-    # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec, so give the command the defaults.
+    # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec: give the command the defaults.
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
 
@@ -96,7 +96,9 @@ def main(spec_path: str) -> None:
     try:
         os.execvpe(argv[0], argv, spec["env"])
     except OSError as e:
-        _fail(spec, f"exec {argv[0]!r}: {e.strerror} (looked in PATH={spec['env'].get('PATH', '')})")
+        _fail(
+            spec, f"exec {argv[0]!r}: {e.strerror} (looked in PATH={spec['env'].get('PATH', '')})"
+        )
 
 
 if __name__ == "__main__":

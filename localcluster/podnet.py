@@ -1,11 +1,12 @@
-"""Pod network identity for the node agent: one loopback address per pod and a kubelet-style hosts file.
+"""Pod network identity for the node agent: a loopback address per pod, a kubelet-style hosts file.
 
-There is no CNI and no cluster DNS here. Every pod gets its own address in 127.77.0.0/16 (on Linux all
-of 127.0.0.0/8 is local on `lo`, so a process can bind it without any set-up) and its own hosts file,
-bind-mounted over /etc/hosts. The file holds what the kubelet writes (localhost lines and the pod's own
-`<ip> <hostname>.<subdomain>.<ns>.svc.cluster.local <hostname>` entry) plus what cluster DNS would
-answer for the pod's subdomain: the A records of the ready peers behind the headless Service of that
-name. So `<job>-0.<svc>` resolves the way it does on a real cluster, and no code needs a test-only path.
+There is no CNI and no cluster DNS here. Every pod gets its own address in 127.77.0.0/16 (on Linux
+all of 127.0.0.0/8 is local on `lo`, so a process can bind it without any set-up) and its own hosts
+file, bind-mounted over /etc/hosts. The file holds what the kubelet writes (localhost lines and the
+pod's own `<ip> <hostname>.<subdomain>.<ns>.svc.cluster.local <hostname>` entry) plus what cluster
+DNS would answer for the pod's subdomain: the A records of the ready peers behind the headless
+Service of that name. So `<job>-0.<svc>` resolves the way it does on a real cluster, and no code
+needs a test-only path.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import random
 import threading
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 # The range pods get addresses from; any 127/8 range is local on lo.
 POD_NETWORK = IPv4Network("127.77.0.0/16")
@@ -34,8 +35,9 @@ fe00::2\tip6-allrouters
 class AddressPool:
     """Hands out pod addresses, never two live pods the same one.
 
-    The scan starts at a random offset so two agents on one machine (two test sessions) are unlikely to
-    hand out the same address at the same time; an address comes back when its pod is gone.
+    The scan starts at a random offset so two agents on one machine (two test sessions) are
+    unlikely to hand out the same address at the same time; an address comes back when its pod is
+    gone.
     """
 
     def __init__(self, network: IPv4Network = POD_NETWORK) -> None:
@@ -66,10 +68,6 @@ class AddressPool:
                 del self._used[address]
 
 
-def in_pod_network(address: str) -> bool:
-    return IPv4Address(address) in POD_NETWORK
-
-
 @dataclass(frozen=True)
 class HostEntry:
     """One pod's name record: what `<hostname>.<subdomain>` resolves to."""
@@ -87,14 +85,15 @@ class HostEntry:
 
 
 def render_hosts(own: HostEntry, peers: list[HostEntry]) -> str:
-    """The pod's own entry first (as the kubelet writes it), then its subdomain peers sorted by name."""
+    """The pod's own entry first (as the kubelet writes it), then its subdomain peers by name."""
     lines = [_HOSTS_HEADER, own.line()]
     lines += [p.line() for p in sorted(peers, key=lambda p: p.hostname) if p != own]
     return "".join(lines)
 
 
 def write_in_place(path: str, content: str) -> bool:
-    """Rewrites a bind-mounted file without replacing its inode (a rename would not be seen inside the
+    """Rewrites a bind-mounted file without replacing its inode (a rename would not be seen inside
+    the
     pod's mount namespace). Returns whether the content changed."""
     data = content.encode()
     try:

@@ -1,14 +1,14 @@
-"""One pod on the node agent, from bound to gone: start-up, processes, restarts, status and deletion.
+"""One pod on the node agent, from bound to gone: start-up, processes, restarts, status, deletion.
 
 Each pod (one uid) is driven by a PodWorker thread. The agent's watch hands it every new version of
 the pod object; the worker starts init containers one by one, then the containers, reports through
 `pods/status` what the kubelet would, and on a deletionTimestamp stops the processes (SIGTERM to the
-process group, SIGKILL after the grace period), reports the terminal phase and deletes the object with
-gracePeriodSeconds=0.
+process group, SIGKILL after the grace period), reports the terminal phase and deletes the object
+with gracePeriodSeconds=0.
 
 Files of a pod live in `<state-dir>/pods/<namespace>_<name>_<uid>/`: `<container>.log` (stdout and
-stderr together, appended across restarts, kept after the pod is gone), `hosts`, `termination/<container>`
-and `volumes/<volume>/` (removed when the pod is gone).
+stderr together, appended across restarts, kept after the pod is gone), `hosts`,
+`termination/<container>` and `volumes/<volume>/` (removed when the pod is gone).
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ from urllib3.exceptions import HTTPError
 from .kubejson import JSON, Kube, brief
 from .podexec import START_ERROR_EXIT
 from .podnet import AddressPool, HostEntry
-from .podspec import PodConfigError, Sources, container_env, container_mounts, expand, prepare_volumes
+from .podspec import (
+    PodConfigError,
+    Sources,
+    container_env,
+    container_mounts,
+    expand,
+    prepare_volumes,
+)
 
 log = logging.getLogger("nodeagent")
 
@@ -42,7 +49,9 @@ DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MAX_MESSAGE_BYTES = 4096  # the kubelet's limit per container
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048  # the kubelet's log tail for FallbackToLogsOnError
 RETRY_S = 2.0  # a pod that cannot start yet (missing ConfigMap...) or an API call that failed
-MAX_BACKOFF_S = 10.0  # restart back-off 1, 2, 4, 8, 10 s (the kubelet's starts at 10 s, up to 5 min)
+MAX_BACKOFF_S = (
+    10.0  # restart back-off 1, 2, 4, 8, 10 s (the kubelet's starts at 10 s, up to 5 min)
+)
 TICK_S = 1.0
 LOST_MESSAGE = "The container could not be located when the pod was terminated"
 
@@ -71,7 +80,9 @@ class NodeContext:
     claims_dir: str
     addresses: AddressPool
     host_ip: str
-    service_env: dict[str, str]  # KUBERNETES_SERVICE_* pointing at the real API server (no kube-proxy)
+    service_env: dict[
+        str, str
+    ]  # KUBERNETES_SERVICE_* pointing at the real API server (no kube-proxy)
     image_env: dict[str, str]  # stands in for the image's ENV: the host's PATH, HOME, locale, venv
     network_changed: Callable[[str], None]  # rewrite the hosts files of this namespace
 
@@ -105,9 +116,16 @@ class Container:
 
     def status(self) -> JSON:
         running = self.proc is not None
-        out = {"name": self.name, "image": self.spec.get("image", ""), "imageID": "",
-               "ready": self.succeeded if self.init else running, "started": running,
-               "restartCount": self.restarts, "state": self.state, "lastState": self.last_state}
+        out = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "ready": self.succeeded if self.init else running,
+            "started": running,
+            "restartCount": self.restarts,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
         if self.container_id:
             out["containerID"] = self.container_id
         return out
@@ -124,11 +142,15 @@ class PodWorker:
         self.dir = os.path.join(node.pods_dir, f"{self.namespace}_{self.name}_{self.uid}")
         self.host_network = bool(spec.get("hostNetwork"))
         # The kubelet's pod hostname: spec.hostname or the pod name, cut to a 63-character label.
-        self.hostname = (spec.get("nodeName") if self.host_network else spec.get("hostname") or self.name)[:63]
+        self.hostname = (
+            spec.get("nodeName") if self.host_network else spec.get("hostname") or self.name
+        )[:63]
         self.subdomain = "" if self.host_network else spec.get("subdomain", "")
         self.ip = ""
         first_wait = "PodInitializing" if spec.get("initContainers") else "ContainerCreating"
-        self.init = [Container(c, True, _waiting("PodInitializing")) for c in spec.get("initContainers", [])]
+        self.init = [
+            Container(c, True, _waiting("PodInitializing")) for c in spec.get("initContainers", [])
+        ]
         self.containers = [Container(c, False, _waiting(first_wait)) for c in spec["containers"]]
         self.phase = "Pending"
         self.prepared = False
@@ -142,10 +164,11 @@ class PodWorker:
         self._wake = threading.Event()
         self._gone = False
         self._stop_grace: float | None = None  # set when the agent shuts down
-        self._thread = threading.Thread(target=self._run, name=f"pod {self.namespace}/{self.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"pod {self.namespace}/{self.name}", daemon=True
+        )
 
-    # -- interface for the agent (called from its threads) -------------------------------------------
+    # -- interface for the agent (called from its threads) -----------------------------------------
 
     def start(self) -> None:
         self._thread.start()
@@ -173,8 +196,12 @@ class PodWorker:
 
     @property
     def ready(self) -> bool:
-        return (self.prepared and self.init_done and self.phase not in TERMINAL
-                and all(c.proc is not None for c in self.containers))
+        return (
+            self.prepared
+            and self.init_done
+            and self.phase not in TERMINAL
+            and all(c.proc is not None for c in self.containers)
+        )
 
     @property
     def labels(self) -> dict[str, str]:
@@ -192,10 +219,14 @@ class PodWorker:
 
     def resolvable(self, publish_not_ready: bool) -> bool:
         """Whether cluster DNS would answer for this pod behind its headless Service."""
-        return (bool(self.ip) and not self.deleting and self.phase not in TERMINAL
-                and (self.ready or publish_not_ready))
+        return (
+            bool(self.ip)
+            and not self.deleting
+            and self.phase not in TERMINAL
+            and (self.ready or publish_not_ready)
+        )
 
-    # -- the pod's life ------------------------------------------------------------------------------
+    # -- the pod's life ----------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
@@ -208,7 +239,9 @@ class PodWorker:
                 self._drive()
             self._await_deletion()
         except Exception:
-            log.exception("pod %s/%s: node agent error; stopping its processes", self.namespace, self.name)
+            log.exception(
+                "pod %s/%s: node agent error; stopping its processes", self.namespace, self.name
+            )
             self._kill_all(0)
         finally:
             self.node.addresses.release(self.uid)
@@ -220,7 +253,7 @@ class PodWorker:
         self._wake.clear()
 
     def _drive(self) -> None:
-        """Start-up, supervision and restarts, until the pod is terminal, deleted or the agent stops."""
+        """Start-up, supervision, restarts; until the pod ends, is deleted or the agent stops."""
         while True:
             if self._stop_grace is not None:
                 self._kill_all(self._stop_grace)
@@ -230,9 +263,14 @@ class PodWorker:
                 return
             if self.deleting:
                 self._kill_all(self._deletion_grace())
-                self.phase = ("Succeeded" if self.init_done and all(c.succeeded for c in self.containers)
-                              else "Failed")
-                while not (self._report() or self._gone or self._stop_grace is not None):  # terminal phase, then delete
+                self.phase = (
+                    "Succeeded"
+                    if self.init_done and all(c.succeeded for c in self.containers)
+                    else "Failed"
+                )
+                while not (
+                    self._report() or self._gone or self._stop_grace is not None
+                ):  # terminal phase, then delete
                     self._sleep(RETRY_S)
                 return
             self._step()
@@ -242,7 +280,7 @@ class PodWorker:
             self._sleep(TICK_S)
 
     def _await_deletion(self) -> None:
-        """A finished pod stays until it is deleted; then the kubelet removes the object for good."""
+        """A finished pod stays until it is deleted; then the kubelet removes the object."""
         sent = False
         while not (self._gone or self._stop_grace is not None):
             self._publish()
@@ -252,7 +290,9 @@ class PodWorker:
 
     def _deletion_grace(self) -> float:
         meta, spec = self.pod["metadata"], self.pod["spec"]
-        grace = meta.get("deletionGracePeriodSeconds", spec.get("terminationGracePeriodSeconds", 30))
+        grace = meta.get(
+            "deletionGracePeriodSeconds", spec.get("terminationGracePeriodSeconds", 30)
+        )
         return grace if grace > 0 else 2  # the kubelet's minimum for a forced kill
 
     def _step(self) -> None:
@@ -286,18 +326,29 @@ class PodWorker:
 
     def _view(self) -> JSON:
         """The pod with the addresses this agent gave it, for downward-API fields."""
-        addresses = {"hostIP": self.node.host_ip, "hostIPs": [{"ip": self.node.host_ip}],
-                     "podIP": self.ip, "podIPs": [{"ip": self.ip}] if self.ip else []}
+        addresses = {
+            "hostIP": self.node.host_ip,
+            "hostIPs": [{"ip": self.node.host_ip}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}] if self.ip else [],
+        }
         return {**self.pod, "status": {**self.pod.get("status", {}), **addresses}}
 
     def _prepare(self) -> None:
         """The pod "sandbox": folders, an address, a hosts file and the volumes."""
         os.makedirs(os.path.join(self.dir, "termination"), exist_ok=True)
         if not self.ip:
-            self.ip = self.node.host_ip if self.host_network else self.node.addresses.allocate(self.uid)
+            self.ip = (
+                self.node.host_ip if self.host_network else self.node.addresses.allocate(self.uid)
+            )
         try:
-            self._volumes = prepare_volumes(self.node.kube, self._view(), os.path.join(self.dir, "volumes"),
-                                            self.node.claims_dir, Sources(self.node.kube, self.namespace))
+            self._volumes = prepare_volumes(
+                self.node.kube,
+                self._view(),
+                os.path.join(self.dir, "volumes"),
+                self.node.claims_dir,
+                Sources(self.node.kube, self.namespace),
+            )
         except PodConfigError as e:
             log.info("pod %s/%s: waiting for volumes: %s", self.namespace, self.name, e)
             for c in self.init + self.containers:
@@ -305,13 +356,16 @@ class PodWorker:
             self._retry_at = time.monotonic() + RETRY_S
             return
         self.prepared = True
-        self.node.network_changed(self.namespace)  # writes this pod's hosts file before anything starts
+        self.node.network_changed(
+            self.namespace
+        )  # writes this pod's hosts file before anything starts
 
     def _start(self, c: Container) -> None:
         spec = c.spec
         try:
-            env = container_env(self._view(), spec, Sources(self.node.kube, self.namespace),
-                                self.node.service_env)
+            env = container_env(
+                self._view(), spec, Sources(self.node.kube, self.namespace), self.node.service_env
+            )
             env = {**self.node.service_env, **env}
             mounts = container_mounts(self.pod, spec, self._volumes, env)
         except PodConfigError as e:
@@ -321,32 +375,52 @@ class PodWorker:
         c.pending = False
         c.started_at = now()
         if not spec.get("command"):
-            self._terminated(c, START_ERROR_EXIT, "StartError",
-                             "the node agent runs no images, so every container needs a command")
+            self._terminated(
+                c,
+                START_ERROR_EXIT,
+                "StartError",
+                "the node agent runs no images, so every container needs a command",
+            )
             return
         if not self.host_network and not any(m["target"] == "/etc/hosts" for m in mounts):
             mounts.insert(0, {"source": self.hosts_path, "target": "/etc/hosts", "readOnly": False})
         termination = os.path.join(self.dir, "termination", c.name)
         open(termination, "wb").close()
-        mounts.append({"source": termination, "readOnly": False,
-                       "target": spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH})
+        mounts.append(
+            {
+                "source": termination,
+                "readOnly": False,
+                "target": spec.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH,
+            }
+        )
         start_error = os.path.join(self.dir, "termination", f"{c.name}.start-error")
         if os.path.exists(start_error):
             os.unlink(start_error)
         launch = {
             "argv": [expand(a, env) for a in spec["command"] + spec.get("args", [])],
             "env": {**self.node.image_env, "HOSTNAME": self.hostname, **env},
-            "cwd": spec.get("workingDir") or "/", "hostname": self.hostname, "mounts": mounts,
-            "parent": os.getpid(), "startError": start_error,
+            "cwd": spec.get("workingDir") or "/",
+            "hostname": self.hostname,
+            "mounts": mounts,
+            "parent": os.getpid(),
+            "startError": start_error,
         }
         launch_path = os.path.join(self.dir, f".{c.name}.launch.json")
-        fd = os.open(launch_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # may hold Secret values
+        fd = os.open(
+            launch_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )  # may hold Secret values
         with os.fdopen(fd, "w") as f:
             json.dump(launch, f)
         with open(os.path.join(self.dir, f"{c.name}.log"), "ab") as out:
-            c.proc = subprocess.Popen([sys.executable, "-I", PODEXEC, launch_path], stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                      env={}, cwd="/")
+            c.proc = subprocess.Popen(
+                [sys.executable, "-I", PODEXEC, launch_path],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={},
+                cwd="/",
+            )
         c.container_id = f"nodeagent://{self.uid}/{c.name}/{c.restarts}"
         c.state = {"running": {"startedAt": c.started_at}}
         threading.Thread(target=self._await_exit, args=(c.proc,), daemon=True).start()
@@ -367,17 +441,29 @@ class PodWorker:
             with open(start_error) as f:
                 self._terminated(c, code, "StartError", f.read())
             return
-        self._terminated(c, code, "Completed" if code == 0 else "Error", self._termination_message(c, code))
+        self._terminated(
+            c, code, "Completed" if code == 0 else "Error", self._termination_message(c, code)
+        )
 
     def _terminated(self, c: Container, code: int, reason: str, message: str) -> None:
-        terminated = {"exitCode": code, "reason": reason, "startedAt": c.started_at, "finishedAt": now()}
+        terminated = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": c.started_at,
+            "finishedAt": now(),
+        }
         if message:
             terminated["message"] = message
         if c.container_id:
             terminated["containerID"] = c.container_id
         c.state = {"terminated": terminated}
         log.info("pod %s/%s: %s exited %d (%s)", self.namespace, self.name, c.name, code, reason)
-        if self._stop_grace is None and not self._gone and not self.deleting and self._restarts(c, code):
+        if (
+            self._stop_grace is None
+            and not self._gone
+            and not self.deleting
+            and self._restarts(c, code)
+        ):
             c.restarts += 1
             c.pending = True
             c.not_before = time.monotonic() + min(MAX_BACKOFF_S, 2.0 ** (c.restarts - 1))
@@ -391,10 +477,14 @@ class PodWorker:
         return policy == "Always" or (policy == "OnFailure" and code != 0)
 
     def _termination_message(self, c: Container, code: int) -> str:
-        """terminationMessagePath's content, or with FallbackToLogsOnError the log tail of a failure."""
+        """terminationMessagePath's content; with FallbackToLogsOnError a failure's log tail."""
         with open(os.path.join(self.dir, "termination", c.name), "rb") as f:
             message = f.read(MAX_MESSAGE_BYTES).decode(errors="replace")
-        if message or code == 0 or c.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+        if (
+            message
+            or code == 0
+            or c.spec.get("terminationMessagePolicy") != "FallbackToLogsOnError"
+        ):
             return message
         with open(os.path.join(self.dir, f"{c.name}.log"), "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -404,39 +494,52 @@ class PodWorker:
 
     def _kill_all(self, grace: float) -> None:
         """SIGTERM every process group of the pod, SIGKILL what is left after `grace` seconds."""
-        live = [c for c in self.init + self.containers if c.proc is not None]
-        for c in live:
-            _signal_group(c.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
+        live = [(c, c.proc) for c in self.init + self.containers if c.proc is not None]
+        for _, proc in live:
+            _signal_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while any(c.proc.poll() is None for c in live) and time.monotonic() < deadline:  # type: ignore[union-attr]
+        while any(proc.poll() is None for _, proc in live) and time.monotonic() < deadline:
             self._sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-        for c in live:
-            _signal_group(c.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        for c, proc in live:
+            _signal_group(proc.pid, signal.SIGKILL)
             self._exited(c)
 
     def _started_before(self, status: JSON) -> bool:
         """Whether containers of this pod were started by an earlier agent process."""
         statuses = status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
         return status.get("phase") == "Running" or any(
-            "running" in s.get("state", {}) or "terminated" in s.get("state", {}) for s in statuses)
+            "running" in s.get("state", {}) or "terminated" in s.get("state", {}) for s in statuses
+        )
 
     def _report_lost(self, status: JSON) -> None:
         """Its processes died with the earlier agent: report them lost and the pod Failed."""
-        previous = {s["name"]: s for s in status.get("initContainerStatuses", []) + status.get("containerStatuses", [])}
+        previous = {
+            s["name"]: s
+            for s in status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
+        }
         for c in self.init + self.containers:
             old = previous.get(c.name, {})
             c.restarts = old.get("restartCount", 0)
             c.container_id = old.get("containerID", "")
             c.pending = False
-            c.state = old["state"] if "terminated" in old.get("state", {}) else {"terminated": {
-                "exitCode": 137, "reason": "ContainerStatusUnknown", "message": LOST_MESSAGE,
-                "finishedAt": now()}}
+            c.state = (
+                old["state"]
+                if "terminated" in old.get("state", {})
+                else {
+                    "terminated": {
+                        "exitCode": 137,
+                        "reason": "ContainerStatusUnknown",
+                        "message": LOST_MESSAGE,
+                        "finishedAt": now(),
+                    }
+                }
+            )
         self.ip = status.get("podIP", "")
         self.init_done = all(c.succeeded for c in self.init)
         self.phase = "Failed"
         self._report()
 
-    # -- API writes ----------------------------------------------------------------------------------
+    # -- API writes --------------------------------------------------------------------------------
 
     def _publish(self) -> None:
         """Tell the agent when this pod's DNS visibility changed, so peers' hosts files follow."""
@@ -459,15 +562,24 @@ class PodWorker:
         not_init = [c.name for c in self.init if not c.succeeded]
         not_ready = [c.name for c in self.containers if c.proc is None]
         ready_reason = "PodCompleted" if terminal else "ContainersNotReady"
-        ready_message = "" if terminal else f"containers with unready status: [{' '.join(not_ready)}]"
+        ready_message = (
+            "" if terminal else f"containers with unready status: [{' '.join(not_ready)}]"
+        )
         status: JSON = {
             "phase": self.phase,
             "startTime": self.start_time,
-            "hostIP": self.node.host_ip, "hostIPs": [{"ip": self.node.host_ip}],
+            "hostIP": self.node.host_ip,
+            "hostIPs": [{"ip": self.node.host_ip}],
             "conditions": [
-                self._condition("PodReadyToStartContainers", self.prepared and not terminal, "", ""),
-                self._condition("Initialized", self.init_done, "ContainersNotInitialized",
-                                f"containers with incomplete status: [{' '.join(not_init)}]"),
+                self._condition(
+                    "PodReadyToStartContainers", self.prepared and not terminal, "", ""
+                ),
+                self._condition(
+                    "Initialized",
+                    self.init_done,
+                    "ContainersNotInitialized",
+                    f"containers with incomplete status: [{' '.join(not_init)}]",
+                ),
                 self._condition("ContainersReady", self.ready, ready_reason, ready_message),
                 self._condition("Ready", self.ready, ready_reason, ready_message),
                 self._condition("PodScheduled", True, "", ""),
@@ -481,32 +593,51 @@ class PodWorker:
         return status
 
     def _report(self) -> bool:
-        """PATCH pods/status when it changed (the uid makes it fail on a recreated namesake); False if
+        """PATCH pods/status when it changed (the uid makes it fail on a recreated namesake); False
+        if
         the API server did not take it, so the caller retries."""
         status = self._status()
         if status == self._reported:
             return True
         body = {"metadata": {"uid": self.uid}, "status": status}
         try:
-            self.node.kube.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", body)
+            self.node.kube.patch(
+                f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", body
+            )
         except ApiException as e:
-            if e.status not in (404, 409):  # 404/409: the pod is gone or replaced; its DELETED event follows
-                log.warning("pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, brief(e))
+            if e.status not in (
+                404,
+                409,
+            ):  # 404/409: the pod is gone or replaced; its DELETED event follows
+                log.warning(
+                    "pod %s/%s: status update failed (%s); will retry",
+                    self.namespace,
+                    self.name,
+                    brief(e),
+                )
                 return False
         except HTTPError as e:
-            log.warning("pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, e)
+            log.warning(
+                "pod %s/%s: status update failed (%s); will retry", self.namespace, self.name, e
+            )
             return False
         self._reported = status
         return True
 
     def _delete(self) -> bool:
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": self.uid}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": self.uid},
+        }
         try:
             self.node.kube.delete(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}", body)
         except ApiException as e:
             if e.status not in (404, 409):
-                log.warning("pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, brief(e))
+                log.warning(
+                    "pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, brief(e)
+                )
                 return False
         except HTTPError as e:
             log.warning("pod %s/%s: delete failed (%s); will retry", self.namespace, self.name, e)

@@ -26,11 +26,12 @@ _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['(.*)'\]$")
 
 
 class PodConfigError(Exception):
-    """The pod cannot start yet (a missing ConfigMap, Secret, PVC...); like the kubelet, retry later."""
+    """The pod cannot start yet (a missing ConfigMap, Secret, PVC...); the kubelet retries too."""
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes `$(VAR)` expansion: defined names are replaced, `$$` escapes, the rest stays as written
+    """Kubernetes `$(VAR)` expansion: defined names are replaced, `$$` escapes, the rest stays as
+    written
     (k8s.io/kubernetes third_party/forked/golang/expansion)."""
     out: list[str] = []
     i = 0
@@ -44,8 +45,8 @@ def expand(text: str, env: Mapping[str, str]) -> str:
             if nxt == "(":
                 end = text.find(")", i + 2)
                 if end != -1:
-                    name = text[i + 2:end]
-                    out.append(env[name] if name in env else text[i:end + 1])
+                    name = text[i + 2 : end]
+                    out.append(env[name] if name in env else text[i : end + 1])
                     i = end + 1
                     continue
         out.append(text[i])
@@ -59,7 +60,7 @@ def _format_map(values: Mapping[str, str]) -> str:
 
 
 def field_value(pod: JSON, path: str) -> str:
-    """A downward-API fieldRef, read from the pod as the node agent sees it (status IPs included)."""
+    """A downward-API fieldRef, read from the pod as the agent sees it (status IPs included)."""
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status", {})
     m = _FIELD_KEY.match(path)
     if m:
@@ -104,7 +105,7 @@ class Sources:
         return self._cache[(kind, name)]
 
     def all(self, kind: str, name: str, optional: bool) -> dict[str, bytes] | None:
-        """Every key of a ConfigMap ("configmap") or Secret ("secret"); None if optional and absent."""
+        """Every key of a ConfigMap ("configmap") or Secret ("secret"); None if optional, absent."""
         data = self._read(kind, name)
         if data is None and not optional:
             raise PodConfigError(f'{kind} "{name}" not found')
@@ -117,16 +118,25 @@ class Sources:
         if ref["key"] not in data:
             if ref.get("optional", False):
                 return None
-            raise PodConfigError(f'couldn\'t find key {ref["key"]} in {kind} {self._ns}/{ref["name"]}')
+            raise PodConfigError(
+                f"couldn't find key {ref['key']} in {kind} {self._ns}/{ref['name']}"
+            )
         return data[ref["key"]]
 
 
-def container_env(pod: JSON, container: JSON, sources: Sources, base: Mapping[str, str]) -> dict[str, str]:
-    """The variables the pod spec defines for a container, in the kubelet's order: envFrom, then env;
-    `value`s expand `$(VAR)` against what is defined before them plus `base` (the service variables)."""
+def container_env(
+    pod: JSON, container: JSON, sources: Sources, base: Mapping[str, str]
+) -> dict[str, str]:
+    """The variables the pod spec defines for a container, in the kubelet's order: envFrom, then
+    env; `value`s expand `$(VAR)` against what is defined before them plus `base` (the service
+    variables)."""
     env: dict[str, str] = {}
     for src in container.get("envFrom", []):
-        kind, ref = ("configmap", src["configMapRef"]) if "configMapRef" in src else ("secret", src["secretRef"])
+        kind, ref = (
+            ("configmap", src["configMapRef"])
+            if "configMapRef" in src
+            else ("secret", src["secretRef"])
+        )
         data = sources.all(kind, ref["name"], ref.get("optional", False)) or {}
         for key, value in data.items():
             env[src.get("prefix", "") + key] = value.decode(errors="replace")
@@ -143,7 +153,9 @@ def container_env(pod: JSON, container: JSON, sources: Sources, base: Mapping[st
         elif "secretKeyRef" in source:
             value = sources.key("secret", source["secretKeyRef"])
         else:
-            raise PodConfigError(f"env {var['name']}: {sorted(source)} is not supported by the node agent")
+            raise PodConfigError(
+                f"env {var['name']}: {sorted(source)} is not supported by the node agent"
+            )
         if value is not None:
             env[var["name"]] = value.decode(errors="replace") if isinstance(value, bytes) else value
     return env
@@ -168,7 +180,9 @@ def _write_files(root: str, files: list[tuple[str, bytes, int]]) -> None:
         os.chmod(path, mode)
 
 
-def _keyed_files(data: dict[str, bytes] | None, source: JSON, what: str) -> list[tuple[str, bytes, int]]:
+def _keyed_files(
+    data: dict[str, bytes] | None, source: JSON, what: str
+) -> list[tuple[str, bytes, int]]:
     """Files of a configMap/secret source: every key, or only `items` (key → path, mode)."""
     if data is None:
         return []
@@ -190,9 +204,16 @@ def _downward_files(pod: JSON, source: JSON) -> list[tuple[str, bytes, int]]:
     files = []
     for item in source.get("items", []):
         if "fieldRef" not in item:
-            raise PodConfigError(f"downwardAPI {item['path']}: only fieldRef is supported by the node agent")
-        files.append((item["path"], field_value(pod, item["fieldRef"]["fieldPath"]).encode(),
-                      item.get("mode", mode)))
+            raise PodConfigError(
+                f"downwardAPI {item['path']}: only fieldRef is supported by the node agent"
+            )
+        files.append(
+            (
+                item["path"],
+                field_value(pod, item["fieldRef"]["fieldPath"]).encode(),
+                item.get("mode", mode),
+            )
+        )
     return files
 
 
@@ -201,25 +222,40 @@ def _token(kube: Kube, pod: JSON, source: JSON) -> bytes:
     meta = pod["metadata"]
     sa = pod["spec"].get("serviceAccountName") or "default"
     audience = source.get("audience")
-    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
-        "audiences": [audience] if audience else [],
-        "expirationSeconds": source.get("expirationSeconds", TOKEN_EXPIRATION_S),
-        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"], "uid": meta["uid"]},
-    }}
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {
+            "audiences": [audience] if audience else [],
+            "expirationSeconds": source.get("expirationSeconds", TOKEN_EXPIRATION_S),
+            "boundObjectRef": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": meta["name"],
+                "uid": meta["uid"],
+            },
+        },
+    }
     try:
-        resp = kube.create(f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body)
+        resp = kube.create(
+            f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{sa}/token", body
+        )
     except ApiException as e:  # the ServiceAccount may not exist yet: retry like a failed mount
         raise PodConfigError(f"token for serviceaccount {sa}: {e}") from e
     return resp["status"]["token"].encode()
 
 
-def _projected_files(kube: Kube, pod: JSON, volume: JSON, sources: Sources) -> list[tuple[str, bytes, int]]:
+def _projected_files(
+    kube: Kube, pod: JSON, volume: JSON, sources: Sources
+) -> list[tuple[str, bytes, int]]:
     proj = volume["projected"]
     mode = proj.get("defaultMode", DEFAULT_MODE)
     files: list[tuple[str, bytes, int]] = []
     for src in proj.get("sources", []):
         if "configMap" in src or "secret" in src:
-            kind, ref = ("configmap", src["configMap"]) if "configMap" in src else ("secret", src["secret"])
+            kind, ref = (
+                ("configmap", src["configMap"]) if "configMap" in src else ("secret", src["secret"])
+            )
             data = sources.all(kind, ref["name"], ref.get("optional", False))
             files += _keyed_files(data, {"defaultMode": mode, **ref}, f"{kind} {ref['name']}")
         elif "downwardAPI" in src:
@@ -228,7 +264,9 @@ def _projected_files(kube: Kube, pod: JSON, volume: JSON, sources: Sources) -> l
             sat = src["serviceAccountToken"]
             files.append((sat["path"], _token(kube, pod, sat), mode))
         else:
-            raise PodConfigError(f"projected source {sorted(src)} is not supported by the node agent")
+            raise PodConfigError(
+                f"projected source {sorted(src)} is not supported by the node agent"
+            )
     return files
 
 
@@ -266,8 +304,9 @@ def _host_path(volume: JSON) -> str:
     return path
 
 
-def prepare_volumes(kube: Kube, pod: JSON, volumes_dir: str, claims_dir: str,
-                    sources: Sources) -> dict[str, str]:
+def prepare_volumes(
+    kube: Kube, pod: JSON, volumes_dir: str, claims_dir: str, sources: Sources
+) -> dict[str, str]:
     """Materialises every pod volume as a host path; returns volume name → path."""
     namespace = pod["metadata"]["namespace"]
     paths: dict[str, str] = {}
@@ -291,7 +330,9 @@ def prepare_volumes(kube: Kube, pod: JSON, volumes_dir: str, claims_dir: str,
         elif "hostPath" in volume:
             own = _host_path(volume)
         elif "persistentVolumeClaim" in volume:
-            own = _claim_path(kube, namespace, volume["persistentVolumeClaim"]["claimName"], claims_dir)
+            own = _claim_path(
+                kube, namespace, volume["persistentVolumeClaim"]["claimName"], claims_dir
+            )
         else:
             kinds = sorted(set(volume) - {"name"})
             raise PodConfigError(f"volume {name}: {kinds} is not supported by the node agent")
@@ -299,11 +340,15 @@ def prepare_volumes(kube: Kube, pod: JSON, volumes_dir: str, claims_dir: str,
     return paths
 
 
-def container_mounts(pod: JSON, container: JSON, volume_paths: Mapping[str, str],
-                     env: Mapping[str, str]) -> list[JSON]:
-    """The container's volumeMounts as bind mounts, parents before children (as containerd sorts them)."""
-    read_only_claims = {v["name"] for v in pod["spec"].get("volumes", [])
-                        if v.get("persistentVolumeClaim", {}).get("readOnly")}
+def container_mounts(
+    pod: JSON, container: JSON, volume_paths: Mapping[str, str], env: Mapping[str, str]
+) -> list[JSON]:
+    """The container's volumeMounts as bind mounts, parents before children (containerd's order)."""
+    read_only_claims = {
+        v["name"]
+        for v in pod["spec"].get("volumes", [])
+        if v.get("persistentVolumeClaim", {}).get("readOnly")
+    }
     mounts = []
     for vm in container.get("volumeMounts", []):
         source = volume_paths[vm["name"]]
@@ -312,6 +357,11 @@ def container_mounts(pod: JSON, container: JSON, volume_paths: Mapping[str, str]
             source = _safe_join(source, sub)
             if not os.path.exists(source):
                 os.makedirs(source)  # the kubelet creates a missing subPath as a folder
-        mounts.append({"source": source, "target": vm["mountPath"],
-                       "readOnly": vm.get("readOnly", False) or vm["name"] in read_only_claims})
+        mounts.append(
+            {
+                "source": source,
+                "target": vm["mountPath"],
+                "readOnly": vm.get("readOnly", False) or vm["name"] in read_only_claims,
+            }
+        )
     return sorted(mounts, key=lambda m: len(PurePosixPath(m["target"]).parts))

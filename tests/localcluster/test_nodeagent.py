@@ -7,10 +7,13 @@ Job's conditions); the few that read the agent's own files (logs) skip on an ext
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import wait_for
+from localcluster.kubejson import Kube
 
 pytestmark = pytest.mark.cluster
 
-IMAGE = "python:3.12-slim"  # ignored by the node agent (host Python); what a real kubelet would pull
+IMAGE = (
+    "python:3.12-slim"  # ignored by the node agent (host Python); what a real kubelet would pull
+)
 
 
 @pytest.fixture
@@ -45,22 +51,33 @@ def py(name: str, script: str, **fields: object) -> dict:
 
 
 def pod(name: str, *containers: dict, **spec: object) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"restartPolicy": "Never", "containers": list(containers), **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": list(containers), **spec},
+    }
 
 
-def wait_phase(core: client.CoreV1Api, namespace: str, name: str, phase: str,
-               timeout: float = 30) -> client.V1Pod:
+def wait_phase(
+    core: client.CoreV1Api, namespace: str, name: str, phase: str, timeout: float = 30
+) -> client.V1Pod:
     def reached() -> client.V1Pod | None:
         p = core.read_namespaced_pod(name, namespace)
         return p if p.status.phase == phase else None
+
     return wait_for(reached, timeout=timeout, what=f"pod {name} phase {phase}")
 
 
 def wait_ready(core: client.CoreV1Api, namespace: str, name: str) -> client.V1Pod:
     def ready() -> client.V1Pod | None:
         p = core.read_namespaced_pod(name, namespace)
-        return p if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []) else None
+        return (
+            p
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            else None
+        )
+
     return wait_for(ready, what=f"pod {name} Ready")
 
 
@@ -69,7 +86,12 @@ def statuses(p: client.V1Pod) -> dict[str, client.V1ContainerStatus]:
 
 
 def log_file(agent_dir: Path, p: client.V1Pod, container: str) -> Path:
-    return agent_dir / "pods" / f"{p.metadata.namespace}_{p.metadata.name}_{p.metadata.uid}" / f"{container}.log"
+    return (
+        agent_dir
+        / "pods"
+        / f"{p.metadata.namespace}_{p.metadata.name}_{p.metadata.uid}"
+        / f"{container}.log"
+    )
 
 
 def test_nodes_registered_with_gpus_and_renewed_leases(cluster, kube, agent_dir: Path) -> None:
@@ -85,17 +107,26 @@ def test_nodes_registered_with_gpus_and_renewed_leases(cluster, kube, agent_dir:
         assert time.time() - lease.spec.renew_time.timestamp() < 30
 
 
-def test_bare_pod_succeeds_with_its_log_in_a_file(core, cluster, namespace: str, agent_dir: Path) -> None:
-    core.create_namespaced_pod(namespace, pod(
-        "bare", py("main", "import socket; print('hello from', socket.gethostname())")))
+def test_bare_pod_succeeds_with_its_log_in_a_file(
+    core, cluster, namespace: str, agent_dir: Path
+) -> None:
+    core.create_namespaced_pod(
+        namespace,
+        pod("bare", py("main", "import socket; print('hello from', socket.gethostname())")),
+    )
 
     done = wait_phase(core, namespace, "bare", "Succeeded")
     terminated = statuses(done)["main"].state.terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
     assert terminated.started_at <= terminated.finished_at
     conditions = {c.type: c.status for c in done.status.conditions}
-    assert conditions == {"PodScheduled": "True", "PodReadyToStartContainers": "False",
-                          "Initialized": "True", "ContainersReady": "False", "Ready": "False"}
+    assert conditions == {
+        "PodScheduled": "True",
+        "PodReadyToStartContainers": "False",
+        "Initialized": "True",
+        "ContainersReady": "False",
+        "Ready": "False",
+    }
     assert done.spec.node_name in cluster.nodes
     assert ipaddress.ip_address(done.status.pod_ip) in ipaddress.ip_network("127.0.0.0/8")
     assert done.status.pod_ip != done.status.host_ip == "127.0.0.1"
@@ -103,23 +134,42 @@ def test_bare_pod_succeeds_with_its_log_in_a_file(core, cluster, namespace: str,
 
 
 def test_failed_pod_reports_exit_codes_and_termination_messages(core, namespace: str) -> None:
-    core.create_namespaced_pod(namespace, pod(
-        "fails",
-        py("explicit", "open('/dev/termination-log', 'w').write('checkpoint missing'); raise SystemExit(3)"),
-        py("fallback", "import sys; print('first line', flush=True); print('last line', file=sys.stderr); sys.exit(4)",
-           terminationMessagePolicy="FallbackToLogsOnError"),
-    ))
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "fails",
+            py(
+                "explicit",
+                "open('/dev/termination-log', 'w').write('checkpoint missing'); "
+                "raise SystemExit(3)",
+            ),
+            py(
+                "fallback",
+                "import sys; print('first line', flush=True); "
+                "print('last line', file=sys.stderr); sys.exit(4)",
+                terminationMessagePolicy="FallbackToLogsOnError",
+            ),
+        ),
+    )
 
     failed = wait_phase(core, namespace, "fails", "Failed")
-    explicit, fallback = statuses(failed)["explicit"].state.terminated, statuses(failed)["fallback"].state.terminated
-    assert (explicit.exit_code, explicit.reason, explicit.message) == (3, "Error", "checkpoint missing")
+    explicit, fallback = (
+        statuses(failed)["explicit"].state.terminated,
+        statuses(failed)["fallback"].state.terminated,
+    )
+    assert (explicit.exit_code, explicit.reason, explicit.message) == (
+        3,
+        "Error",
+        "checkpoint missing",
+    )
     assert (fallback.exit_code, fallback.reason) == (4, "Error")
     assert fallback.message.splitlines() == ["first line", "last line"]
 
 
 ENV_SCRIPT = """
 import json, os, socket, sys
-names = ["POD_NAME", "POD_IP", "APP", "GREETING", "TOKEN", "MESSAGE", "CM_greeting", "HOSTNAME", "KUBECONFIG"]
+names = ["POD_NAME", "POD_IP", "APP", "GREETING", "TOKEN", "MESSAGE", "CM_greeting", "HOSTNAME",
+         "KUBECONFIG"]
 out = {k: os.environ.get(k) for k in names}
 out["argv"] = sys.argv[1:]
 out["cwd"] = os.getcwd()
@@ -132,32 +182,56 @@ json.dump(out, open("/dev/termination-log", "w"))
 
 
 def test_env_and_volumes_reach_the_process(core, namespace: str) -> None:
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"},
-                                                  "data": {"greeting": "hello", "wanops.yaml": "steps: 4\n"}})
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})
+    core.create_namespaced_config_map(
+        namespace,
+        {
+            "metadata": {"name": "settings"},
+            "data": {"greeting": "hello", "wanops.yaml": "steps: 4\n"},
+        },
+    )
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}
+    )
     manifest = pod(
         "env",
-        py("main", ENV_SCRIPT, args=["$(GREETING)", "$$(GREETING)"], workingDir="/work",
-           env=[
-               {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-               {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-               {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-               {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}},
-               {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
-               {"name": "MESSAGE", "value": "$(GREETING) from $(POD_NAME), $(UNDEFINED)"},
-           ],
-           envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CM_"}],
-           volumeMounts=[
-               {"name": "settings", "mountPath": "/etc/wanops-nodeagent-test", "readOnly": True},
-               {"name": "podinfo", "mountPath": "/etc/podinfo"},
-               {"name": "work", "mountPath": "/work"},
-           ]),
-        initContainers=[py("seed", "open('/work/seed', 'w').write('from init')",
-                           volumeMounts=[{"name": "work", "mountPath": "/work"}])],
+        py(
+            "main",
+            ENV_SCRIPT,
+            args=["$(GREETING)", "$$(GREETING)"],
+            workingDir="/work",
+            env=[
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {
+                    "name": "GREETING",
+                    "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}},
+                },
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                {"name": "MESSAGE", "value": "$(GREETING) from $(POD_NAME), $(UNDEFINED)"},
+            ],
+            envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CM_"}],
+            volumeMounts=[
+                {"name": "settings", "mountPath": "/etc/wanops-nodeagent-test", "readOnly": True},
+                {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                {"name": "work", "mountPath": "/work"},
+            ],
+        ),
+        initContainers=[
+            py(
+                "seed",
+                "open('/work/seed', 'w').write('from init')",
+                volumeMounts=[{"name": "work", "mountPath": "/work"}],
+            )
+        ],
         volumes=[
             {"name": "settings", "configMap": {"name": "settings"}},
-            {"name": "podinfo", "downwardAPI": {"items": [
-                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+            {
+                "name": "podinfo",
+                "downwardAPI": {
+                    "items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]
+                },
+            },
             {"name": "work", "emptyDir": {}},
         ],
     )
@@ -167,11 +241,21 @@ def test_env_and_volumes_reach_the_process(core, namespace: str) -> None:
     done = wait_phase(core, namespace, "env", "Succeeded")
     seen = json.loads(statuses(done)["main"].state.terminated.message)
     assert seen == {
-        "POD_NAME": "env", "POD_IP": done.status.pod_ip, "APP": "envtest", "GREETING": "hello",
-        "TOKEN": "s3cr3t", "MESSAGE": "hello from env, $(UNDEFINED)", "CM_greeting": "hello",
-        "HOSTNAME": "env", "KUBECONFIG": None,
-        "argv": ["hello", "$(GREETING)"], "cwd": "/work", "config": "steps: 4\n",
-        "labels": 'app="envtest"', "seed": "from init", "own_address": done.status.pod_ip,
+        "POD_NAME": "env",
+        "POD_IP": done.status.pod_ip,
+        "APP": "envtest",
+        "GREETING": "hello",
+        "TOKEN": "s3cr3t",
+        "MESSAGE": "hello from env, $(UNDEFINED)",
+        "CM_greeting": "hello",
+        "HOSTNAME": "env",
+        "KUBECONFIG": None,
+        "argv": ["hello", "$(GREETING)"],
+        "cwd": "/work",
+        "config": "steps: 4\n",
+        "labels": 'app="envtest"',
+        "seed": "from init",
+        "own_address": done.status.pod_ip,
     }
     init = done.status.init_container_statuses[0]
     assert (init.name, init.state.terminated.exit_code, init.ready) == ("seed", 0, True)
@@ -186,19 +270,48 @@ open("/dev/termination-log", "w").write(me.metadata.uid)
 """
 
 
-def test_in_cluster_client_uses_the_pods_service_account(core, kube, namespace: str, agent_dir: Path) -> None:
-    """The runner's path to the API: projected token + CA + KUBERNETES_SERVICE_*, checked by real RBAC."""
+def test_in_cluster_client_uses_the_pods_service_account(
+    core, kube, namespace: str, agent_dir: Path
+) -> None:
+    """The runner's path to the API (projected token, CA, KUBERNETES_SERVICE_*), under real RBAC."""
     rbac = client.RbacAuthorizationV1Api(kube)
-    rbac.create_namespaced_role(namespace, {"metadata": {"name": "read-pods"}, "rules": [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
-    rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "read-pods"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods"},
-        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]})
-    core.create_namespaced_pod(namespace, pod("incluster", py(
-        "main", IN_CLUSTER_SCRIPT, terminationMessagePolicy="FallbackToLogsOnError", env=[
-            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])))
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "read-pods"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "read-pods"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "read-pods",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}],
+        },
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "incluster",
+            py(
+                "main",
+                IN_CLUSTER_SCRIPT,
+                terminationMessagePolicy="FallbackToLogsOnError",
+                env=[
+                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {
+                        "name": "POD_NAMESPACE",
+                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+                    },
+                ],
+            ),
+        ),
+    )
 
     def finished() -> client.V1Pod | None:
         p = core.read_namespaced_pod("incluster", namespace)
@@ -211,11 +324,19 @@ def test_in_cluster_client_uses_the_pods_service_account(core, kube, namespace: 
 
 
 def test_on_failure_restarts_the_container(core, namespace: str) -> None:
-    script = ("import os, sys\nif os.path.exists('/state/tried'): sys.exit(0)\n"
-              "open('/state/tried', 'w').close(); sys.exit(1)")
-    core.create_namespaced_pod(namespace, pod(
-        "retry", py("main", script, volumeMounts=[{"name": "state", "mountPath": "/state"}]),
-        restartPolicy="OnFailure", volumes=[{"name": "state", "emptyDir": {}}]))
+    script = (
+        "import os, sys\nif os.path.exists('/state/tried'): sys.exit(0)\n"
+        "open('/state/tried', 'w').close(); sys.exit(1)"
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "retry",
+            py("main", script, volumeMounts=[{"name": "state", "mountPath": "/state"}]),
+            restartPolicy="OnFailure",
+            volumes=[{"name": "state", "emptyDir": {}}],
+        ),
+    )
 
     done = wait_phase(core, namespace, "retry", "Succeeded", timeout=60)
     main = statuses(done)["main"]
@@ -228,7 +349,7 @@ RANK_SCRIPT = """
 import json, os, socket, time
 index, me = int(os.environ["JOB_COMPLETION_INDEX"]), socket.gethostname()
 if index == 0:
-    server = socket.create_server((socket.gethostbyname(me), 29500))
+    server = socket.create_server((socket.gethostbyname(me), int(os.environ["PORT"])))
     server.settimeout(60)
     conn, _ = server.accept()
     peer = conn.recv(100).decode()
@@ -238,7 +359,7 @@ else:
     deadline = time.time() + 60
     while True:  # rank 0 may not be up yet: retry name resolution and connect, as a runner would
         try:
-            conn = socket.create_connection(("pair-0.rdzv", 29500), timeout=2)
+            conn = socket.create_connection(("pair-0.rdzv", int(os.environ["PORT"])), timeout=2)
             break
         except OSError:
             if time.time() > deadline:
@@ -247,23 +368,67 @@ else:
     conn.sendall(me.encode())
     reply = conn.recv(100).decode()
     fqdn = socket.gethostbyname(f"pair-0.rdzv.{os.environ['NAMESPACE']}.svc.cluster.local")
-    json.dump({"reply": reply, "fqdn": fqdn, "peer": conn.getpeername()[0]}, open("/dev/termination-log", "w"))
+    seen = {"reply": reply, "fqdn": fqdn, "peer": conn.getpeername()[0]}
+    json.dump(seen, open("/dev/termination-log", "w"))
 """
 
 
+def _unused_port() -> int:
+    """A port no one on this machine listens on now: with the node agent, pods share the host's port
+    space, and a wildcard listener elsewhere (a TCPStore on [::]:29500, say) blocks that port."""
+    with socket.create_server(("", 0), family=socket.AF_INET6, dualstack_ipv6=True) as probe:
+        return probe.getsockname()[1]
+
+
 def test_indexed_job_pods_reach_each_other_by_pod_dns_name(core, kube, namespace: str) -> None:
-    core.create_namespaced_service(namespace, {"metadata": {"name": "rdzv"}, "spec": {
-        "clusterIP": "None", "publishNotReadyAddresses": True,
-        "selector": {"batch.kubernetes.io/job-name": "pair"}, "ports": [{"name": "c10d", "port": 29500}]}})
+    port = _unused_port()
+    core.create_namespaced_service(
+        namespace,
+        {
+            "metadata": {"name": "rdzv"},
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": {"batch.kubernetes.io/job-name": "pair"},
+                "ports": [{"name": "c10d", "port": port}],
+            },
+        },
+    )
     batch = client.BatchV1Api(kube)
-    batch.create_namespaced_job(namespace, {"metadata": {"name": "pair"}, "spec": {
-        "completions": 2, "parallelism": 2, "completionMode": "Indexed", "backoffLimit": 0,
-        "template": {"spec": {
-            "subdomain": "rdzv", "restartPolicy": "Never",
-            "containers": [py("rank", RANK_SCRIPT, terminationMessagePolicy="FallbackToLogsOnError", env=[
-                {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])],
-        }},
-    }})
+    batch.create_namespaced_job(
+        namespace,
+        {
+            "metadata": {"name": "pair"},
+            "spec": {
+                "completions": 2,
+                "parallelism": 2,
+                "completionMode": "Indexed",
+                "backoffLimit": 0,
+                "template": {
+                    "spec": {
+                        "subdomain": "rdzv",
+                        "restartPolicy": "Never",
+                        "containers": [
+                            py(
+                                "rank",
+                                RANK_SCRIPT,
+                                terminationMessagePolicy="FallbackToLogsOnError",
+                                env=[
+                                    {
+                                        "name": "NAMESPACE",
+                                        "valueFrom": {
+                                            "fieldRef": {"fieldPath": "metadata.namespace"}
+                                        },
+                                    },
+                                    {"name": "PORT", "value": str(port)},
+                                ],
+                            )
+                        ],
+                    }
+                },
+            },
+        },
+    )
 
     def complete() -> client.V1Job | None:
         job = batch.read_namespaced_job_status("pair", namespace)
@@ -276,13 +441,20 @@ def test_indexed_job_pods_reach_each_other_by_pod_dns_name(core, kube, namespace
 
     job = wait_for(complete, timeout=60, what="Job pair Complete")
     assert job.status.succeeded == 2
-    pods = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p
-            for p in core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name=pair").items}
+    pods = {
+        p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p
+        for p in core.list_namespaced_pod(
+            namespace, label_selector="batch.kubernetes.io/job-name=pair"
+        ).items
+    }
     assert pods["0"].spec.hostname == "pair-0" and pods["1"].spec.hostname == "pair-1"
     assert statuses(pods["0"])["rank"].state.terminated.message == "got pair-1"
     seen = json.loads(statuses(pods["1"])["rank"].state.terminated.message)
-    assert seen == {"reply": "hi pair-1, pair-0 here", "fqdn": pods["0"].status.pod_ip,
-                    "peer": pods["0"].status.pod_ip}
+    assert seen == {
+        "reply": "hi pair-1, pair-0 here",
+        "fqdn": pods["0"].status.pod_ip,
+        "peer": pods["0"].status.pod_ip,
+    }
     assert pods["0"].status.pod_ip != pods["1"].status.pod_ip
 
 
@@ -310,16 +482,22 @@ def _processes_with(marker: str) -> list[int]:
 
 
 def test_deleting_running_pods_sigterms_then_sigkills_and_removes_them(
-        core, namespace: str, agent_dir: Path) -> None:
+    core, namespace: str, agent_dir: Path
+) -> None:
     marker = f"nodeagent-test-{namespace}"
     script = SLEEPER.replace("{marker}", marker)
     core.create_namespaced_pod(namespace, pod("graceful", py("main", script, args=["graceful"])))
-    core.create_namespaced_pod(namespace, pod("stubborn", py("main", script, args=["stubborn"]),
-                                              terminationGracePeriodSeconds=1))
+    core.create_namespaced_pod(
+        namespace,
+        pod("stubborn", py("main", script, args=["stubborn"]), terminationGracePeriodSeconds=1),
+    )
     running = {name: wait_ready(core, namespace, name) for name in ("graceful", "stubborn")}
     for p in running.values():
         assert statuses(p)["main"].state.running is not None
-        wait_for(lambda p=p: "ready" in log_file(agent_dir, p, "main").read_text(), what="signal handler set")
+        wait_for(
+            lambda p=p: "ready" in log_file(agent_dir, p, "main").read_text(),
+            what="signal handler set",
+        )
     assert len(_processes_with(marker)) == 2
 
     t0 = time.monotonic()
@@ -335,5 +513,42 @@ def test_deleting_running_pods_sigterms_then_sigkills_and_removes_them(
 
     wait_for(lambda: gone("graceful") and gone("stubborn"), timeout=20, what="pod objects deleted")
     assert time.monotonic() - t0 < 10  # 1 s grace for the stubborn one, not the default 30 s
-    assert log_file(agent_dir, running["graceful"], "main").read_text() == "ready\nSIGTERM received\n"
+    assert (
+        log_file(agent_dir, running["graceful"], "main").read_text() == "ready\nSIGTERM received\n"
+    )
     assert _processes_with(marker) == []
+
+
+def _compact_etcd(cluster) -> None:
+    """Compact etcd to its current revision, as the API server does every 5 minutes, so that older
+    resourceVersions are gone. The etcd URL is read from the running API server's flags."""
+    state = json.loads((cluster.state_dir / "state.json").read_text())
+    apiserver = next(p for p in state["processes"] if p["name"] == "kube-apiserver")
+    flags = Path(f"/proc/{apiserver['pid']}/cmdline").read_bytes().decode().split("\0")
+    etcd = next(f.split("=", 1)[1] for f in flags if f.startswith("--etcd-servers="))
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(f"{etcd}{path}", json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    revision = post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"]
+    post("/v3/kv/compaction", {"revision": revision, "physical": True})
+
+
+def test_expired_watch_raises_410_so_the_agent_relists(cluster) -> None:
+    """A watch from a compacted resourceVersion ends with an ERROR event (code 410); the agent's
+    watch must raise it as such, since its re-list depends on it. Events are watched because the API
+    server keeps no watch cache for them, so the request reaches etcd and meets the compaction."""
+    if not cluster.node_agent:
+        pytest.skip("exercises the node agent's own watch client against our own etcd")
+    kube = Kube(str(cluster.kubeconfig))
+    old = kube.get("/api/v1/events")["metadata"]["resourceVersion"]
+    for touch in ("1", "2"):  # a watch from `old` starts after it: compact past old + 1
+        kube.patch(
+            "/api/v1/namespaces/default", {"metadata": {"annotations": {"test/touch": touch}}}
+        )
+    _compact_etcd(cluster)
+    with pytest.raises(ApiException) as expired:
+        next(kube.watch("/api/v1/events", {}, resource_version=old, timeout_s=5))
+    assert expired.value.status == 410
