@@ -1,0 +1,74 @@
+"""What the pipelines call: build the DiT(s) and umT5 for a layout, and make room for the decode.
+
+Order of `parallelize_dit` (fixed, as torchtitan's parallelize files fix theirs): Ulysses hooks
+first (they hold no weights and see the model's own module names), then FSDP2 (which wraps
+the blocks the hooks are on). No torch.compile yet: per-block compile would go between the two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from wan_core.checkpoint.dit import expert_folders, load_dit_experts
+from wan_core.models.dit import WanModel
+from wan_core.models.t5 import T5Encoder
+from wan_core.parallel.fsdp import load_sharded_dit, shard_dit, shard_t5
+from wan_core.parallel.mesh import ParallelLayout
+from wan_core.parallel.ulysses import apply_ulysses
+
+
+def _ulysses(model: WanModel, layout: ParallelLayout) -> WanModel:
+    return apply_ulysses(model, layout.ulysses_group) if layout.ulysses > 1 else model
+
+
+def parallelize_dit(model: WanModel, layout: ParallelLayout, param_dtype: torch.dtype | None = None) -> WanModel:
+    """Ulysses (ulysses > 1), then FSDP2 (dit_fsdp) on a built DiT, meta or loaded."""
+    model = _ulysses(model, layout)
+    return shard_dit(model, layout.fsdp_mesh, param_dtype) if layout.dit_fsdp else model
+
+
+def load_parallel_dits(
+    ckpt_dir: str | Path,
+    layout: ParallelLayout,
+    *,
+    dtype: torch.dtype | None,
+    param_dtype: torch.dtype | None,
+    model_type: str | None,
+) -> dict[str, WanModel]:
+    """Every DiT of a checkpoint (both A14B experts alike), parallelized for `layout`.
+
+    With dit_fsdp each rank reads only its shard, straight to its device; otherwise each rank
+    loads the whole DiT to the CPU as one process does (the pipeline moves the active expert to
+    the device) and gets the Ulysses hooks. dtype: stored dtype (None: as in the file);
+    param_dtype: FSDP compute dtype.
+    """
+    if not layout.dit_fsdp:
+        experts = load_dit_experts(ckpt_dir, device="cpu", dtype=dtype, model_type=model_type)
+        return {name: parallelize_dit(model, layout) for name, model in experts.items()}
+    return {
+        name: load_sharded_dit(folder, layout.fsdp_mesh, device=layout.device, dtype=dtype, param_dtype=param_dtype,
+                               model_type=model_type, prepare=lambda model: _ulysses(model, layout))
+        for name, folder in expert_folders(ckpt_dir).items()
+    }
+
+
+def parallelize_t5(encoder: T5Encoder, layout: ParallelLayout) -> T5Encoder:
+    """FSDP2 on umT5 when t5_fsdp (it then lives on the device, sharded); else unchanged."""
+    return shard_t5(encoder, layout.fsdp_mesh) if layout.t5_fsdp else encoder
+
+
+def free_dits_for_decode(experts: dict[str, WanModel], layout: ParallelLayout) -> None:
+    """Before rank 0 decodes: the DiT must not stay resident next to the VAE's activations.
+
+    FSDP-sharded DiTs already hold only 1/N of their weights between forwards (resharded after
+    each) and no activations; replicated ones are moved to the CPU. Then the CUDA cache is
+    emptied, so rank 0's peak is max(sampling, shard + decode), not their sum.
+    """
+    if layout.device.type != "cuda":
+        return
+    if not layout.dit_fsdp:
+        for model in experts.values():
+            model.to("cpu")
+    torch.cuda.empty_cache()
