@@ -74,8 +74,8 @@ def namespace(kube, request: pytest.FixtureRequest) -> Iterator[str]:
     from kubernetes import client
 
     core = client.CoreV1Api(kube)
-    name = f"t-{request.node.name[:40].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:6]}"
-    name = "".join(c for c in name if c.isalnum() or c == "-")
+    test = request.node.name.removeprefix("test_")[:40].lower().replace("_", "-")
+    name = "t-" + "".join(c for c in test if c.isalnum() or c == "-") + "-" + uuid.uuid4().hex[:6]
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     deadline = time.monotonic() + 30
     while not core.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
