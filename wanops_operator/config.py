@@ -63,8 +63,10 @@ class OperatorConfig:
             values["namespaces"] = tuple(n.strip() for n in value.split(",") if n.strip())
         if (value := get("RESYNC_SECONDS")) is not None:
             values["resync_seconds"] = float(value)
-        for key, field in (("METRICS_PORT", "metrics_port"),
-                           ("WATCH_SERVER_TIMEOUT", "watch_server_timeout")):
+        for key, field in (
+            ("METRICS_PORT", "metrics_port"),
+            ("WATCH_SERVER_TIMEOUT", "watch_server_timeout"),
+        ):
             if (value := get(key)) is not None:
                 values[field] = int(value)
         return cls(**values)  # type: ignore[arg-type]

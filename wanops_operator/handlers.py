@@ -25,12 +25,11 @@ from kubernetes import config as kubeconfig
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from wanspec.spec import GROUP, PLURAL, VERSION
-
 from wanops_operator.config import OperatorConfig
 from wanops_operator.reconcile import reconcile
 from wanops_operator.render import ANNOTATION_OWNER, LABEL_MANAGED_BY, MANAGED_BY
 from wanops_operator.status import TERMINAL
+from wanspec.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("wanops_operator")
 STALE_RESYNCS = 3  # the liveness probe fails after this many resync intervals without one

@@ -51,7 +51,9 @@ INVALID_INPUT = "InvalidInput"  # exit code EXIT_INVALID_INPUT without a reason 
 JOB_FAILED = "JobFailed"
 JOB_FAILED_MESSAGE = "Job {job} failed ({job_reason}): {detail}"
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
-BACKOFF_LIMIT_EXCEEDED_MESSAGE = "all {attempts} attempt(s) failed (spec.retryLimit); last: {detail}"
+BACKOFF_LIMIT_EXCEEDED_MESSAGE = (
+    "all {attempts} attempt(s) failed (spec.retryLimit); last: {detail}"
+)
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 DEADLINE_EXCEEDED_MESSAGE = (
     "Job {job} ran longer than spec.activeDeadlineSeconds ({seconds} s); raise it or use more GPUs"

@@ -30,10 +30,6 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from wanspec import contract
-from wanspec.spec import GROUP, PLURAL, VERSION, VideoGenerationSpec
-from wanspec.validate import InvalidSpec, name_problems, parse
-
 from wanops_operator import metrics, reasons
 from wanops_operator.config import OperatorConfig
 from wanops_operator.render import (
@@ -57,6 +53,9 @@ from wanops_operator.status import (
     status_patch,
     timestamp,
 )
+from wanspec import contract
+from wanspec.spec import GROUP, PLURAL, VERSION, VideoGenerationSpec
+from wanspec.validate import InvalidSpec, name_problems, parse
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
@@ -147,8 +146,13 @@ class Cluster:
         meta = obj["metadata"]
         return _json(
             patch(
-                meta["name"], meta["namespace"], obj, field_manager=FIELD_MANAGER, force=True,
-                _content_type=APPLY, _preload_content=False,
+                meta["name"],
+                meta["namespace"],
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
             )
         )
 
@@ -156,8 +160,12 @@ class Cluster:
         meta = job["metadata"]
         return _json(
             self.batch.patch_namespaced_job(
-                meta["name"], meta["namespace"], {"spec": {"suspend": suspend}},
-                field_manager=FIELD_MANAGER, _content_type=MERGE, _preload_content=False,
+                meta["name"],
+                meta["namespace"],
+                {"spec": {"suspend": suspend}},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE,
+                _preload_content=False,
             )
         )
 
@@ -174,7 +182,12 @@ class Cluster:
     def patch_status(self, vg: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         meta = vg["metadata"]
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status},
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            {"status": status},
             _content_type=MERGE,
         )
 
@@ -185,8 +198,11 @@ class Cluster:
         body = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
             "involvedObject": {
-                "apiVersion": vg["apiVersion"], "kind": vg["kind"], "name": meta["name"],
-                "namespace": meta["namespace"], "uid": meta["uid"],
+                "apiVersion": vg["apiVersion"],
+                "kind": vg["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
             },
             "type": "Warning" if obs.phase == FAILED else "Normal",
             "reason": obs.reason,
@@ -200,7 +216,12 @@ class Cluster:
 
 
 def _secret_problem(
-    cluster: Cluster, namespace: str, secret: str, keys: tuple[str, ...], field: str, hint: str,
+    cluster: Cluster,
+    namespace: str,
+    secret: str,
+    keys: tuple[str, ...],
+    field: str,
+    hint: str,
     now: datetime,
 ) -> Observation | None:
     found = cluster.exists(cluster.core.read_namespaced_secret, secret, namespace)
@@ -219,12 +240,18 @@ def _secret_problem(
 
 
 def preflight(
-    cluster: Cluster, namespace: str, spec: VideoGenerationSpec, config: OperatorConfig,
+    cluster: Cluster,
+    namespace: str,
+    spec: VideoGenerationSpec,
+    config: OperatorConfig,
     now: datetime,
 ) -> Observation | None:
     """The first problem the API server can reveal before a Job is made, or None."""
     claim = spec.checkpoint.claim_name
-    if cluster.exists(cluster.core.read_namespaced_persistent_volume_claim, claim, namespace) is None:
+    if (
+        cluster.exists(cluster.core.read_namespaced_persistent_volume_claim, claim, namespace)
+        is None
+    ):
         message = reasons.CHECKPOINT_NOT_FOUND_MESSAGE.format(claim=claim, namespace=namespace)
         return failed(reasons.CHECKPOINT_NOT_FOUND, message, now=now)
     account = config.runner_service_account
@@ -243,10 +270,14 @@ def preflight(
             return failed(reasons.OUTPUT_NOT_CONFIGURED, message, now=now)
     own = out is not None and out.credentials_secret_ref is not None
     problem = _secret_problem(
-        cluster, namespace, store_secret(spec, config), contract.STORE_SECRET_KEYS,
+        cluster,
+        namespace,
+        store_secret(spec, config),
+        contract.STORE_SECRET_KEYS,
         "spec.output.credentialsSecretRef" if own else "the chart's store.secret",
-        "" if own else "; create it with the object store's keys, or set "
-        "spec.output.credentialsSecretRef",
+        ""
+        if own
+        else "; create it with the object store's keys, or set spec.output.credentialsSecretRef",
         now,
     )
     if problem is not None:
@@ -255,8 +286,13 @@ def preflight(
     if ext is not None and ext.method == "dashscope" and ext.api_key_secret_ref is not None:
         ref = ext.api_key_secret_ref
         return _secret_problem(
-            cluster, namespace, ref.name, (ref.key,), "spec.promptExtension.apiKeySecretRef",
-            "", now,
+            cluster,
+            namespace,
+            ref.name,
+            (ref.key,),
+            "spec.promptExtension.apiKeySecretRef",
+            "",
+            now,
         )
     return None
 
@@ -288,13 +324,22 @@ def reconcile(
 
 
 def _write(
-    cluster: Cluster, vg: dict[str, Any], obs: Observation, *, attempt: int, seed: int | None,
+    cluster: Cluster,
+    vg: dict[str, Any],
+    obs: Observation,
+    *,
+    attempt: int,
+    seed: int | None,
     now: datetime,
 ) -> None:
     """The pass's one status patch, plus an Event and metrics when the phase or reason moved."""
     patch = status_patch(
-        vg, obs, attempt=attempt, job_name=job_name(vg["metadata"]["name"], attempt),
-        seed=seed, now=now,
+        vg,
+        obs,
+        attempt=attempt,
+        job_name=job_name(vg["metadata"]["name"], attempt),
+        seed=seed,
+        now=now,
     )
     if not changed(vg, patch):
         return
@@ -334,8 +379,14 @@ def _pass(
         spec = parse(vg["spec"])
     except InvalidSpec as e:
         message = reasons.INVALID_SPEC_MESSAGE.format(problems="; ".join(map(str, e.problems)))
-        _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now),
-               attempt=attempt, seed=None, now=now)
+        _write(
+            cluster,
+            vg,
+            failed(reasons.INVALID_SPEC, message, now=now),
+            attempt=attempt,
+            seed=None,
+            now=now,
+        )
         raise Refused(message) from e
     seed = seed_for(spec, vg["metadata"]["uid"])
 
@@ -358,9 +409,12 @@ def _pass(
         job = cluster.set_suspend(job, spec.suspend)
 
     obs = observe(
-        job, cluster.pods(job), queue=kueue_queue(vg),
+        job,
+        cluster.pods(job),
+        queue=kueue_queue(vg),
         start_timeout_seconds=spec.start_timeout_seconds,
-        active_deadline_seconds=spec.active_deadline_seconds, now=now,
+        active_deadline_seconds=spec.active_deadline_seconds,
+        now=now,
     )
     obs = after_failed_attempt(
         obs, attempt=attempt, retry_limit=spec.retry_limit, next_job=job_name(name, attempt + 1)
@@ -388,8 +442,14 @@ def _create_job(
             raise
         message = reasons.INVALID_SPEC_MESSAGE.format(problems=_api_message(e))
         attempt = int(job["metadata"]["labels"][LABEL_ATTEMPT])
-        _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now),
-               attempt=attempt, seed=None, now=now)
+        _write(
+            cluster,
+            vg,
+            failed(reasons.INVALID_SPEC, message, now=now),
+            attempt=attempt,
+            seed=None,
+            now=now,
+        )
         return None
     created_at = vg["metadata"].get("creationTimestamp")
     if created_at and job["metadata"]["labels"][LABEL_ATTEMPT] == "0":

@@ -22,11 +22,10 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from wanops_operator.config import OperatorConfig
 from wanspec import contract
 from wanspec.spec import API_VERSION, GPU_RESOURCE, KIND, VideoGeneration, VideoGenerationSpec
 from wanspec.validate import parse, resolve
-
-from wanops_operator.config import OperatorConfig
 
 FIELD_MANAGER = "wanops-operator"
 
@@ -152,7 +151,12 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 
 
 def _container(
-    spec: VideoGenerationSpec, *, job: str, service: str, pods: int, per_pod: int,
+    spec: VideoGenerationSpec,
+    *,
+    job: str,
+    service: str,
+    pods: int,
+    per_pod: int,
     config: OperatorConfig,
 ) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
@@ -207,8 +211,14 @@ def _container(
 
 
 def _pod_spec(
-    spec: VideoGenerationSpec, *, job: str, service: str, pods: int, per_pod: int,
-    config_map: str, config: OperatorConfig,
+    spec: VideoGenerationSpec,
+    *,
+    job: str,
+    service: str,
+    pods: int,
+    per_pod: int,
+    config_map: str,
+    config: OperatorConfig,
 ) -> dict[str, Any]:
     placement = spec.placement
     pod: dict[str, Any] = {
@@ -217,15 +227,16 @@ def _pod_spec(
         "serviceAccountName": config.runner_service_account,
         "enableServiceLinks": False,
         "containers": [
-            _container(
-                spec, job=job, service=service, pods=pods, per_pod=per_pod, config=config
-            )
+            _container(spec, job=job, service=service, pods=pods, per_pod=per_pod, config=config)
         ],
         "volumes": [
             {"name": CONFIG_VOLUME, "configMap": {"name": config_map}},
             {
                 "name": CHECKPOINT_VOLUME,
-                "persistentVolumeClaim": {"claimName": spec.checkpoint.claim_name, "readOnly": True},
+                "persistentVolumeClaim": {
+                    "claimName": spec.checkpoint.claim_name,
+                    "readOnly": True,
+                },
             },
             # NCCL and torch multiprocessing need more than the runtime's 64 MiB /dev/shm.
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
@@ -327,8 +338,13 @@ def render(
                 "annotations": {ANNOTATION_OWNER: meta["name"]},
             },
             "spec": _pod_spec(
-                spec, job=job, service=service, pods=pods, per_pod=per_pod,
-                config_map=job, config=config,
+                spec,
+                job=job,
+                service=service,
+                pods=pods,
+                per_pod=per_pod,
+                config_map=job,
+                config=config,
             ),
         },
     }

@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from wanops_operator import reasons
 from wanspec import contract
 from wanspec.spec import READY, RECONCILING, STALLED
-
-from wanops_operator import reasons
 
 PENDING, QUEUED, SUSPENDED, RUNNING = "Pending", "Queued", "Suspended", "Running"
 SUCCEEDED, FAILED = "Succeeded", "Failed"
@@ -151,7 +150,9 @@ def observe(
     if cond := _job_condition(job, "Complete"):
         done = job_status.get("completionTime") or cond.get("lastTransitionTime")
         return Observation(
-            SUCCEEDED, reasons.SUCCEEDED, reasons.SUCCEEDED_MESSAGE.format(job=name),
+            SUCCEEDED,
+            reasons.SUCCEEDED,
+            reasons.SUCCEEDED_MESSAGE.format(job=name),
             completion_time=done,
         )
     if cond := _job_condition(job, "Failed"):
@@ -160,7 +161,10 @@ def observe(
         job_reason = cond.get("reason", "")
         if job_reason == "PodFailurePolicy" and failure is not None:
             return Observation(
-                FAILED, failure["reason"], failure["message"], failure=failure,
+                FAILED,
+                failure["reason"],
+                failure["message"],
+                failure=failure,
                 completion_time=when,
             )
         if job_reason == "DeadlineExceeded":
@@ -169,7 +173,10 @@ def observe(
             )
             info = {"reason": reasons.DEADLINE_EXCEEDED, "message": message, "time": when}
             return Observation(
-                FAILED, reasons.DEADLINE_EXCEEDED, message, failure=failure or info,
+                FAILED,
+                reasons.DEADLINE_EXCEEDED,
+                message,
+                failure=failure or info,
                 completion_time=when,
             )
         message = reasons.JOB_FAILED_MESSAGE.format(
@@ -177,7 +184,11 @@ def observe(
         )
         info = failure or {"reason": reasons.JOB_FAILED, "message": message, "time": when}
         return Observation(
-            FAILED, reasons.JOB_FAILED, message, failure=info, retryable=True,
+            FAILED,
+            reasons.JOB_FAILED,
+            message,
+            failure=info,
+            retryable=True,
             completion_time=when,
         )
     if job["spec"].get("suspend"):
@@ -201,7 +212,9 @@ def observe(
             seconds=start_timeout_seconds, why=why_not_started(job, pods)
         )
         return failed(reasons.START_TIMEOUT, message, now=now)
-    return Observation(PENDING, reasons.STARTING, reasons.STARTING_MESSAGE.format(job=name, pods=count))
+    return Observation(
+        PENDING, reasons.STARTING, reasons.STARTING_MESSAGE.format(job=name, pods=count)
+    )
 
 
 def after_failed_attempt(

@@ -41,8 +41,11 @@ def main() -> int:
 
     if "invalid-input" in prompt:
         with open(contract.TERMINATION_MESSAGE_PATH, "w") as f:
-            f.write(contract.termination_message(
-                contract.IMAGE_NOT_READABLE, "s3://inputs/cat.jpg: no such object; upload it"))
+            f.write(
+                contract.termination_message(
+                    contract.IMAGE_NOT_READABLE, "s3://inputs/cat.jpg: no such object; upload it"
+                )
+            )
         return contract.EXIT_INVALID_INPUT
     if "fail-first-attempt" in prompt and cfg.attempt == 0:
         print("simulated infrastructure failure", file=sys.stderr)
@@ -64,12 +67,17 @@ def main() -> int:
         config.load_incluster_config()
         res = cfg.resource
         status = {
-            "progress": {"stage": "Uploading", "step": cfg.resolved.steps,
-                         "totalSteps": cfg.resolved.steps, "percent": 100},
+            "progress": {
+                "stage": "Uploading",
+                "step": cfg.resolved.steps,
+                "totalSteps": cfg.resolved.steps,
+                "percent": 100,
+            },
             "output": {"uri": f"s3://{cfg.output.bucket}/{cfg.output.key}", "bytes": 0},
         }
         client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, res.namespace, PLURAL, res.name, {"status": status})
+            GROUP, VERSION, res.namespace, PLURAL, res.name, {"status": status}
+        )
     return 0
 
 

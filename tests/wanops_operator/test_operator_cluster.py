@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from localcluster import wait_for
 from wanops_operator import reasons
 from wanops_operator.config import OperatorConfig
-from wanops_operator.render import FIELD_MANAGER, job_name, render, service_name
+from wanops_operator.render import FIELD_MANAGER, render, service_name
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
@@ -63,13 +62,18 @@ def crd(kube) -> None:
     ext = client.ApiextensionsV1Api(kube)
     body = yaml.safe_load(CRD_FILE.read_text())
     ext.patch_custom_resource_definition(
-        body["metadata"]["name"], body, field_manager="wanops-tests", force=True,
+        body["metadata"]["name"],
+        body,
+        field_manager="wanops-tests",
+        force=True,
         _content_type="application/apply-patch+yaml",
     )
 
     def established() -> bool:
         got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or [])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
 
     wait_for(established, what="CRD Established")
     time.sleep(1)  # discovery catches up asynchronously
@@ -82,33 +86,62 @@ def ns(kube, crd, tmp_path_factory) -> Iterator[str]:
     core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
     name = f"op-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
-    wait_for(lambda: core.list_namespaced_service_account(name, field_selector="metadata.name=default").items,
-             what="default ServiceAccount")
+    wait_for(
+        lambda: (
+            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
+        ),
+        what="default ServiceAccount",
+    )
     core.create_namespaced_service_account(name, {"metadata": {"name": RUNNER_SA}})
-    rbac.create_namespaced_role(name, {
-        "metadata": {"name": RUNNER_SA},
-        "rules": [{"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"],
-                   "verbs": ["get", "patch"]}],
-    })
-    rbac.create_namespaced_role_binding(name, {
-        "metadata": {"name": RUNNER_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": name}],
-    })
-    core.create_namespaced_secret(name, {"metadata": {"name": "wanops-store"}, "stringData": {
-        contract.ACCESS_KEY_ENV: "key", contract.SECRET_KEY_ENV: "secret"}})
+    rbac.create_namespaced_role(
+        name,
+        {
+            "metadata": {"name": RUNNER_SA},
+            "rules": [
+                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        name,
+        {
+            "metadata": {"name": RUNNER_SA},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
+            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": name}],
+        },
+    )
+    core.create_namespaced_secret(
+        name,
+        {
+            "metadata": {"name": "wanops-store"},
+            "stringData": {contract.ACCESS_KEY_ENV: "key", contract.SECRET_KEY_ENV: "secret"},
+        },
+    )
     folder = tmp_path_factory.mktemp("claim")
-    core.create_persistent_volume({
-        "metadata": {"name": f"{name}-models"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"],
-                 "hostPath": {"path": str(folder)}, "storageClassName": "",
-                 "claimRef": {"namespace": name, "name": CLAIM}},
-    })
-    core.create_namespaced_persistent_volume_claim(name, {
-        "metadata": {"name": CLAIM, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
-        "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                 "volumeName": f"{name}-models", "resources": {"requests": {"storage": "1Gi"}}},
-    })
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": f"{name}-models"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "hostPath": {"path": str(folder)},
+                "storageClassName": "",
+                "claimRef": {"namespace": name, "name": CLAIM},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        name,
+        {
+            "metadata": {"name": CLAIM, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": f"{name}-models",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
     yield name
     core.delete_namespace(name, propagation_policy="Background")
     core.delete_persistent_volume(f"{name}-models")
@@ -137,8 +170,12 @@ class Operator:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wanops_operator"], env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "wanops_operator"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill(self) -> None:
@@ -178,8 +215,12 @@ class VGs:
         self.ns = namespace
 
     def create(self, name: str, spec: dict[str, Any] | None = None, **changes: Any) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
-                "metadata": {"name": name}, "spec": {**copy.deepcopy(spec or SPEC), **changes}}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VideoGeneration",
+            "metadata": {"name": name},
+            "spec": {**copy.deepcopy(spec or SPEC), **changes},
+        }
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
 
     def get(self, name: str) -> dict:
@@ -190,14 +231,19 @@ class VGs:
 
     def wait_phase(self, name: str, phase: str, op: Operator, timeout: float = TIMEOUT) -> dict:
         try:
-            return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s,
-                            timeout=timeout, what=f"{name} {phase}", interval=0.5)
+            return wait_for(
+                lambda: (s := self.status(name)).get("phase") == phase and s,
+                timeout=timeout,
+                what=f"{name} {phase}",
+                interval=0.5,
+            )
         except TimeoutError:
             pytest.fail(f"{name} never {phase}: {self.status(name)}\n--- operator:\n{op.tail()}")
 
     def jobs(self, name: str) -> list[dict]:
         items = self.batch.list_namespaced_job(
-            self.ns, label_selector=f"wanops.io/videogeneration={name}").items
+            self.ns, label_selector=f"wanops.io/videogeneration={name}"
+        ).items
         return [client.ApiClient().sanitize_for_serialization(j) for j in items]
 
     def conditions(self, name: str) -> dict[str, dict]:
@@ -212,21 +258,47 @@ def vgs(kube, ns) -> VGs:
 def test_rendered_objects_pass_server_side_dry_run(kube, ns, crd) -> None:
     """Every example and a multi-pod layout render into objects the API server accepts."""
     core, batch = client.CoreV1Api(kube), client.BatchV1Api(kube)
-    specs = [yaml.safe_load(p.read_text())["spec"] for p in sorted((ROOT / "examples").glob("*.yaml"))]
-    specs.append({**SPEC, "gpus": 16, "gpusPerPod": 8, "task": "t2v-A14B", "size": "1280*720",
-                  "checkpoint": {"claimName": CLAIM, "path": "Wan2.2-T2V-A14B"}})
+    specs = [
+        yaml.safe_load(p.read_text())["spec"] for p in sorted((ROOT / "examples").glob("*.yaml"))
+    ]
+    specs.append(
+        {
+            **SPEC,
+            "gpus": 16,
+            "gpusPerPod": 8,
+            "task": "t2v-A14B",
+            "size": "1280*720",
+            "checkpoint": {"claimName": CLAIM, "path": "Wan2.2-T2V-A14B"},
+        }
+    )
     for i, spec in enumerate(specs):
-        vg = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
-              "metadata": {"name": f"dry-{i}", "namespace": ns, "uid": str(uuid.uuid4()),
-                           "generation": 1},
-              "spec": spec}
+        vg = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VideoGeneration",
+            "metadata": {
+                "name": f"dry-{i}",
+                "namespace": ns,
+                "uid": str(uuid.uuid4()),
+                "generation": 1,
+            },
+            "spec": spec,
+        }
         for obj in render(vg, config=OperatorConfig(store_bucket=BUCKET)):
-            patch = {"ConfigMap": core.patch_namespaced_config_map,
-                     "Service": core.patch_namespaced_service,
-                     "Job": batch.patch_namespaced_job}[obj["kind"]]
-            patch(obj["metadata"]["name"], ns, obj, field_manager=FIELD_MANAGER, force=True,
-                  dry_run="All", field_validation="Strict",
-                  _content_type="application/apply-patch+yaml")
+            patch = {
+                "ConfigMap": core.patch_namespaced_config_map,
+                "Service": core.patch_namespaced_service,
+                "Job": batch.patch_namespaced_job,
+            }[obj["kind"]]
+            patch(
+                obj["metadata"]["name"],
+                ns,
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                dry_run="All",
+                field_validation="Strict",
+                _content_type="application/apply-patch+yaml",
+            )
 
 
 def test_runs_to_succeeded_with_ready_condition(vgs: VGs, operator: Operator) -> None:
@@ -299,10 +371,13 @@ def test_suspend_then_resume(vgs: VGs, operator: Operator) -> None:
     vgs.wait_phase("paused", "Suspended", operator, timeout=60)
     (job,) = vgs.jobs("paused")
     assert job["spec"]["suspend"] is True
-    assert not vgs.core.list_namespaced_pod(vgs.ns, label_selector="wanops.io/videogeneration=paused").items
+    assert not vgs.core.list_namespaced_pod(
+        vgs.ns, label_selector="wanops.io/videogeneration=paused"
+    ).items
 
-    vgs.custom.patch_namespaced_custom_object(GROUP, VERSION, vgs.ns, PLURAL, "paused",
-                                              {"spec": {"suspend": False}})
+    vgs.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, vgs.ns, PLURAL, "paused", {"spec": {"suspend": False}}
+    )
     status = vgs.wait_phase("paused", "Succeeded", operator)
     assert status["observedGeneration"] == vgs.get("paused")["metadata"]["generation"] == 2
     assert [j["metadata"]["name"] for j in vgs.jobs("paused")] == ["paused-a0"]
@@ -315,10 +390,12 @@ def test_deleting_the_resource_collects_its_children(vgs: VGs, operator: Operato
 
     def collected() -> bool:
         selector = "wanops.io/videogeneration=gone"
-        return not (vgs.jobs("gone")
-                    or vgs.core.list_namespaced_pod(vgs.ns, label_selector=selector).items
-                    or vgs.core.list_namespaced_service(vgs.ns, label_selector=selector).items
-                    or vgs.core.list_namespaced_config_map(vgs.ns, label_selector=selector).items)
+        return not (
+            vgs.jobs("gone")
+            or vgs.core.list_namespaced_pod(vgs.ns, label_selector=selector).items
+            or vgs.core.list_namespaced_service(vgs.ns, label_selector=selector).items
+            or vgs.core.list_namespaced_config_map(vgs.ns, label_selector=selector).items
+        )
 
     wait_for(collected, timeout=TIMEOUT, what="garbage collection of Job, pods, Service, ConfigMap")
 
@@ -335,5 +412,3 @@ def test_killed_operator_restarts_without_duplicates(vgs: VGs, operator: Operato
     status = vgs.wait_phase("steady", "Succeeded", operator)
     assert [j["metadata"]["name"] for j in vgs.jobs("steady")] == ["steady-a0"]
     assert status["attempt"] == 0
-
-

@@ -32,8 +32,10 @@ from wanspec.validate import InvalidSpec, parse
 
 GOLDEN = Path(__file__).with_name("golden")
 CONFIG = OperatorConfig(
-    runner_image="registry.example/wanops-runner:1", store_endpoint="http://s3.store:9000",
-    store_bucket="videos", store_prefix="out/",
+    runner_image="registry.example/wanops-runner:1",
+    store_endpoint="http://s3.store:9000",
+    store_bucket="videos",
+    store_prefix="out/",
 )
 
 
@@ -111,8 +113,14 @@ def test_job_fails_fast_and_leaves_retries_to_the_operator() -> None:
     assert spec["podReplacementPolicy"] == "Failed"
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     fail, ignore = spec["podFailurePolicy"]["rules"]
-    assert fail == {"action": "FailJob", "onExitCodes": {
-        "containerName": "runner", "operator": "In", "values": [contract.EXIT_INVALID_INPUT]}}
+    assert fail == {
+        "action": "FailJob",
+        "onExitCodes": {
+            "containerName": "runner",
+            "operator": "In",
+            "values": [contract.EXIT_INVALID_INPUT],
+        },
+    }
     assert ignore["action"] == "Ignore"
     assert ignore["onPodConditions"][0]["type"] == "DisruptionTarget"
 
@@ -130,7 +138,11 @@ def test_every_object_is_owned_by_the_resource() -> None:
     vg = make_vg()
     for obj in render(vg, config=CONFIG):
         (ref,) = obj["metadata"]["ownerReferences"]
-        assert (ref["kind"], ref["name"], ref["uid"]) == ("VideoGeneration", "cats", vg["metadata"]["uid"])
+        assert (ref["kind"], ref["name"], ref["uid"]) == (
+            "VideoGeneration",
+            "cats",
+            vg["metadata"]["uid"],
+        )
         assert ref["controller"] is True and ref["blockOwnerDeletion"] is True
         assert obj["metadata"]["namespace"] == "team"
         assert obj["metadata"]["labels"][LABEL_VIDEOGENERATION] == "cats"
@@ -163,8 +175,9 @@ def test_store_credentials_from_the_chart_secret_or_the_specs() -> None:
 
 
 def test_dashscope_key_comes_from_its_secret() -> None:
-    vg = make_vg(promptExtension={"method": "dashscope",
-                                  "apiKeySecretRef": {"name": "dash", "key": "k"}})
+    vg = make_vg(
+        promptExtension={"method": "dashscope", "apiKeySecretRef": {"name": "dash", "key": "k"}}
+    )
     ref = env_of(objects(vg)["Job"])["DASH_API_KEY"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "dash", "key": "k"}
 
@@ -172,16 +185,27 @@ def test_dashscope_key_comes_from_its_secret() -> None:
 def test_runner_config_names_the_output_object_and_resource() -> None:
     out = objects(make_vg(seed=5))
     config = json.loads(out["ConfigMap"]["data"][contract.CONFIG_FILE])
-    assert config["resource"] == {"namespace": "team", "name": "cats",
-                                  "uid": "0b5e7a2c-0000-4000-8000-000000000001"}
-    assert config["output"] == {"endpoint": "http://s3.store:9000", "region": "us-east-1",
-                                "bucket": "videos", "key": "out/team/cats.mp4",
-                                "log_key": "out/team/cats.log"}
+    assert config["resource"] == {
+        "namespace": "team",
+        "name": "cats",
+        "uid": "0b5e7a2c-0000-4000-8000-000000000001",
+    }
+    assert config["output"] == {
+        "endpoint": "http://s3.store:9000",
+        "region": "us-east-1",
+        "bucket": "videos",
+        "key": "out/team/cats.mp4",
+        "log_key": "out/team/cats.log",
+    }
     assert config["seed"] == 5 and config["attempt"] == 0 and config["job_name"] == "cats-a0"
     assert config["checkpoint_dir"] == "/checkpoints/Wan2.2-T2V-A14B"
     spec_output = make_vg(output={"bucket": "bkt", "prefix": "p/", "endpoint": "https://s3.x"})
     output = json.loads(objects(spec_output)["ConfigMap"]["data"]["config.json"])["output"]
-    assert (output["endpoint"], output["bucket"], output["key"]) == ("https://s3.x", "bkt", "p/team/cats.mp4")
+    assert (output["endpoint"], output["bucket"], output["key"]) == (
+        "https://s3.x",
+        "bkt",
+        "p/team/cats.mp4",
+    )
 
 
 def test_random_seed_is_fixed_per_resource_not_per_attempt() -> None:
@@ -232,42 +256,63 @@ def test_deadlines_and_ttl_pass_through_only_when_set() -> None:
 
 
 def test_placement_is_copied_into_the_pod() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [
-            {"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}
-    vg = make_vg(placement={
-        "nodeSelector": {"pool": "gpu"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "affinity": affinity,
-        "priorityClassName": "batch-high",
-        "runnerImage": "mine/runner:2",
-        "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "80Gi"}},
-    })
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                ]
+            }
+        }
+    }
+    vg = make_vg(
+        placement={
+            "nodeSelector": {"pool": "gpu"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "affinity": affinity,
+            "priorityClassName": "batch-high",
+            "runnerImage": "mine/runner:2",
+            "resources": {"requests": {"cpu": "8", "memory": "64Gi"}, "limits": {"memory": "80Gi"}},
+        }
+    )
     pod = objects(vg)["Job"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "gpu"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert pod["affinity"] == affinity and pod["priorityClassName"] == "batch-high"
     container = pod["containers"][0]
     assert container["image"] == "mine/runner:2"
-    assert container["resources"] == {"requests": {"cpu": "8", "memory": "64Gi"},
-                                      "limits": {"memory": "80Gi", "nvidia.com/gpu": "1"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "64Gi"},
+        "limits": {"memory": "80Gi", "nvidia.com/gpu": "1"},
+    }
     plain = objects(make_vg())["Job"]["spec"]["template"]["spec"]
     assert plain["containers"][0]["image"] == CONFIG.runner_image
     assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & plain.keys()
 
 
 def test_runner_command_is_a_deployment_setting() -> None:
-    config = OperatorConfig.from_env({"WANOPS_RUNNER_COMMAND": "python3 -X dev -m runner",
-                                      "WANOPS_NAMESPACES": "a, b", "WANOPS_METRICS_PORT": "0"})
+    config = OperatorConfig.from_env(
+        {
+            "WANOPS_RUNNER_COMMAND": "python3 -X dev -m runner",
+            "WANOPS_NAMESPACES": "a, b",
+            "WANOPS_METRICS_PORT": "0",
+        }
+    )
     assert config.runner_command == ("python3", "-X", "dev", "-m", "runner")
     assert config.namespaces == ("a", "b") and config.metrics_port == 0
     job = {o["kind"]: o for o in render(make_vg(), config=config)}["Job"]
-    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == list(config.runner_command)
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == list(
+        config.runner_command
+    )
 
 
 @pytest.mark.parametrize("length", [1, 40, 53, 63, 120, 253])
 def test_derived_names_fit_dns_labels(length: int) -> None:
-    name = ("v" * length)
+    name = "v" * length
     for attempt in (0, 9):
         job = job_name(name, attempt)
         assert len(job) + len("-79") <= 63  # pod host name <job>-<index>

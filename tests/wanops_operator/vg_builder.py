@@ -43,13 +43,20 @@ def make_vg(
 ) -> dict[str, Any]:
     """A resource of `task` with spec fields replaced by the keyword arguments (camelCase)."""
     meta: dict[str, Any] = {
-        "name": name, "namespace": namespace, "uid": uid, "generation": generation,
+        "name": name,
+        "namespace": namespace,
+        "uid": uid,
+        "generation": generation,
         "creationTimestamp": "2026-01-01T00:00:00Z",
     }
     if labels:
         meta["labels"] = labels
-    vg = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
-          "spec": {**copy.deepcopy(SPECS[task]), **spec}}
+    vg = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": meta,
+        "spec": {**copy.deepcopy(SPECS[task]), **spec},
+    }
     if status is not None:
         vg["status"] = status
     return vg
