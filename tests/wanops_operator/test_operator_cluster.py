@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from kubernetes import client
 from localcluster import wait_for
 from wanops_operator import reasons
 from wanops_operator.config import OperatorConfig
-from wanops_operator.render import FIELD_MANAGER, render, service_name
+from wanops_operator.render import FIELD_MANAGER, KUEUE_QUEUE_LABEL, render, service_name
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
@@ -153,6 +154,7 @@ class Operator:
     def __init__(self, cluster, namespace: str, log: Path) -> None:
         self.log = log
         self.metrics_port = _free_port()
+        self.liveness_port = _free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
@@ -163,7 +165,7 @@ class Operator:
             "WANOPS_STORE_BUCKET": BUCKET,
             "WANOPS_RESYNC_SECONDS": "3",
             "WANOPS_METRICS_PORT": str(self.metrics_port),
-            "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
+            "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -412,3 +414,70 @@ def test_killed_operator_restarts_without_duplicates(vgs: VGs, operator: Operato
     status = vgs.wait_phase("steady", "Succeeded", operator)
     assert [j["metadata"]["name"] for j in vgs.jobs("steady")] == ["steady-a0"]
     assert status["attempt"] == 0
+
+
+def test_kueue_decides_when_the_job_runs(vgs: VGs, operator: Operator) -> None:
+    """Created suspended and Queued; when Kueue (here: another field manager) admits the Job the
+    operator follows, and never suspends it again."""
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VideoGeneration",
+        "metadata": {"name": "queued", "labels": {KUEUE_QUEUE_LABEL: "gpu-queue"}},
+        "spec": {**SPEC, "gpus": 1, "gpusPerPod": 1},
+    }
+    vgs.custom.create_namespaced_custom_object(GROUP, VERSION, vgs.ns, PLURAL, body)
+    status = vgs.wait_phase("queued", "Queued", operator, timeout=60)
+    assert "gpu-queue" in vgs.conditions("queued")["Reconciling"]["message"]
+    (job,) = vgs.jobs("queued")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert status["conditions"][0]["reason"] == reasons.QUEUED
+
+    vgs.batch.patch_namespaced_job(
+        "queued-a0", vgs.ns, {"spec": {"suspend": False}}, field_manager="kueue-admission"
+    )
+    vgs.wait_phase("queued", "Succeeded", operator)
+
+
+def test_start_timeout_fails_with_the_cause_and_removes_the_job(
+    vgs: VGs, operator: Operator
+) -> None:
+    vgs.create(
+        "stuck",
+        gpus=1,
+        gpusPerPod=1,
+        startTimeoutSeconds=5,
+        placement={"nodeSelector": {"pool": "does-not-exist"}},
+    )
+    status = vgs.wait_phase("stuck", "Failed", operator, timeout=60)
+    assert status["failure"]["reason"] == reasons.START_TIMEOUT
+    assert "node" in status["failure"]["message"]  # the scheduler's message
+    wait_for(lambda: not vgs.jobs("stuck"), timeout=60, what="the stuck Job to be deleted")
+
+
+def test_missing_store_secret_names_what_to_create(vgs: VGs, operator: Operator) -> None:
+    vgs.create("no-keys", output={"bucket": BUCKET, "credentialsSecretRef": {"name": "absent"}})
+    status = vgs.wait_phase("no-keys", "Failed", operator, timeout=60)
+    assert status["failure"]["reason"] == reasons.SECRET_NOT_FOUND
+    assert "'absent'" in status["failure"]["message"]
+    assert "spec.output.credentialsSecretRef" in status["failure"]["message"]
+    assert vgs.jobs("no-keys") == []
+
+
+def test_metrics_and_liveness_are_served(vgs: VGs, operator: Operator) -> None:
+    vgs.create("counted", gpus=1, gpusPerPod=1)
+    vgs.wait_phase("counted", "Succeeded", operator)
+
+    def scrape() -> str | None:
+        url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        return text if 'wanops_runs_finished_total{outcome="Succeeded"}' in text else None
+
+    text = wait_for(scrape, timeout=30, what="the finished run in /metrics")
+    assert 'wanops_videogenerations{phase="Succeeded"}' in text
+    assert "wanops_job_creation_seconds_count" in text
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10
+    ) as r:
+        assert r.status == 200 and "resync" in r.read().decode()
