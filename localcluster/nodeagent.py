@@ -54,7 +54,10 @@ Where it differs from the kubelet (deliberately, documented):
 - No CNI, kube-proxy or cluster DNS: traffic stays on loopback (outgoing connections come from
   127.0.0.1, not the pod's address); Service ClusterIPs do not route; KUBERNETES_SERVICE_HOST/PORT
   point at the real API server, so in-cluster clients work with the projected ServiceAccount token
-  and CA.
+  and CA. There is no network namespace per pod, so pods share the machine's port space: a
+  listener on its own pod address never collides with another pod's, but one on a wildcard address
+  (0.0.0.0 or ::, e.g. a default TCPStore) blocks that port for every pod and every other process
+  on the machine, so concurrent jobs need distinct ports.
 - No `kubectl logs`/`exec` (the agent serves no kubelet API): logs are files, see podrun.py.
   Projected tokens and ConfigMap/Secret files are written once at pod start, not refreshed.
   securityContext (users, capabilities) is ignored: processes run as the agent's user. Mount points

@@ -323,6 +323,26 @@ def test_in_cluster_client_uses_the_pods_service_account(
     assert message == done.metadata.uid
 
 
+def test_pod_waits_for_a_missing_config_map_then_starts(core, namespace: str) -> None:
+    env = [{"name": "STEPS", "valueFrom": {"configMapKeyRef": {"name": "late", "key": "steps"}}}]
+    script = "import os; open('/dev/termination-log', 'w').write(os.environ['STEPS'])"
+    core.create_namespaced_pod(namespace, pod("late", py("main", script, env=env)))
+
+    def config_error() -> client.V1ContainerStatus | None:
+        p = core.read_namespaced_pod("late", namespace)
+        waiting = p.status.container_statuses and p.status.container_statuses[0].state.waiting
+        return waiting if waiting and waiting.reason == "CreateContainerConfigError" else None
+
+    waiting = wait_for(config_error, what="CreateContainerConfigError")
+    assert "late" in waiting.message
+    assert core.read_namespaced_pod("late", namespace).status.phase == "Pending"
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "late"}, "data": {"steps": "4"}}
+    )
+    done = wait_phase(core, namespace, "late", "Succeeded")
+    assert statuses(done)["main"].state.terminated.message == "4"
+
+
 def test_on_failure_restarts_the_container(core, namespace: str) -> None:
     script = (
         "import os, sys\nif os.path.exists('/state/tried'): sys.exit(0)\n"
