@@ -310,6 +310,10 @@ def reconcile(
     try:
         with _exclusive(namespace, name):
             phase = _pass(Cluster(api), namespace, name, config, now or datetime.now(timezone.utc))
+    except Refused:
+        metrics.RECONCILES.labels("refused").inc()
+        metrics.observe_phase(namespace, name, FAILED)
+        raise
     except ApiException as e:
         metrics.RECONCILES.labels("error").inc()
         if e.status in TRANSIENT:

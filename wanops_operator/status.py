@@ -159,7 +159,12 @@ def observe(
         failure = pod_failure(pods)
         when = cond.get("lastTransitionTime") or timestamp(now)
         job_reason = cond.get("reason", "")
-        if job_reason == "PodFailurePolicy" and failure is not None:
+        if job_reason == "PodFailurePolicy":  # the runner's invalid-input exit: never retried
+            failure = failure or {
+                "reason": reasons.INVALID_INPUT,
+                "message": cond.get("message", ""),
+                "time": when,
+            }
             return Observation(
                 FAILED,
                 failure["reason"],

@@ -27,6 +27,7 @@ from kubernetes import client
 from localcluster import wait_for
 from wanops_operator import reasons
 from wanops_operator.config import OperatorConfig
+from wanops_operator.reconcile import reconcile
 from wanops_operator.render import FIELD_MANAGER, KUEUE_QUEUE_LABEL, render, service_name
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
@@ -481,3 +482,25 @@ def test_metrics_and_liveness_are_served(vgs: VGs, operator: Operator) -> None:
         f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=10
     ) as r:
         assert r.status == 200 and "resync" in r.read().decode()
+
+
+def test_repeated_passes_change_nothing(kube, vgs: VGs, operator: Operator) -> None:
+    """Two more passes (as a second replica or a restarted operator would make) on a steady
+    resource write nothing: same resourceVersions of the resource and all its children."""
+    vgs.create("idle", suspend=True, gpus=1, gpusPerPod=1)
+    vgs.wait_phase("idle", "Suspended", operator, timeout=60)
+    time.sleep(2)  # let the Job's own status settle
+
+    def versions() -> dict[str, str]:
+        return {
+            "vg": vgs.get("idle")["metadata"]["resourceVersion"],
+            "job": vgs.batch.read_namespaced_job("idle-a0", vgs.ns).metadata.resource_version,
+            "svc": vgs.core.read_namespaced_service("idle", vgs.ns).metadata.resource_version,
+            "cm": vgs.core.read_namespaced_config_map("idle-a0", vgs.ns).metadata.resource_version,
+        }
+
+    before = versions()
+    config = OperatorConfig.from_env(operator.env)
+    assert reconcile(kube, vgs.ns, "idle", config=config) == "Suspended"
+    assert reconcile(kube, vgs.ns, "idle", config=config) == "Suspended"
+    assert versions() == before

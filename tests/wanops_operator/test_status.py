@@ -109,6 +109,14 @@ def test_invalid_input_takes_reason_and_message_from_the_termination_message() -
     }
 
 
+def test_invalid_input_is_final_even_when_its_pod_is_gone() -> None:
+    failed = cond("Failed", "PodFailurePolicy")
+    failed["message"] = "Container runner for pod team/cats-a0-0-x failed with exit code 42"
+    obs = look(job(conditions=[failed]), [])
+    assert (obs.phase, obs.reason, obs.retryable) == (FAILED, reasons.INVALID_INPUT, False)
+    assert "exit code 42" in obs.message
+
+
 def test_invalid_input_without_a_reason_line_uses_the_log_tail() -> None:
     pods = [
         pod("p", FAILED, runner=exited(contract.EXIT_INVALID_INPUT, "Traceback ...\nValueError"))
