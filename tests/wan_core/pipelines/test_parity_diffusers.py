@@ -20,9 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import UniPCMultistepScheduler
 from PIL import Image
 
 from wan_core.pipelines import WanPipeline, initial_noise
+from wan_core.sampling.schedule import make_schedule
 from wan_core.testing.diffusers_pipelines import reference_pipeline, to_unit_range
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, latent_frames
 
@@ -112,3 +114,18 @@ def test_ti2v_image_mode_matches_diffusers(pipelines: dict[str, WanPipeline]) ->
     ref_latent, ref_video = run_reference(pipe, opts, noise, image=image, height=height, width=width)
     assert video.shape == (3, FRAMES, height, width)
     report("ti2v-5B image", rel_err(latent[:, 1:], ref_latent[:, 1:]), rel_err(to_unit_range(video), ref_video))
+    # the departure is real: diffusers' own latent keeps a free frame 0, ours holds the image latent
+    assert rel_err(latent[:, :1], ref_latent[:, :1]) > 1e-2
+
+
+def test_diffusers_default_grid_is_not_upstreams() -> None:
+    """Why the reference gets upstream's grid: diffusers' default flow grid gives other timesteps.
+
+    Ours follow spec §6.1 (t2v-A14B defaults: 999 997 995 … 386 235); diffusers' `set_timesteps(40)`
+    with the same shift starts from σ = 1 − 1e-6 on `linspace(1, 1/1000)` and lands elsewhere.
+    """
+    ours = make_schedule("unipc", 40, 12.0).timesteps
+    assert ours[:4].tolist() == [999, 997, 995, 993] and ours[-2:].tolist() == [386, 235]
+    theirs = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=12.0)
+    theirs.set_timesteps(40)
+    assert theirs.timesteps.tolist() != ours.tolist()
