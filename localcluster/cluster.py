@@ -27,18 +27,21 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import certs, s3, tools
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 T = TypeVar("T")
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
-CONTROLLERS = ",".join([
+CONTROLLERS = (
     "job-controller", "garbage-collector-controller", "ttl-after-finished-controller",
     "namespace-controller", "serviceaccount-controller", "serviceaccount-token-controller",
     "endpointslice-controller", "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
-])  # no node-lifecycle/taint-eviction: they would evict pods from nodes without kubelet leases
+)  # no node-lifecycle/taint-eviction: they would evict pods from nodes without kubelet leases
 STATE_FILE = "state.json"
 #: Directories and files a start recreates; anything else in the state dir is left alone.
 OWNED = ("pki", "etcd", "s3", "logs", "nodeagent", "kube-controller-manager", "kube-scheduler",
@@ -199,7 +202,7 @@ class LocalCluster:
             "AWS_REGION": creds.region,
         }
 
-    def start(self) -> LocalCluster:
+    def start(self) -> Self:
         """Start every component and return once all are ready; on failure stop what started."""
         if self.is_running():
             raise ClusterError(f"a cluster is already running in {self.state_dir}; "
@@ -236,7 +239,7 @@ class LocalCluster:
             self._write_state(state)
         self._state = {}
 
-    def __enter__(self) -> LocalCluster:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -330,7 +333,7 @@ class LocalCluster:
         health: dict[str, str] = {}
         for name, extra in (
             ("kube-controller-manager", [
-                f"--controllers={CONTROLLERS}", "--use-service-account-credentials=true",
+                f"--controllers={','.join(CONTROLLERS)}", "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.sa_private}",
                 f"--root-ca-file={pki.ca_cert}",
             ]),

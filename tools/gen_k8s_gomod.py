@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
-STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/(k8s\.io/[\w.-]+)\s*$", re.M)
-GO_RE = re.compile(r"^go\s+(\S+)\s*$", re.M)
+STAGING_RE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/src/(k8s\.io/[\w.-]+)\s*$", re.MULTILINE)
+GO_RE = re.compile(r"^go\s+(\S+)\s*$", re.MULTILINE)
 
 
 def read_versions() -> dict[str, str]:

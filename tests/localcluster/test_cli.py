@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cluster
 def localcluster(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANOPS_CLUSTER_DIR": str(state_dir)}
     return subprocess.run([sys.executable, "-m", "localcluster", *args], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=180, check=False)
 
 
 def alive(pid: int) -> bool:
