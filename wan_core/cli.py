@@ -8,8 +8,18 @@ Matches `generate.py` of Wan-Video/Wan2.2@42bf4cf for the in-scope flags of `sha
 Beyond upstream (issue 5): everything upstream silently mishandles is refused with what to fix
 (§8.3: frames not 4n+1, steps < 1, shift ≤ 0, an image for t2v-A14B, a missing image for
 i2v-A14B — upstream substitutes an example image we do not ship); --negative_prompt and --fps; a
-failed save is an error. Multi-GPU flags are parsed and refused in one process (issue 7), and so
-is prompt extension (not implemented yet).
+failed save is an error. Prompt extension is refused (not implemented yet).
+
+Multi-GPU (issue 7, `wan_core.parallel`), under torchrun on one node or several:
+
+    torchrun --nproc_per_node 8 -m wan_core.generate --task t2v-A14B --ckpt_dir … --dit_fsdp --t5_fsdp
+    torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 -m wan_core.generate … --cfg_parallel
+
+--ulysses_size × (2 with --cfg_parallel) must equal the world size and --ulysses_size must divide
+the heads (wanspec's rules, as the operator applies them); left out, they are derived as wanspec
+derives them (Ulysses over every rank, CFG-parallel only where the heads need it). Rank 0's seed is
+used everywhere, only rank 0 logs progress, decodes and saves; a lost or stuck rank ends every rank
+with a non-zero status within WANOPS_COLLECTIVE_TIMEOUT_S (default 600) seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +31,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
+from wan_core.parallel.rules import flag_problems
 from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, TASKS, Size, TaskSpec, check_frame_num
+
+if TYPE_CHECKING:
+    from wan_core.parallel import ParallelLayout, StepWatchdog
 
 log = logging.getLogger("wan_core.generate")
 
@@ -29,7 +45,6 @@ log = logging.getLogger("wan_core.generate")
 TASK_CHOICES = (*TASKS, "animate-14B", "s2v-14B")
 OUT_OF_SCOPE_TASKS = ("animate-14B", "s2v-14B")
 DEFAULT_SIZE = "1280*720"  # upstream's default, invalid for ti2v-5B (spec §13.1)
-MULTI_GPU_ISSUE = "issue 7 (multi-GPU inference with torchrun, FSDP and Ulysses)"
 
 
 def str2bool(value: str) -> bool:
@@ -50,10 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default: 81; 121 for ti2v-5B)")
     p.add_argument("--ckpt_dir", default=None, help="the task's checkpoint folder")
     p.add_argument("--offload_model", type=str2bool, default=None, help="move models to the CPU after use (default: True in one process)")
-    p.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree (multi-GPU, not in one process)")
-    p.add_argument("--t5_fsdp", action="store_true", help="shard umT5 with FSDP (multi-GPU, not in one process)")
+    p.add_argument("--ulysses_size", type=int, default=None, help="Ulysses sequence-parallel degree (default: world size, halved with --cfg_parallel)")
+    p.add_argument("--cfg_parallel", action="store_true", help="run the two guidance branches on two halves of the ranks (torchrun)")
+    p.add_argument("--t5_fsdp", action="store_true", help="shard umT5 with FSDP (torchrun)")
     p.add_argument("--t5_cpu", action="store_true", help="keep umT5 on the CPU and encode there")
-    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT with FSDP (multi-GPU, not in one process)")
+    p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT(s) with FSDP (torchrun)")
     p.add_argument("--save_file", default=None, help="output MP4 (default: a name from task, size, prompt and time)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the task's example prompt)")
     p.add_argument("--use_prompt_extend", action="store_true", help="extend the prompt with an LLM (not implemented yet)")
@@ -103,15 +119,14 @@ def check_args(args: argparse.Namespace) -> list[str]:
         problems.append(f"{task.name} does not take --image; use i2v-A14B or ti2v-5B for image-to-video")
     if args.image is not None and not Path(args.image).is_file():
         problems.append(f"--image {args.image}: no such file")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    multi = [flag for flag, on in (("--ulysses_size", args.ulysses_size != 1), ("--dit_fsdp", args.dit_fsdp),
-                                   ("--t5_fsdp", args.t5_fsdp)) if on]
-    if args.ulysses_size < 1:
+    if args.ulysses_size is not None and args.ulysses_size < 1:
         problems.append(f"--ulysses_size must be >= 1, got {args.ulysses_size}")
-    elif multi or world > 1:
-        launched = f"launched with WORLD_SIZE={world}" if world > 1 else "one process"
-        problems.append(f"{', '.join(multi) or 'torchrun'}: multi-GPU inference is not available yet ({launched}); "
-                        f"it is {MULTI_GPU_ISSUE}. Run on one GPU without these flags.")
+    else:
+        problems += flag_problems(task, int(os.environ.get("WORLD_SIZE", "1")), ulysses=args.ulysses_size,
+                                  cfg_parallel=True if args.cfg_parallel else None, dit_fsdp=args.dit_fsdp,
+                                  t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu)
+    if args.offload_model and (args.dit_fsdp or args.t5_fsdp):
+        problems.append("--offload_model true cannot be combined with --dit_fsdp/--t5_fsdp: sharded weights stay on their GPUs")
     if args.use_prompt_extend:
         problems.append("--use_prompt_extend: prompt extension is not implemented yet; pass the extended prompt with --prompt")
     return problems
@@ -149,18 +164,39 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_args(args)
     if problems:
         parser.error("\n  ".join(problems))
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
-
     # Heavy imports only after the flags are known to be good.
+    from wan_core.parallel import ParallelLayout, StepWatchdog, collective_timeout, init_distributed, shutdown
+
+    task = TASKS[args.task]
+    layout = init_distributed(ParallelLayout.from_env(
+        task, ulysses=args.ulysses_size, cfg_parallel=True if args.cfg_parallel else None,
+        dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu,
+    ))
+    # Upstream logs INFO on rank 0 only, errors on the others (spec §9).
+    logging.basicConfig(level=logging.INFO if layout.is_main else logging.ERROR,
+                        format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
+    if not layout.distributed:
+        return _generate(args, task, layout, None)
+    # A rank stuck outside a collective (whose peers time out) ends itself after the same bound.
+    with StepWatchdog(collective_timeout(), layout.rank) as watchdog:
+        status = _generate(args, task, layout, watchdog)
+        watchdog.beat("generate")
+        if status == 0:  # a failed rank skips the final barrier; its peers' collectives time out
+            shutdown(layout)
+    return status
+
+
+def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, watchdog: StepWatchdog | None) -> int:
+    """Load, generate and (rank 0) save; `watchdog` (torchrun) is fed after every step."""
     from PIL import Image, UnidentifiedImageError
 
     from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.parallel import broadcast_seed
     from wan_core.pipelines import load_pipeline, resolve_seed
     from wan_core.video import save_video
 
-    task = TASKS[args.task]
     prompt = args.prompt if args.prompt is not None else (EXAMPLE_PROMPT_I2V if task.needs_image else EXAMPLE_PROMPT_T2V)
-    seed = resolve_seed(args.base_seed)
+    seed = broadcast_seed(resolve_seed(args.base_seed), layout)  # every rank draws rank 0's noise
     image = None
     if args.image is not None:
         try:
@@ -172,16 +208,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
-                             convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu)
+                             convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout)
     except CheckpointError as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return 1
     log.info("loaded on %s (%s)", pipe.device, str(pipe.dtype).removeprefix("torch."))
+    progress = _Progress() if layout.is_main else None
 
     options = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
                    sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
                    n_prompt=args.negative_prompt, seed=seed, offload_model=args.offload_model,
-                   callback=_Progress())
+                   callback=watchdog.chain(progress) if watchdog is not None else progress)
     if task.name == "i2v-A14B":
         video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
     elif task.name == "ti2v-5B":
@@ -189,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         video = pipe.generate(prompt, size=args.size, **options)
 
-    save_file = args.save_file or default_save_file(task.name, args.size, args.ulysses_size, prompt)
+    if not layout.is_main:
+        return 0
+    save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)
     path = save_video(video, save_file, args.fps or task.fps)
     log.info("saved %s (%d frames, %dx%d, %d fps)", path, video.shape[1], video.shape[3], video.shape[2],
              args.fps or task.fps)

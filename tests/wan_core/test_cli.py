@@ -56,8 +56,8 @@ def read_mp4(path: Path) -> tuple[int, dict, np.ndarray]:
 def test_defaults_are_upstreams() -> None:
     args = build_parser().parse_args([])
     assert vars(args) == dict(
-        task="t2v-A14B", size="1280*720", frame_num=None, ckpt_dir=None, offload_model=None, ulysses_size=1,
-        t5_fsdp=False, t5_cpu=False, dit_fsdp=False, save_file=None, prompt=None, use_prompt_extend=False,
+        task="t2v-A14B", size="1280*720", frame_num=None, ckpt_dir=None, offload_model=None, ulysses_size=None,
+        cfg_parallel=False, t5_fsdp=False, t5_cpu=False, dit_fsdp=False, save_file=None, prompt=None, use_prompt_extend=False,
         prompt_extend_method="local_qwen", prompt_extend_model=None, prompt_extend_target_lang="zh",
         base_seed=-1, image=None, sample_solver="unipc", sample_steps=None, sample_shift=None,
         sample_guide_scale=None, convert_model_dtype=False, negative_prompt="", fps=None,
@@ -83,8 +83,11 @@ REFUSALS = [
     (["--task", "i2v-A14B"], "i2v-A14B needs --image"),
     (["--image", "x.png"], "t2v-A14B does not take --image; use i2v-A14B or ti2v-5B"),
     (["--task", "ti2v-5B", "--size", "1280*704", "--image", "absent.png"], "--image absent.png: no such file"),
-    (["--ulysses_size", "8"], "--ulysses_size: multi-GPU inference is not available yet .*issue 7"),
-    (["--dit_fsdp", "--t5_fsdp"], "--dit_fsdp, --t5_fsdp: multi-GPU inference is not available yet"),
+    # Multi-GPU layouts in one process: wanspec's rules, named by flag (issue 7).
+    (["--ulysses_size", "8"], "--ulysses_size: ulysses 8 × 1 \\(cfgParallel off\\) does not equal gpus 1 \\(valid: 1\\)"),
+    (["--dit_fsdp", "--t5_fsdp"], "--dit_fsdp: FSDP needs more than one GPU.*\n.*--t5_fsdp: FSDP needs more than one GPU"),
+    (["--cfg_parallel"], "--cfg_parallel: CFG-parallel needs an even gpus, got 1"),
+    (["--ulysses_size", "3"], "--ulysses_size: 3 does not divide the 40 attention heads of t2v-A14B"),
     (["--ulysses_size", "0"], "--ulysses_size must be >= 1"),
     (["--use_prompt_extend"], "--use_prompt_extend: prompt extension is not implemented yet"),
     (["--task", "s2v-14B"], "--task s2v-14B is out of scope for wanops"),
@@ -103,11 +106,17 @@ def test_refuses_with_what_to_fix(argv: list[str], message: str, capsys: pytest.
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_torchrun_is_refused_in_one_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
+def test_a_world_the_heads_cannot_use_is_refused_before_joining(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked from torchrun's WORLD_SIZE before any process group exists (issue 7)."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(SystemExit):
         main(["--ckpt_dir", "/ckpt"])
-    assert "launched with WORLD_SIZE=2" in capsys.readouterr().err
+    assert "WORLD_SIZE (torchrun --nnodes × --nproc_per_node): 3 GPUs cannot split the 40 attention heads" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit):
+        main(["--ckpt_dir", "/ckpt", "--dit_fsdp", "--offload_model", "true"])
+    assert "--offload_model true cannot be combined with --dit_fsdp" in capsys.readouterr().err
 
 
 def test_default_save_file_is_upstreams() -> None:

@@ -6,9 +6,8 @@ ulysses_rank, so a Ulysses group is a run of consecutive ranks: on a node when u
 node, which keeps the per-layer all-to-all on NVLink and leaves the once-per-step CFG exchange to
 cross nodes. FSDP shards over the whole world, as upstream's `shard_model` does (spec §9.1).
 
-The layout rules are wanspec's (`layout_problems`, `rule_problems`), so the CLI, the operator and the
-runner refuse the same layouts; unset degrees are derived the way `wanspec.validate` derives them:
-CFG-parallel only when Ulysses alone cannot use every rank, ulysses = world / cfg.
+The layout rules are wanspec's (through `rules.flag_problems`), so the CLI, the operator and the
+runner refuse the same layouts; unset degrees are derived the way `wanspec.validate` derives them.
 
 Multi-node needs nothing more: `torchrun --nnodes N --node_rank R --master_addr … --nproc_per_node G`
 sets RANK / WORLD_SIZE / LOCAL_RANK and the rendezvous, and the device is `cuda:LOCAL_RANK`.
@@ -27,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from wan_core.parallel.rules import derive_degrees, flag_problems
 from wanspec.tasks import TaskSpec, get_task
-from wanspec.validate import layout_problems, rule_problems
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +36,6 @@ TIMEOUT_ENV = "WANOPS_COLLECTIVE_TIMEOUT_S"
 # while the others wait at the final barrier), short enough that a lost rank frees the GPUs soon.
 DEFAULT_TIMEOUT_S = 600.0
 MESH_AXES = ("cfg", "ulysses")
-
-# wanspec field path → the command-line words for it, so a refusal names what to change.
-_FLAG_FOR_PATH = {
-    "spec.parallelism.ulysses": "--ulysses_size",
-    "spec.parallelism.cfgParallel": "--cfg_parallel",
-    "spec.parallelism.ditFsdp": "--dit_fsdp",
-    "spec.parallelism.t5Fsdp": "--t5_fsdp",
-    "spec.memory.t5Cpu": "--t5_cpu",
-    "spec.gpus": "WORLD_SIZE (torchrun --nnodes × --nproc_per_node)",
-}
 
 
 class LayoutError(ValueError):
@@ -96,20 +85,13 @@ class ParallelLayout:
         spec = task if isinstance(task, TaskSpec) else get_task(task)
         world = int(env.get("WORLD_SIZE", "1"))
         rank, local_rank = int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
-        if cfg_parallel is None:  # off unless only on uses every rank (wanspec's default)
-            cfg_parallel = bool(layout_problems(spec, world, ulysses, False)) and not layout_problems(spec, world, ulysses, True)
-        rules = rule_problems({
-            "task": spec.name, "gpus": world, "memory": {"t5Cpu": t5_cpu},
-            "parallelism": {"ulysses": ulysses, "cfgParallel": cfg_parallel, "ditFsdp": dit_fsdp, "t5Fsdp": t5_fsdp},
-        })
-        problems = [p for p in rules if p.path in _FLAG_FOR_PATH]
+        problems = flag_problems(spec, world, ulysses=ulysses, cfg_parallel=cfg_parallel, dit_fsdp=dit_fsdp,
+                                 t5_fsdp=t5_fsdp, t5_cpu=t5_cpu)
         if problems:
-            raise LayoutError("; ".join(
-                f"{_FLAG_FOR_PATH[p.path]}: {p.message}" + (f" (valid: {p.valid})" if p.valid else "") for p in problems
-            ))
-        cfg = 2 if cfg_parallel else 1
+            raise LayoutError("; ".join(problems))
+        ulysses, cfg = derive_degrees(spec, world, ulysses, cfg_parallel)
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        return cls(world_size=world, rank=rank, local_rank=local_rank, ulysses=ulysses or world // cfg, cfg=cfg,
+        return cls(world_size=world, rank=rank, local_rank=local_rank, ulysses=ulysses, cfg=cfg,
                    dit_fsdp=dit_fsdp, t5_fsdp=t5_fsdp, device=device)
 
     @property

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from wan_core.pipelines.common import ProgressCallback, SamplingOptions, WanPipeline, initial_noise, resolve_seed
@@ -15,6 +17,9 @@ from wan_core.pipelines.i2v import ImageToVideo
 from wan_core.pipelines.t2v import TextToVideo
 from wan_core.pipelines.ti2v import TextImageToVideo
 from wanspec.tasks import get_task
+
+if TYPE_CHECKING:
+    from wan_core.parallel import ParallelLayout
 
 PIPELINES: dict[str, type[WanPipeline]] = {
     "t2v-A14B": TextToVideo,
@@ -31,6 +36,7 @@ def load_pipeline(
     offload_model: bool | None = None,
     convert_model_dtype: bool = False,
     t5_cpu: bool = False,
+    parallel: ParallelLayout | None = None,
 ) -> WanPipeline:
     """Load the official checkpoint folder of `task` into its pipeline.
 
@@ -38,11 +44,12 @@ def load_pipeline(
     (the official precision map) and fp32 on CPU; fp32 runs every component in fp32.
     offload_model: default for each `generate` (None → True in one process, as upstream).
     convert_model_dtype: store the DiT weights in bf16. t5_cpu: encode prompts on the CPU.
+    parallel: the torchrun layout (`wan_core.parallel.init_distributed`); None runs on one device.
     """
     spec = get_task(task)
     return PIPELINES[spec.name](
         spec.name, ckpt_dir, device=device, dtype=dtype, offload_model=offload_model,
-        convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu,
+        convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu, parallel=parallel,
     )
 
 

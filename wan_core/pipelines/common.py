@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
@@ -51,11 +52,22 @@ from wan_core.models.dit import WanModel
 from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
 
+if TYPE_CHECKING:
+    from wan_core.parallel import ParallelLayout
+
 # (step done, total steps, expert subfolder or None for the dense 5B model): progress for the runner.
 ProgressCallback = Callable[[int, int, str | None], None]
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 … 2^64 − 1
 _DTYPES = (torch.float32, torch.bfloat16)
+
+
+def sequential_branches(
+    model: Callable[..., Tensor], x: Tensor, t: Tensor, context: Tensor, context_null: Tensor, y: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The two CFG branches one after the other, as upstream (`wan_core.parallel.cfg` has the
+    two-group alternative)."""
+    return model(x, t, context, y), model(x, t, context_null, y)
 
 
 def resolve_seed(seed: int) -> int:
@@ -181,8 +193,12 @@ class WanPipeline:
         offload_model: bool | None = None,
         convert_model_dtype: bool = False,
         t5_cpu: bool = False,
+        parallel: ParallelLayout | None = None,
     ) -> None:
         self.task = get_task(task)
+        # Under torchrun: the layout's device, DiT/umT5 built by wan_core.parallel (issue 7).
+        self.parallel = parallel if parallel is not None and parallel.distributed else None
+        device = device or (self.parallel.device if self.parallel else None)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -191,6 +207,7 @@ class WanPipeline:
             raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {self.dtype}")
         self.offload_model = default_offload_model() if offload_model is None else bool(offload_model)
         self.t5_cpu = t5_cpu
+        self._check_offload(self.offload_model)
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
         folder = inspect_folder(ckpt_dir, self.task.name)
@@ -200,10 +217,19 @@ class WanPipeline:
         kind = "2.1" if self.task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2"
         self.vae = load_vae(folder.vae, kind=kind, device=self.device, dtype=torch.float32)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted.
-        self.experts: dict[str, WanModel] = load_dit_experts(
-            folder.root, device="cpu", dtype=self.dtype if convert_model_dtype else None,
-            model_type=self.task.model_type,
-        )
+        stored = self.dtype if convert_model_dtype else None
+        if self.parallel is None:
+            self.experts: dict[str, WanModel] = load_dit_experts(
+                folder.root, device="cpu", dtype=stored, model_type=self.task.model_type,
+            )
+            self._cfg_branches = sequential_branches
+        else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
+            from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5
+
+            self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
+                                              model_type=self.task.model_type)
+            self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
+            self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
         # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
         self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
@@ -240,11 +266,17 @@ class WanPipeline:
             raise ValueError(f"guide_scale must be finite, got {guide_scale!r}")
         if not task.is_moe and scales[0] != scales[1]:
             raise ValueError(f"{task.name} has one model, so one guide scale; got {guide_scale!r}")
+        offload_model = self.offload_model if offload_model is None else bool(offload_model)
+        self._check_offload(offload_model)
         return SamplingOptions(
             frame_num=frame_num, shift=float(shift), sample_solver=sample_solver, sampling_steps=steps,
-            guide_scale=scales, seed=resolve_seed(seed),
-            offload_model=self.offload_model if offload_model is None else bool(offload_model),
+            guide_scale=scales, seed=resolve_seed(seed), offload_model=offload_model,
         )
+
+    def _check_offload(self, offload_model: bool) -> None:
+        """FSDP shards live on their GPUs; moving them to the CPU between uses is not supported."""
+        if offload_model and self.parallel is not None and (self.parallel.dit_fsdp or self.parallel.t5_fsdp):
+            raise ValueError("offload_model cannot be combined with FSDP (dit_fsdp/t5_fsdp): sharded weights stay on their GPUs")
 
     # -- shared steps --------------------------------------------------------------------------
 
@@ -307,9 +339,8 @@ class WanPipeline:
             model = self._active_dit(expert)
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
             with self._dit_precision():
-                v_cond = model(x[None], timestep, context, y_batch)[0]
-                v_uncond = model(x[None], timestep, context_null, y_batch)[0]
-            x = solver.step(cfg_combine(v_cond, v_uncond, scale), x)
+                v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
+            x = solver.step(cfg_combine(v_cond[0], v_uncond[0], scale), x)
             if first_frame is not None:
                 x = first_frame.pin(x)
             if callback is not None:
@@ -320,8 +351,18 @@ class WanPipeline:
             self._empty_cache()
         return x
 
-    def decode(self, latent: Tensor) -> Tensor:
-        """[z, F_lat, h, w] → video [3, F, H, W] fp32 in [−1, 1] (§5.5)."""
+    def decode(self, latent: Tensor) -> Tensor | None:
+        """[z, F_lat, h, w] → video [3, F, H, W] fp32 in [−1, 1] (§5.5).
+
+        Under torchrun only rank 0 decodes (others return None, as upstream), after the DiTs
+        give up their device memory so the decode does not add to the sampling peak.
+        """
+        if self.parallel is not None:
+            if not self.parallel.is_main:
+                return None
+            from wan_core.parallel import free_dits_for_decode
+
+            free_dits_for_decode(self.experts, self.parallel)
         return self.vae.decode(latent[None])[0]
 
     def _empty_cache(self) -> None:
