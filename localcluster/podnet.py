@@ -47,11 +47,6 @@ class AddressPool:
         self._used: dict[str, str] = {}  # address -> pod uid
         self._lock = threading.Lock()
 
-    def reserve(self, address: str, uid: str) -> None:
-        """Marks an address as taken (a pod that already has one from an earlier agent run)."""
-        with self._lock:
-            self._used[address] = uid
-
     def allocate(self, uid: str) -> str:
         with self._lock:
             for _ in range(len(self._hosts)):

@@ -175,7 +175,7 @@ out["argv"] = sys.argv[1:]
 out["cwd"] = os.getcwd()
 out["config"] = open("/etc/wanops-nodeagent-test/wanops.yaml").read()
 out["labels"] = open("/etc/podinfo/labels").read()
-out["seed"] = open("/work/seed").read()
+out["seed"] = open("/workspace/seed").read()
 out["own_address"] = socket.gethostbyname(socket.gethostname())
 json.dump(out, open("/dev/termination-log", "w"))
 """
@@ -198,7 +198,7 @@ def test_env_and_volumes_reach_the_process(core, namespace: str) -> None:
             "main",
             ENV_SCRIPT,
             args=["$(GREETING)", "$$(GREETING)"],
-            workingDir="/work",
+            workingDir="/workspace",
             env=[
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -214,14 +214,14 @@ def test_env_and_volumes_reach_the_process(core, namespace: str) -> None:
             volumeMounts=[
                 {"name": "settings", "mountPath": "/etc/wanops-nodeagent-test", "readOnly": True},
                 {"name": "podinfo", "mountPath": "/etc/podinfo"},
-                {"name": "work", "mountPath": "/work"},
+                {"name": "work", "mountPath": "/workspace"},
             ],
         ),
         initContainers=[
             py(
                 "seed",
-                "open('/work/seed', 'w').write('from init')",
-                volumeMounts=[{"name": "work", "mountPath": "/work"}],
+                "open('/workspace/seed', 'w').write('from init')",
+                volumeMounts=[{"name": "work", "mountPath": "/workspace"}],
             )
         ],
         volumes=[
@@ -251,7 +251,7 @@ def test_env_and_volumes_reach_the_process(core, namespace: str) -> None:
         "HOSTNAME": "env",
         "KUBECONFIG": None,
         "argv": ["hello", "$(GREETING)"],
-        "cwd": "/work",
+        "cwd": "/workspace",
         "config": "steps: 4\n",
         "labels": 'app="envtest"',
         "seed": "from init",
