@@ -50,6 +50,7 @@ from wanops_operator.status import (
     changed,
     failed,
     observe,
+    parse_time,
     status_patch,
     timestamp,
 )
@@ -135,6 +136,13 @@ class Cluster:
                 job["metadata"]["namespace"], label_selector=selector, _preload_content=False
             )
         )["items"]
+
+    def job_pods_left(self, namespace: str, job: str) -> bool:
+        """Whether pods of a Job of this name still exist (a deleted Job's pods go after it)."""
+        pods = self.core.list_namespaced_pod(
+            namespace, label_selector=f"batch.kubernetes.io/job-name={job}", limit=1
+        )
+        return bool(pods.items)
 
     def apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply with our field manager; creates the object if missing."""
@@ -353,14 +361,8 @@ def _write(
     if (before.get("phase"), reason_before) != (obs.phase, obs.reason):
         cluster.event(vg, obs, now)
     if obs.phase in TERMINAL and before.get("phase") not in TERMINAL:
-        start = patch.get("startTime")
-        done = patch.get("completionTime")
-        seconds = None
-        if start and done:
-            seconds = (
-                datetime.fromisoformat(done.replace("Z", "+00:00"))
-                - datetime.fromisoformat(start.replace("Z", "+00:00"))
-            ).total_seconds()
+        start, done = patch.get("startTime"), patch.get("completionTime")
+        seconds = (parse_time(done) - parse_time(start)).total_seconds() if start and done else None
         metrics.finished(obs.phase, seconds)
 
 
@@ -438,7 +440,17 @@ def _create_job(
     cluster: Cluster, vg: dict[str, Any], job: dict[str, Any], now: datetime
 ) -> dict[str, Any] | None:
     """Apply a new attempt's Job; a Job the API server refuses (an affinity it rejects, say)
-    ends the resource Failed with the server's message."""
+    ends the resource Failed with the server's message. A same-named Job of a deleted resource
+    of the same name is waited out (the garbage collector removes it), never overwritten."""
+    meta = job["metadata"]
+    if cluster.exists(
+        cluster.batch.read_namespaced_job, meta["name"], meta["namespace"]
+    ) is not None or cluster.job_pods_left(meta["namespace"], meta["name"]):
+        raise kopf.TemporaryError(
+            f"Job {meta['name']} or its pods, of an earlier resource of this name, are still "
+            "being deleted (their host names would clash)",
+            delay=RETRY_DELAY_S,
+        )
     try:
         created = cluster.apply(job)
     except ApiException as e:
@@ -457,7 +469,7 @@ def _create_job(
         return None
     created_at = vg["metadata"].get("creationTimestamp")
     if created_at and job["metadata"]["labels"][LABEL_ATTEMPT] == "0":
-        metrics.job_created(datetime.fromisoformat(created_at.replace("Z", "+00:00")), now)
+        metrics.job_created(parse_time(created_at), now)
     return created
 
 

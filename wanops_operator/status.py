@@ -42,7 +42,7 @@ def timestamp(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
@@ -212,7 +212,7 @@ def observe(
 
     # The Job's startTime restarts when it is resumed, so time spent suspended does not count.
     since = job_status.get("startTime")
-    if since and (now - _parse_time(since)).total_seconds() > start_timeout_seconds:
+    if since and (now - parse_time(since)).total_seconds() > start_timeout_seconds:
         message = reasons.START_TIMEOUT_MESSAGE.format(
             seconds=start_timeout_seconds, why=why_not_started(job, pods)
         )

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from localcluster import wait_for
 from wanops_operator import reasons
@@ -504,3 +505,27 @@ def test_repeated_passes_change_nothing(kube, vgs: VGs, operator: Operator) -> N
     assert reconcile(kube, vgs.ns, "idle", config=config) == "Suspended"
     assert reconcile(kube, vgs.ns, "idle", config=config) == "Suspended"
     assert versions() == before
+
+
+def test_recreated_resource_of_the_same_name_gets_its_own_job(vgs: VGs, operator: Operator) -> None:
+    """kubectl delete + apply: the new resource waits for the old Job and pods to be collected
+    (same names), then runs; nothing of the old one is reused."""
+    old = vgs.create("again", prompt="sleep:600", gpus=1, gpusPerPod=1)
+    vgs.wait_phase("again", "Running", operator)
+    vgs.custom.delete_namespaced_custom_object(GROUP, VERSION, vgs.ns, PLURAL, "again")
+    wait_for(lambda: not _exists(vgs, "again"), what="the old resource to go")
+    new = vgs.create("again", gpus=1, gpusPerPod=1)
+    vgs.wait_phase("again", "Succeeded", operator)
+    (job,) = vgs.jobs("again")
+    owner = job["metadata"]["ownerReferences"][0]["uid"]
+    assert owner == new["metadata"]["uid"] != old["metadata"]["uid"]
+
+
+def _exists(vgs: VGs, name: str) -> bool:
+    try:
+        vgs.get(name)
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return True
