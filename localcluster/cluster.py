@@ -41,6 +41,9 @@ CONTROLLERS = (
     "namespace-controller", "serviceaccount-controller", "serviceaccount-token-controller",
     "endpointslice-controller", "pod-garbage-collector-controller",
     "root-ca-certificate-publisher-controller",
+    # binds PVCs to PVs as on a real cluster: checkpoint claims are PVCs, and the scheduler
+    # waits for a pod's claims to be bound
+    "persistentvolume-binder-controller",
 )  # no node-lifecycle/taint-eviction: they would evict pods from nodes without kubelet leases
 STATE_FILE = "state.json"
 #: Directories and files a start recreates; anything else in the state dir is left alone.
