@@ -330,6 +330,10 @@ def test_runs_to_succeeded_with_ready_condition(vgs: VGs, operator: Operator) ->
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     svc = vgs.core.read_namespaced_service(service_name("ok"), vgs.ns)
     assert svc.spec.cluster_ip == "None" and svc.spec.publish_not_ready_addresses
+    meta = vgs.get("ok")["metadata"]
+    assert not meta.get("finalizers")  # deletion never waits for the operator
+    assert "wanops.io/last-handled-configuration" in meta["annotations"]  # kopf's records
+    assert "kopf" not in status
     events = vgs.core.list_namespaced_event(vgs.ns, field_selector="involvedObject.name=ok").items
     assert {reasons.SUCCEEDED} <= {e.reason for e in events}
 
