@@ -35,10 +35,10 @@ import random
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
@@ -149,6 +149,28 @@ def expert_for_step(task: TaskSpec, t: int | Tensor, guide_scale: tuple[float, f
 
 
 @dataclass(frozen=True)
+class LoopState:
+    """The sampling loop after `step` steps: the sample and the solver's history, enough to go on
+    later with the same result as a loop that never stopped."""
+
+    step: int
+    latent: Tensor
+    solver: dict[str, Any]
+
+
+class LoopCheckpoint(Protocol):
+    """Where the loop keeps its state across an interruption (the runner: its object store).
+
+    `load` runs once before the first step (None: start from step 0); `save` after every step and
+    decides itself whether to keep that one (e.g. every N steps).
+    """
+
+    def load(self) -> LoopState | None: ...
+
+    def save(self, state: LoopState) -> None: ...
+
+
+@dataclass(frozen=True)
 class SamplingOptions:
     """The checked sampling settings of one `generate` call, defaults filled in from the task."""
 
@@ -159,6 +181,7 @@ class SamplingOptions:
     guide_scale: tuple[float, float]  # (low-noise, high-noise), upstream's order (§6.5)
     seed: int  # resolved: never negative
     offload_model: bool
+    checkpoint: LoopCheckpoint | None = field(default=None, compare=False)  # resumable loop
 
 
 @dataclass(frozen=True)
@@ -333,8 +356,13 @@ class WanPipeline:
         solver = make_solver(opts.sample_solver)
         solver.set_timesteps(opts.sampling_steps, opts.shift, device=self.device)
         y_batch = None if y is None else y[None]
-        x = latent
+        x, start = latent, 0
+        if opts.checkpoint is not None and (saved := opts.checkpoint.load()) is not None:
+            solver.load_state_dict(saved.solver)
+            x, start = saved.latent.to(self.device), saved.step
         for i, t in enumerate(solver.timesteps):
+            if i < start:  # done before the interruption
+                continue
             expert, scale = expert_for_step(self.task, t, opts.guide_scale)
             model = self._active_dit(expert)
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
@@ -343,6 +371,8 @@ class WanPipeline:
             x = solver.step(cfg_combine(v_cond[0], v_uncond[0], scale), x)
             if first_frame is not None:
                 x = first_frame.pin(x)
+            if opts.checkpoint is not None:
+                opts.checkpoint.save(LoopState(i + 1, x, solver.state_dict()))
             if callback is not None:
                 callback(i + 1, opts.sampling_steps, expert or None)
         if opts.offload_model:

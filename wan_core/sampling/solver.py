@@ -10,6 +10,7 @@ no generator is taken.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 
@@ -47,6 +48,19 @@ class FlowSolver(ABC):
         self.timesteps = torch.from_numpy(schedule.timesteps).to(device)
         self._step_index = 0
         self._x0_preds = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs besides the sample: the step counter and the solver's history
+        (the schedule is rebuilt by `set_timesteps`), so sampling can stop after any step and go
+        on later with the same result (the runner's checkpointEverySteps)."""
+        return {"step_index": self._step_index, "x0_preds": list(self._x0_preds)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` after `set_timesteps` with the same steps and shift."""
+        if not 0 <= state["step_index"] <= self.num_steps:
+            raise ValueError(f"{self.name}: step {state['step_index']} outside 0..{self.num_steps}")
+        self._step_index = int(state["step_index"])
+        self._x0_preds = list(state["x0_preds"])
 
     @abstractmethod
     def step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,8 @@ operation order, so a loop reproduces upstream's samples bit for bit in fp32.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from wan_core.sampling.solver import FlowSolver
@@ -35,6 +37,14 @@ class UniPCSolver(FlowSolver):
     ) -> None:
         super().set_timesteps(num_steps, shift, device)
         self._last_sample, self._last_order = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base state plus the corrector's input: the previous sample and its order."""
+        return {**super().state_dict(), "last_sample": self._last_sample, "last_order": self._last_order}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._last_sample, self._last_order = state["last_sample"], int(state["last_order"])
 
     def step(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """Correct the incoming sample with the new x̂0 (UniC), then predict the next (UniP)."""
