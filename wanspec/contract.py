@@ -102,3 +102,10 @@ class RunnerConfig(ContractModel):
     checkpoint_dir: str = Field(description="The task's folder inside the mounted claim.")
     output: OutputObject
     resolved: ResolvedSpec
+    checkpoint_every_steps: int = Field(
+        0,
+        ge=0,
+        description="Save the latent and solver state to the store every this many denoising "
+        "steps, so a retried or preempted attempt resumes from the last save; 0: only the final "
+        "latent (before the VAE decode) is saved.",
+    )

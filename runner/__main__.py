@@ -1,0 +1,7 @@
+"""`python -m runner`: the pod entrypoint (see `runner.main`)."""
+
+import sys
+
+from runner.main import main
+
+sys.exit(main())

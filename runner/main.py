@@ -1,0 +1,203 @@
+"""The runner pod's entrypoint (`python -m runner`): checks, then torchrun, then the pod's verdict.
+
+In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
+1. read `/etc/wanops/config.json`; check the store credentials and bucket, the checkpoint folder
+   (headers only) and fetch the input image — bad input fails here, in seconds, with the fatal
+   exit code, before any rendezvous or model load;
+2. if this run's video is already at the final key (a retried pod), report it and stop; if the
+   final latent was saved (the last attempt failed in decode or upload), pod 0 decodes it with the
+   VAE alone and publishes, without sampling again;
+3. resolve rank 0's DNS name, retrying for a bounded time (k8s-notes §1.4 #1: a headless
+   Service's record can appear after the pods start), then run
+   `torchrun --nnodes N --node_rank R --nproc_per_node G --master_addr A -m runner.worker`;
+4. turn the workers' outcome into the exit code the Job's pod failure policy reads
+   (`EXIT_INVALID_INPUT` for bad input, anything else is retried) and a termination message
+   `<Reason>: <what to fix>`; pod 0 uploads the run's log next to the video, success or not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from runner import errors, logs
+from runner.inputs import fetch_image, load_config, run_identity
+from runner.store import Store
+from runner.worker import IMAGE_ENV, LATENTS, LOG_FILE_ENV, OUTCOME_DIR_ENV, WORK_DIR_ENV
+from wanspec import contract
+
+log = logging.getLogger("runner")
+
+DNS_TIMEOUT_ENV = "WANOPS_RENDEZVOUS_DNS_TIMEOUT_S"
+DEFAULT_DNS_TIMEOUT_S = 300.0  # a busy API server can take minutes to publish a new pod's record
+
+
+def resolve_master(addr: str, timeout_s: float, interval_s: float = 1.0) -> str:
+    """Wait until rank 0's name resolves; torch's TCPStore treats a failed lookup as fatal."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.getaddrinfo(addr, None, type=socket.SOCK_STREAM)
+            return addr
+        except socket.gaierror as e:
+            if time.monotonic() >= deadline:
+                raise errors.temporary(
+                    errors.RENDEZVOUS_UNRESOLVED,
+                    f"rank 0's address {addr} did not resolve within {timeout_s:.0f} s ({e}); check "
+                    "the headless Service publishes not-ready addresses and cluster DNS works",
+                ) from e
+            time.sleep(interval_s)
+
+
+def torchrun_command(env: Mapping[str, str], cfg: contract.RunnerConfig, master: str) -> list[str]:
+    """torchrun for this pod: PET_* from the operator, else one pod of the config's width."""
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={env.get('PET_NNODES', cfg.resolved.pods)}",
+        f"--node_rank={env.get('PET_NODE_RANK', 0)}",
+        f"--nproc_per_node={env.get('PET_NPROC_PER_NODE', cfg.resolved.gpus_per_pod)}",
+        f"--master_addr={master}",
+        f"--master_port={env.get('PET_MASTER_PORT', contract.MASTER_PORT)}",
+        "-m", "runner.worker",
+    ]  # fmt: skip
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str]) -> int:
+    """Run torchrun; a SIGTERM to the pod (deletion, preemption) is passed on so ranks stop."""
+    proc = subprocess.Popen(cmd, env=env)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def verdict(returncode: int, outcome_dir: Path) -> errors.RunnerError | None:
+    """The pod's failure from the ranks' outcome files: bad input wins, then the first failure."""
+    outcomes = [json.loads(p.read_text()) for p in sorted(outcome_dir.glob("rank-*.json"))]
+    if outcomes:
+        first = min(outcomes, key=lambda o: not o["fatal"])
+        return errors.RunnerError(first["reason"], first["message"], fatal=first["fatal"])
+    if returncode == 0:
+        return None
+    return errors.temporary(
+        errors.WORKER_FAILED,
+        f"torchrun exited {returncode} without a rank saying why (killed, out of memory, a rank "
+        "stuck past the collective timeout); see the pod log",
+    )
+
+
+def decode_saved(cfg: contract.RunnerConfig, store: Store, run_id: str, latent_bytes: bytes, work_dir: Path) -> None:
+    """A retry after a failed decode or upload: decode the saved latent with the VAE alone."""
+    import torch
+
+    from runner import report
+    from runner.metrics import Metrics
+    from runner.worker import finish, from_bytes
+    from wan_core.checkpoint.folder import inspect_folder
+    from wan_core.checkpoint.vae import load_vae
+    from wanspec.tasks import get_task
+
+    task = get_task(cfg.resolved.task)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    folder = inspect_folder(cfg.checkpoint_dir, task.name)
+    vae = load_vae(folder.vae, kind="2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2", device=device)
+    latent = from_bytes(latent_bytes, device)
+    log.info("decoding the saved final latent of run %s (sampling is not repeated)", run_id)
+    reporter = report.StatusReporter(cfg.resource, report.api_client())
+    finish(cfg, store, run_id, latent, lambda z: vae.decode(z[None])[0], reporter, Metrics(), work_dir)
+
+
+def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
+    """Steps 1–4 of the module docstring; raises RunnerError on any failure of this pod."""
+    cfg = load_config(env)
+    node_rank = int(env.get("PET_NODE_RANK", "0"))
+    run_id = run_identity(cfg)
+    log.info("run %s of %s/%s, attempt %d, node rank %d", run_id, cfg.resource.namespace, cfg.resource.name,
+             cfg.attempt, node_rank, extra={"run": run_id, "attempt": cfg.attempt})
+    store = Store.from_env(cfg.output, env)
+    store.check()
+
+    done = store.finished(run_id)
+    if done is not None:
+        log.info("already published at %s (sha256 %s); nothing to generate", done.uri, done.sha256)
+        if node_rank == 0:
+            from runner import report
+
+            reporter = report.StatusReporter(cfg.resource, report.api_client())
+            reporter.output(done, cfg.resolved.steps, store.uri(cfg.output.log_key))
+        return
+
+    from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.checkpoint.folder import inspect_folder
+
+    try:
+        inspect_folder(cfg.checkpoint_dir, cfg.resolved.task)
+    except CheckpointError as e:
+        raise errors.bad_input(
+            contract.CHECKPOINT_INVALID,
+            f"{e}; put the official {cfg.resolved.task} folder at spec.checkpoint.path in the claim",
+        ) from e
+
+    latent = store.get_work(run_id, LATENTS)
+    if latent is not None:
+        if node_rank == 0:
+            decode_saved(cfg, store, run_id, latent, work_dir)
+        return
+
+    worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir)}
+    if cfg.resolved.spec.input_image is not None:
+        image = fetch_image(cfg.resolved.spec.input_image, store, work_dir / "input.png")
+        worker_env[IMAGE_ENV] = str(image)
+    master = resolve_master(env.get("PET_MASTER_ADDR", "127.0.0.1"),
+                            float(env.get(DNS_TIMEOUT_ENV, DEFAULT_DNS_TIMEOUT_S)))
+    outcome_dir = work_dir / "outcome"
+    outcome_dir.mkdir()
+    worker_env[OUTCOME_DIR_ENV] = str(outcome_dir)
+    cmd = torchrun_command(env, cfg, master)
+    log.info("starting %s", " ".join(cmd))
+    failure = verdict(run_torchrun(cmd, worker_env), outcome_dir)
+    if failure is not None:
+        raise failure
+
+
+def upload_log(env: Mapping[str, str], log_file: Path) -> None:
+    """Pod 0's log next to the video, whatever happened; a store that is down only loses the log."""
+    try:
+        Store.from_env(load_config(env).output, env, attempts=2).upload_log(log_file)
+    except (errors.RunnerError, OSError) as e:
+        log.warning("log not uploaded: %s", e)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    work_dir = Path(tempfile.mkdtemp(prefix="wanops-run-"))
+    log_file = work_dir / "runner.log"
+    logs.setup(None, log_file)
+    try:
+        launch(env, work_dir, log_file)
+        code = 0
+    except errors.RunnerError as e:
+        log.error("%s", e, extra={"reason": e.reason, "fatal": e.fatal, "exit_code": e.exit_code})
+        errors.write_termination_message(e.termination_message)
+        code = e.exit_code
+    except Exception as e:  # a bug: retried, and the termination message says what crashed
+        log.exception("runner failed")
+        errors.write_termination_message(contract.termination_message(errors.WORKER_FAILED, f"{type(e).__name__}: {e}"))
+        code = 1
+    if int(env.get("PET_NODE_RANK", "0")) == 0:
+        upload_log(env, log_file)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
