@@ -85,7 +85,7 @@ def crd(kube) -> None:
 @pytest.fixture(scope="module")
 def ns(kube, crd, tmp_path_factory) -> Iterator[str]:
     """A namespace set up as the chart would: runner ServiceAccount with its Role, the store
-    Secret, and a bound checkpoint claim (hostPath PV; the local plane runs no PV binder)."""
+    Secret, and a checkpoint claim pre-bound to a hostPath PV."""
     core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
     name = f"op-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
@@ -136,7 +136,7 @@ def ns(kube, crd, tmp_path_factory) -> Iterator[str]:
     core.create_namespaced_persistent_volume_claim(
         name,
         {
-            "metadata": {"name": CLAIM, "annotations": {"pv.kubernetes.io/bind-completed": "yes"}},
+            "metadata": {"name": CLAIM},
             "spec": {
                 "accessModes": ["ReadOnlyMany"],
                 "storageClassName": "",
