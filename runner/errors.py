@@ -10,6 +10,7 @@ crash and exits 1, which is retried too.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from wanspec import contract
@@ -55,9 +56,12 @@ def temporary(reason: str, message: str) -> RunnerError:
     return RunnerError(reason, message, fatal=False)
 
 
-def write_termination_message(text: str, path: str | Path = contract.TERMINATION_MESSAGE_PATH) -> None:
-    """Best effort: outside a pod the file may not be writable, and the exit code still counts."""
-    try:
-        Path(path).write_text(text[:4096])  # the kubelet keeps at most 4096 bytes
-    except OSError:
-        pass
+TERMINATION_PATH_ENV = "WANOPS_TERMINATION_MESSAGE_PATH"  # tests and wrappers; pods use the default
+
+
+def write_termination_message(text: str) -> None:
+    """Write the pod's termination message, if the runtime made the file (it does in a pod;
+    outside one nothing is littered into /dev)."""
+    path = Path(os.environ.get(TERMINATION_PATH_ENV, contract.TERMINATION_MESSAGE_PATH))
+    if path.exists():
+        path.write_text(text[:4096])  # the kubelet keeps at most 4096 bytes

@@ -1,0 +1,127 @@
+"""`python -m runner` as a real subprocess against the real API server and S3 store: the MP4 at
+the final key, its sha256 in metadata and status, progress to the end, idempotent retries,
+resume after an interruption, bad input with the fatal exit code."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+
+import pytest
+from runner_cases import SPEC, log_events, poll
+
+from runner.encode import probe
+from runner.errors import EXIT_TEMPORARY, TERMINATION_PATH_ENV
+from runner.store import Store
+from wanspec import contract
+
+pytestmark = pytest.mark.cluster
+
+
+def _fetch(s3, bucket: str, key: str, path) -> bytes:
+    s3.fget_object(bucket, key, str(path))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_runner_publishes_the_video_and_reports_it(make_run, s3, bucket, tmp_path, nproc: int) -> None:
+    spec = {**SPEC, "gpus": nproc} if nproc > 1 else SPEC
+    run = make_run(spec)
+    code, out = run.run(PET_NPROC_PER_NODE=str(nproc))
+    assert code == 0, out[-4000:]
+
+    key = run.config.output.key
+    data = _fetch(s3, bucket, key, tmp_path / "out.mp4")
+    assert probe(tmp_path / "out.mp4") == (5, 1280, 704)
+    sha = hashlib.sha256(data).hexdigest()
+    meta = {k.lower(): v for k, v in s3.stat_object(bucket, key).metadata.items()}
+    assert meta["x-amz-meta-sha256"] == sha
+    status = run.status()
+    assert status["output"] == {
+        "uri": f"s3://{bucket}/{key}", "sha256": sha, "bytes": len(data), "contentType": "video/mp4",
+        "logUri": f"s3://{bucket}/{run.config.output.log_key}",
+    }
+    assert status["progress"]["step"] == status["progress"]["totalSteps"] == 4
+    assert status["progress"]["percent"] == 100
+    steps = [e["step"] for e in log_events(out) if "step" in e and e.get("rank") == 0]
+    assert steps == [1, 2, 3, 4]
+    # the log is next to the video; nothing else is left in the bucket
+    names = sorted(o.object_name for o in s3.list_objects(bucket, recursive=True))
+    assert names == sorted([key, run.config.output.log_key])
+    assert b"already published" not in s3.get_object(bucket, run.config.output.log_key).read()
+
+    # A retried pod finds its finished video: no generation, same object, status re-reported.
+    code, out = run.run()
+    assert code == 0, out[-4000:]
+    assert "already published" in out and "starting" not in out
+    assert hashlib.sha256(_fetch(s3, bucket, key, tmp_path / "again.mp4")).hexdigest() == sha
+
+
+def test_resume_after_interruption_gives_the_same_video(make_run, s3, bucket, tmp_path) -> None:
+    """Killed after the state of step 2 was saved, the retry resumes at step 3 and the video is
+    byte-identical to an uninterrupted run's."""
+    whole = make_run()
+    code, out = whole.run()
+    assert code == 0, out[-4000:]
+    want = s3.get_object(bucket, whole.config.output.key).read()
+
+    run = make_run(checkpoint_every=2)
+    store = Store.from_env(run.config.output, run.env())
+    from runner.inputs import run_identity
+
+    state_key = store.work_prefix(run_identity(run.config)) + "sampling.pt"
+    proc = run.start()
+    poll(lambda: any(o.object_name == state_key for o in s3.list_objects(bucket, recursive=True)), 240)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not any(o.object_name == run.config.output.key for o in s3.list_objects(bucket, recursive=True))
+
+    code, out = run.run()
+    assert code == 0, out[-4000:]
+    events = log_events(out)
+    assert [e["resumed_step"] for e in events if "resumed_step" in e] == [2]
+    assert [e["step"] for e in events if "step" in e] == [3, 4]  # steps 1-2 were not redone
+    # Same seed, same spec, other uid: the same latents, so the same bytes from the encoder.
+    assert s3.get_object(bucket, run.config.output.key).read() == want
+
+
+def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path) -> None:
+    empty = tmp_path / "empty-claim"
+    empty.mkdir()
+    run = make_run(ckpt=empty)
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
+    assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
+    reason, message = contract.parse_termination_message(termination.read_text())
+    assert reason == contract.CHECKPOINT_INVALID
+    assert str(empty) in message and "put the official ti2v-5B folder" in message
+    assert list(s3.list_objects(bucket, recursive=True, prefix=run.config.output.key)) == []
+
+
+def test_unreadable_image_is_fatal(make_run, s3, bucket, tmp_path) -> None:
+    s3.put_object(bucket, "inputs/not-an-image.jpg", __import__("io").BytesIO(b"<html>nope</html>"), 17)
+    run = make_run({**SPEC, "inputImage": f"s3://{bucket}/inputs/not-an-image.jpg"})
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
+    assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
+    reason, message = contract.parse_termination_message(termination.read_text())
+    assert reason == contract.IMAGE_NOT_READABLE and "not a readable image" in message
+
+
+def test_bad_credentials_are_fatal_and_store_down_is_temporary(make_run, tmp_path) -> None:
+    run = make_run()
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    code, _ = run.run(**{contract.SECRET_KEY_ENV: "wrong", TERMINATION_PATH_ENV: str(termination)})
+    assert code == contract.EXIT_INVALID_INPUT
+    assert contract.parse_termination_message(termination.read_text())[0] == contract.SECRET_INVALID
+
+    down = run.config.model_copy(update={"output": run.config.output.model_copy(
+        update={"endpoint": "http://127.0.0.1:9"})})  # discard port: nothing listens
+    run.config_path.write_text(down.model_dump_json())
+    code, _ = run.run(**{TERMINATION_PATH_ENV: str(termination)})
+    assert code == EXIT_TEMPORARY
+    assert contract.parse_termination_message(termination.read_text())[0] == "StoreUnavailable"
