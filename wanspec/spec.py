@@ -487,8 +487,10 @@ class VideoGenerationSpec(ApiModel):
         None,
         ge=1,
         le=604_800,
-        description="Longest time an attempt may run once its pods started, after which it ends "
-        "Failed (reason DeadlineExceeded). Unset: no limit.",
+        description="Longest time one attempt's Job may exist, counted from the Job's start (its "
+        "creation, or the moment it is unsuspended; "
+        "time spent pending counts too; see startTimeoutSeconds for the pending part alone), after "
+        "which it ends Failed (reason DeadlineExceeded). Unset: no limit.",
     )
     placement: Placement = Field(
         default_factory=Placement,
