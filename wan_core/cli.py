@@ -30,14 +30,13 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from wan_core.parallel.rules import flag_problems
 from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, TASKS, Size, TaskSpec, check_frame_num
 
 if TYPE_CHECKING:
-    from wan_core.parallel import ParallelLayout, StepWatchdog
+    from wan_core.parallel import ParallelLayout
 
 log = logging.getLogger("wan_core.generate")
 
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         parser.error("\n  ".join(problems))
     # Heavy imports only after the flags are known to be good.
-    from wan_core.parallel import ParallelLayout, StepWatchdog, collective_timeout, init_distributed, shutdown
+    from wan_core.parallel import ParallelLayout, collective_timeout, init_distributed, shutdown
 
     task = TASKS[args.task]
     layout = init_distributed(ParallelLayout.from_env(
@@ -177,21 +176,26 @@ def main(argv: list[str] | None = None) -> int:
                         format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)
     if not layout.distributed:
         return _generate(args, task, layout, None)
-    # A rank stuck outside a collective (whose peers time out) ends itself after the same bound.
-    with StepWatchdog(collective_timeout(), layout.rank) as watchdog:
-        status = _generate(args, task, layout, watchdog)
-        watchdog.beat("generate")
-        if status == 0:  # a failed rank skips the final barrier; its peers' collectives time out
-            shutdown(layout)
+    status = _generate(args, task, layout, collective_timeout())
+    if status == 0:  # a failed rank skips the final barrier; its peers' collectives time out
+        shutdown(layout)
     return status
 
 
-def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, watchdog: StepWatchdog | None) -> int:
-    """Load, generate and (rank 0) save; `watchdog` (torchrun) is fed after every step."""
+def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, step_timeout: float | None) -> int:
+    """Load, generate and (rank 0) save.
+
+    step_timeout (torchrun): from the end of loading to the save, a rank that makes no progress
+    for this long (one sampling step, or the decode and save) ends itself, so a rank stuck outside
+    a collective exits like its peers, whose collectives time out after the same bound. Loading is
+    bounded by the peers' first collective after it.
+    """
+    from contextlib import nullcontext
+
     from PIL import Image, UnidentifiedImageError
 
     from wan_core.checkpoint.errors import CheckpointError
-    from wan_core.parallel import broadcast_seed
+    from wan_core.parallel import StepWatchdog, broadcast_seed
     from wan_core.pipelines import load_pipeline, resolve_seed
     from wan_core.video import save_video
 
@@ -214,22 +218,23 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
         return 1
     log.info("loaded on %s (%s)", pipe.device, str(pipe.dtype).removeprefix("torch."))
     progress = _Progress() if layout.is_main else None
+    watchdog = StepWatchdog(step_timeout, layout.rank) if step_timeout is not None else None
 
     options = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
                    sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
                    n_prompt=args.negative_prompt, seed=seed, offload_model=args.offload_model,
                    callback=watchdog.chain(progress) if watchdog is not None else progress)
-    if task.name == "i2v-A14B":
-        video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
-    elif task.name == "ti2v-5B":
-        video = pipe.generate(prompt, img=image, size=args.size, **options)
-    else:
-        video = pipe.generate(prompt, size=args.size, **options)
-
-    if not layout.is_main:
-        return 0
-    save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)
-    path = save_video(video, save_file, args.fps or task.fps)
+    with watchdog or nullcontext():
+        if task.name == "i2v-A14B":
+            video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
+        elif task.name == "ti2v-5B":
+            video = pipe.generate(prompt, img=image, size=args.size, **options)
+        else:
+            video = pipe.generate(prompt, size=args.size, **options)
+        if not layout.is_main:  # only rank 0 decoded (spec §9)
+            return 0
+        save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)
+        path = save_video(video, save_file, args.fps or task.fps)
     log.info("saved %s (%d frames, %dx%d, %d fps)", path, video.shape[1], video.shape[3], video.shape[2],
              args.fps or task.fps)
     return 0

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from parallel_cases import CASES, run_case
+from parallel_dit_inputs import dit_inputs
 
 from wan_core.checkpoint.dit import load_dit_experts
 from wan_core.pipelines import load_pipeline
 from wanspec.tasks import TASKS
-
-from parallel_cases import CASES, run_case
-from parallel_dit_inputs import dit_inputs
 
 HERE = Path(__file__).parent
 REPO = HERE.parents[2]
