@@ -1,0 +1,102 @@
+"""The runner's decisions without a cluster: exit codes, the pod's verdict from its ranks, the
+progress throttle, image checks, run identity, the rendezvous name wait."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from runner_cases import SPEC
+
+from runner import errors
+from runner.inputs import MAX_IMAGE_PIXELS, check_image, read_limited, run_identity
+from runner.main import resolve_master, verdict
+from runner.report import Throttle
+from wanops_operator.config import OperatorConfig
+from wanops_operator.render import runner_config
+from wanspec import contract
+from wanspec.validate import parse
+
+
+def _config(uid: str = "u-1", attempt: int = 0, **spec_changes) -> contract.RunnerConfig:
+    vg = {"metadata": {"name": "cats", "namespace": "ns", "uid": uid}, "spec": {**SPEC, **spec_changes}}
+    op = OperatorConfig(store_endpoint="http://s3", store_bucket="videos")
+    return runner_config(vg, parse(vg["spec"]), attempt=attempt, config=op)
+
+
+def test_exit_codes_match_the_pod_failure_policy() -> None:
+    bad = errors.bad_input(contract.IMAGE_NOT_READABLE, "fix it")
+    assert bad.exit_code == contract.EXIT_INVALID_INPUT == 42
+    assert bad.termination_message == "ImageNotReadable: fix it"
+    assert contract.parse_termination_message(bad.termination_message) == ("ImageNotReadable", "fix it")
+    later = errors.temporary(errors.STORE_UNAVAILABLE, "down")
+    assert later.exit_code == errors.EXIT_TEMPORARY != contract.EXIT_INVALID_INPUT
+
+
+def _outcome(folder: Path, rank: int, err: errors.RunnerError) -> None:
+    (folder / f"rank-{rank}.json").write_text(
+        json.dumps({"reason": err.reason, "message": err.message, "fatal": err.fatal})
+    )
+
+
+def test_verdict_prefers_bad_input_over_the_failures_it_caused(tmp_path: Path) -> None:
+    assert verdict(0, tmp_path) is None
+    _outcome(tmp_path, 0, errors.temporary(errors.WORKER_FAILED, "peer gone"))
+    _outcome(tmp_path, 1, errors.bad_input(contract.CHECKPOINT_INVALID, "shard missing"))
+    got = verdict(1, tmp_path)
+    assert got is not None and got.fatal and got.reason == contract.CHECKPOINT_INVALID
+
+
+def test_verdict_without_an_explanation_is_retriable(tmp_path: Path) -> None:
+    got = verdict(1, tmp_path)  # e.g. a rank killed by the OOM killer
+    assert got is not None and not got.fatal and got.exit_code == errors.EXIT_TEMPORARY
+    assert "torchrun exited 1" in got.message
+
+
+def test_throttle_lets_through_about_one_event_a_second() -> None:
+    now = [0.0]
+    throttle = Throttle(1.0, clock=lambda: now[0])
+    sent = []
+    for i in range(30):  # 30 steps of 0.25 s (exact in binary)
+        sent.append(throttle.ready(force=i == 29))
+        now[0] += 0.25
+    assert [i for i, s in enumerate(sent) if s] == [0, 4, 8, 12, 16, 20, 24, 28, 29]
+
+
+def test_run_identity_is_stable_across_attempts_only() -> None:
+    first = run_identity(_config())
+    assert run_identity(_config(attempt=3)) == first
+    assert run_identity(_config(uid="u-2")) != first
+    assert run_identity(_config(seed=8)) != first
+    assert run_identity(_config(prompt="a cat")) != first
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB" if size[0] * size[1] < 1e6 else "1", size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_images_are_checked_for_content_and_size() -> None:
+    assert check_image(_png((64, 32)), "s3://b/ok.png").size == (64, 32)
+    with pytest.raises(errors.RunnerError, match="not a readable image") as e:
+        check_image(b"<html>404</html>", "https://x/cat.jpg")
+    assert e.value.fatal and e.value.reason == contract.IMAGE_NOT_READABLE
+    with pytest.raises(errors.RunnerError, match="not a readable image"):
+        check_image(_png((64, 32))[:60], "s3://b/truncated.png")
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    with pytest.raises(errors.RunnerError, match="pixels"):
+        check_image(_png((side, side)), "s3://b/bomb.png")
+    with pytest.raises(errors.RunnerError, match="larger than 1 MiB") as e:
+        read_limited(io.BytesIO(b"\0" * ((1 << 20) + 1)), 1 << 20, "https://x/huge.jpg")
+    assert e.value.fatal
+
+
+def test_rank_zero_name_is_awaited_then_a_temporary_failure() -> None:
+    assert resolve_master("localhost", 1.0) == "localhost"
+    with pytest.raises(errors.RunnerError, match="did not resolve within") as e:
+        resolve_master("rank0.wanops-test.invalid", 0.3, interval_s=0.1)
+    assert not e.value.fatal and e.value.reason == errors.RENDEZVOUS_UNRESOLVED
