@@ -124,6 +124,12 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
     run_id = run_identity(cfg)
     log.info("run %s of %s/%s, attempt %d, node rank %d", run_id, cfg.resource.namespace, cfg.resource.name,
              cfg.attempt, node_rank, extra={"run": run_id, "attempt": cfg.attempt})
+    if cfg.resolved.spec.prompt_extension is not None:  # as the CLI's --use_prompt_extend
+        raise errors.bad_input(
+            errors.PROMPT_EXTENSION_UNSUPPORTED,
+            "prompt extension is not implemented in the runner yet; remove spec.promptExtension "
+            "and put the extended prompt in spec.prompt",
+        )
     store = Store.from_env(cfg.output, env)
     store.check()
 
