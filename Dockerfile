@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+# wanops images, one file, two targets:
+#   docker build --target operator -t wanops/operator .   slim Python, no torch (wanops[operator])
+#   docker build --target runner   -t wanops/runner   .   CUDA runtime, torch, wanops[runner]
+#        --build-arg WITH_FLASH_ATTN=1                     also flash-attn (compiled in the builder)
+# Both install through docker/install.sh, which the test suite runs too, and end as a numeric
+# non-root user with no compilers or package caches in the final stage.
+#
+# Bases are pinned by exact tag. No registry is reachable where this file was written, so no digest
+# could be read; pin digests in your own build (docker buildx imagetools inspect <tag>) if your
+# policy asks for them.
+ARG PYTHON_BASE=python:3.12.12-slim-bookworm
+ARG CUDA_DEVEL_BASE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
+ARG CUDA_RUNTIME_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+# ---- operator --------------------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS operator-build
+ENV PIP_NO_CACHE_DIR=1 PYTHON=/opt/venv/bin/python
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md wanops_cli.py /src/
+COPY wanspec /src/wanspec
+COPY wan_core /src/wan_core
+COPY localcluster /src/localcluster
+COPY runner /src/runner
+COPY wanops_operator /src/wanops_operator
+COPY docker/install.sh /src/docker/install.sh
+RUN SRC=/src /src/docker/install.sh operator
+
+FROM ${PYTHON_BASE} AS operator
+COPY --from=operator-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 65532:65532
+# Probe (kopf liveness) and metrics ports; the chart sets both through WANOPS_* variables.
+EXPOSE 8080 8000
+ENTRYPOINT ["python", "-m", "wanops_operator"]
+
+# ---- runner ----------------------------------------------------------------------------------
+FROM ${CUDA_DEVEL_BASE} AS runner-build
+ARG WITH_FLASH_ATTN=0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ENV PIP_NO_CACHE_DIR=1 PYTHON=/opt/venv/bin/python DEBIAN_FRONTEND=noninteractive
+# Ubuntu 24.04's own Python (3.12): the runtime stage installs the same package, so the venv's
+# interpreter link stays valid after the copy. The pinned base fixes the release; the archive
+# serves that release's current security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+COPY pyproject.toml README.md wanops_cli.py /src/
+COPY wanspec /src/wanspec
+COPY wan_core /src/wan_core
+COPY localcluster /src/localcluster
+COPY runner /src/runner
+COPY wanops_operator /src/wanops_operator
+COPY docker/install.sh /src/docker/install.sh
+RUN SRC=/src WITH_FLASH_ATTN=${WITH_FLASH_ATTN} TORCH_INDEX_URL=${TORCH_INDEX_URL} \
+    /src/docker/install.sh runner
+
+FROM ${CUDA_RUNTIME_BASE} AS runner
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=runner-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 65532:65532
+WORKDIR /tmp
+ENTRYPOINT ["python", "-m", "runner"]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs wanops for one image target into the Python environment of $PYTHON, then proves the
+# result: the Dockerfile's build stages run it, and so does the test suite (into a throw-away venv),
+# so an image and CI can never disagree about what "installed" means.
+#
+#   docker/install.sh operator   wanops[operator]; torch must NOT be importable afterwards
+#   docker/install.sh runner     torch (from $TORCH_INDEX_URL) and wanops[runner];
+#                                flash-attn too when WITH_FLASH_ATTN=1 (needs nvcc: devel base)
+#
+# Environment: PYTHON (default python3), SRC (the wanops source tree, default: this script's
+# checkout), TORCH_INDEX_URL (default: the PyTorch CUDA 12.8 wheels), PIP_NO_CACHE_DIR as usual.
+set -euo pipefail
+
+target=${1:?usage: docker/install.sh operator|runner}
+PYTHON=${PYTHON:-python3}
+SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}
+pip=("$PYTHON" -m pip install --disable-pip-version-check)
+
+case "$target" in
+operator)
+  "${pip[@]}" "${SRC}[operator]"
+  "$PYTHON" - <<'PY'
+import importlib.util, sys
+import wanops_cli, wanops_operator.__main__  # noqa: F401  (handlers register on import)
+if importlib.util.find_spec("torch") is not None:
+    sys.exit("operator install: torch is installed, but the operator image must stay without it")
+print("operator install: ok (wanops_operator imports, no torch)")
+PY
+  ;;
+runner)
+  # torch first, from the CUDA index, so the extra's `torch>=…` is already satisfied by a CUDA build.
+  "${pip[@]}" --index-url "$TORCH_INDEX_URL" torch
+  "${pip[@]}" "${SRC}[runner]"
+  if [[ "${WITH_FLASH_ATTN:-0}" == 1 ]]; then
+    "${pip[@]}" --no-build-isolation flash-attn
+  fi
+  "$PYTHON" - <<'PY'
+import torch, wanops_cli, runner.main, wan_core.cli  # noqa: F401
+print(f"runner install: ok (torch {torch.__version__}, CUDA {torch.version.cuda})")
+PY
+  ;;
+*)
+  echo "docker/install.sh: unknown target '$target' (operator or runner)" >&2
+  exit 2
+  ;;
+esac
