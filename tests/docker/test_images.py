@@ -51,12 +51,11 @@ def test_install_script_passes_shellcheck() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_bases_are_pinned_by_exact_tag() -> None:
+def test_bases_are_pinned_by_exact_tag_and_digest() -> None:
     bases = re.findall(r"^ARG \w+_BASE=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
     assert len(bases) == 3
     for image in bases:
-        tag = image.rpartition(":")[2]
-        assert "@sha256:" in image or re.match(r"\d+\.\d+\.\d+-", tag), f"{image}: not an exact tag"
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+-[\w.-]+@sha256:[0-9a-f]{64}", image), image
 
 
 @pytest.mark.parametrize("stage", FINAL_STAGES)
