@@ -79,10 +79,18 @@ def check_image(data: bytes, source: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{image.width}x{image.height} pixels is more than {MAX_IMAGE_PIXELS}")
+                raise ValueError(
+                    f"{image.width}x{image.height} pixels is more than {MAX_IMAGE_PIXELS}"
+                )
             image.load()
         return image.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombWarning,
+        Image.DecompressionBombError,
+    ) as e:
         raise errors.bad_input(
             contract.IMAGE_NOT_READABLE,
             f"{source} is not a readable image ({e}); spec.inputImage must point at a JPEG, PNG or "
@@ -128,7 +136,9 @@ def fetch_image(uri: str, store: Store, dest: Path) -> Path:
     elif uri.startswith("https://"):
         data = _https(uri)
     else:  # the CRD's pattern admits only these two; a hand-written config may not
-        raise errors.bad_input(contract.IMAGE_NOT_READABLE, f"{uri}: only s3:// and https:// images are supported")
+        raise errors.bad_input(
+            contract.IMAGE_NOT_READABLE, f"{uri}: only s3:// and https:// images are supported"
+        )
     assert data is not None
     check_image(data, uri).save(dest, format="PNG")
     return dest

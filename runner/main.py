@@ -96,7 +96,9 @@ def verdict(returncode: int, outcome_dir: Path) -> errors.RunnerError | None:
     )
 
 
-def decode_saved(cfg: contract.RunnerConfig, store: Store, run_id: str, latent_bytes: bytes, work_dir: Path) -> None:
+def decode_saved(
+    cfg: contract.RunnerConfig, store: Store, run_id: str, latent_bytes: bytes, work_dir: Path
+) -> None:
     """A retry after a failed decode or upload: decode the saved latent with the VAE alone."""
     import torch
 
@@ -110,11 +112,15 @@ def decode_saved(cfg: contract.RunnerConfig, store: Store, run_id: str, latent_b
     task = get_task(cfg.resolved.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     folder = inspect_folder(cfg.checkpoint_dir, task.name)
-    vae = load_vae(folder.vae, kind="2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2", device=device)
+    vae = load_vae(
+        folder.vae, kind="2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2", device=device
+    )
     latent = from_bytes(latent_bytes, device)
     log.info("decoding the saved final latent of run %s (sampling is not repeated)", run_id)
     reporter = report.StatusReporter(cfg.resource, report.api_client())
-    finish(cfg, store, run_id, latent, lambda z: vae.decode(z[None])[0], reporter, Metrics(), work_dir)
+    finish(
+        cfg, store, run_id, latent, lambda z: vae.decode(z[None])[0], reporter, Metrics(), work_dir
+    )
 
 
 def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
@@ -122,8 +128,15 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
     cfg = load_config(env)
     node_rank = int(env.get("PET_NODE_RANK", "0"))
     run_id = run_identity(cfg)
-    log.info("run %s of %s/%s, attempt %d, node rank %d", run_id, cfg.resource.namespace, cfg.resource.name,
-             cfg.attempt, node_rank, extra={"run": run_id, "attempt": cfg.attempt})
+    log.info(
+        "run %s of %s/%s, attempt %d, node rank %d",
+        run_id,
+        cfg.resource.namespace,
+        cfg.resource.name,
+        cfg.attempt,
+        node_rank,
+        extra={"run": run_id, "attempt": cfg.attempt},
+    )
     if cfg.resolved.spec.prompt_extension is not None:  # as the CLI's --use_prompt_extend
         raise errors.bad_input(
             errors.PROMPT_EXTENSION_UNSUPPORTED,
@@ -164,8 +177,10 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
     if cfg.resolved.spec.input_image is not None:
         image = fetch_image(cfg.resolved.spec.input_image, store, work_dir / "input.png")
         worker_env[IMAGE_ENV] = str(image)
-    master = resolve_master(env.get("PET_MASTER_ADDR", "127.0.0.1"),
-                            float(env.get(DNS_TIMEOUT_ENV, DEFAULT_DNS_TIMEOUT_S)))
+    master = resolve_master(
+        env.get("PET_MASTER_ADDR", "127.0.0.1"),
+        float(env.get(DNS_TIMEOUT_ENV, DEFAULT_DNS_TIMEOUT_S)),
+    )
     outcome_dir = work_dir / "outcome"
     outcome_dir.mkdir()
     worker_env[OUTCOME_DIR_ENV] = str(outcome_dir)
@@ -198,7 +213,9 @@ def main() -> int:
         code = e.exit_code
     except Exception as e:  # a bug: retried, and the termination message says what crashed
         log.exception("runner failed")
-        errors.write_termination_message(contract.termination_message(errors.WORKER_FAILED, f"{type(e).__name__}: {e}"))
+        errors.write_termination_message(
+            contract.termination_message(errors.WORKER_FAILED, f"{type(e).__name__}: {e}")
+        )
         code = 1
     if int(env.get("PET_NODE_RANK", "0")) == 0:
         upload_log(env, log_file)

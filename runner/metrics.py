@@ -28,18 +28,30 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.steps = Counter("wanops_runner_steps", "Denoising steps done by this process.", registry=r)
+        self.steps = Counter(
+            "wanops_runner_steps", "Denoising steps done by this process.", registry=r
+        )
         self.step_seconds = Histogram(
-            "wanops_runner_step_seconds", "Wall time of one denoising step.", buckets=_STEP_BUCKETS, registry=r
+            "wanops_runner_step_seconds",
+            "Wall time of one denoising step.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
         )
         self.steps_per_second = Gauge(
-            "wanops_runner_steps_per_second", "Denoising steps per second, over the run so far.", registry=r
+            "wanops_runner_steps_per_second",
+            "Denoising steps per second, over the run so far.",
+            registry=r,
         )
         self.peak_gpu_memory = Gauge(
-            "wanops_runner_peak_gpu_memory_bytes", "Peak GPU memory allocated by this process.", registry=r
+            "wanops_runner_peak_gpu_memory_bytes",
+            "Peak GPU memory allocated by this process.",
+            registry=r,
         )
         self.phase_seconds = Gauge(
-            "wanops_runner_phase_seconds", "Wall time of each phase of the run.", ["phase"], registry=r
+            "wanops_runner_phase_seconds",
+            "Wall time of each phase of the run.",
+            ["phase"],
+            registry=r,
         )
         self._first: float | None = None
         self._last: float | None = None

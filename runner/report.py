@@ -45,7 +45,9 @@ STAGE_PERCENT = {
 class Throttle:
     """Lets an event through at most once per `interval_s`; forced events always pass."""
 
-    def __init__(self, interval_s: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, interval_s: float = PROGRESS_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ):
         self.interval_s = interval_s
         self.clock = clock
         self._last: float | None = None
@@ -69,7 +71,9 @@ def api_client() -> client.ApiClient:
 class StatusReporter:
     """Patches progress and output of one VideoGeneration."""
 
-    def __init__(self, resource: ResourceRef, api: client.ApiClient, *, throttle: Throttle | None = None) -> None:
+    def __init__(
+        self, resource: ResourceRef, api: client.ApiClient, *, throttle: Throttle | None = None
+    ) -> None:
         self.resource = resource
         self.custom = client.CustomObjectsApi(api)
         self.throttle = throttle or Throttle()
@@ -79,21 +83,31 @@ class StatusReporter:
     def _patch(self, status: dict) -> None:
         r = self.resource
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, r.namespace, PLURAL, r.name, {"status": status}, _request_timeout=REQUEST_TIMEOUT_S
+            GROUP,
+            VERSION,
+            r.namespace,
+            PLURAL,
+            r.name,
+            {"status": status},
+            _request_timeout=REQUEST_TIMEOUT_S,
         )
 
     def _progress(self, progress: Progress, force: bool) -> bool:
         if not self.throttle.ready(force):
             return False
         try:
-            self._patch({"progress": progress.model_dump(by_alias=True, exclude_none=True, mode="json")})
+            self._patch(
+                {"progress": progress.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            )
         except (ApiException, HTTPError, OSError) as e:
             log.warning("status: progress patch failed: %s", e)
         return True
 
     def stage(self, stage: str, total_steps: int, step: int = 0) -> None:
         """A new stage; always sent."""
-        progress = Progress(stage=stage, step=step, total_steps=total_steps, percent=STAGE_PERCENT[stage])
+        progress = Progress(
+            stage=stage, step=step, total_steps=total_steps, percent=STAGE_PERCENT[stage]
+        )
         self._progress(progress, force=True)
 
     def step(self, step: int, total: int, expert: str | None) -> bool:
@@ -104,13 +118,23 @@ class StatusReporter:
             self._first_step = (step - 1, now - 1e-9)  # resumed runs start past step 0
         done, since = step - self._first_step[0], now - self._first_step[1]
         eta = int((total - step) * since / done) if done > 0 else None
-        percent = STAGE_PERCENT["Denoising"] + (STAGE_PERCENT["Decoding"] - STAGE_PERCENT["Denoising"]) * step // total
+        percent = (
+            STAGE_PERCENT["Denoising"]
+            + (STAGE_PERCENT["Decoding"] - STAGE_PERCENT["Denoising"]) * step // total
+        )
         progress = Progress(
-            stage="Denoising", step=step, total_steps=total, expert=expert, percent=percent, eta_seconds=eta
+            stage="Denoising",
+            step=step,
+            total_steps=total,
+            expert=expert,
+            percent=percent,
+            eta_seconds=eta,
         )
         return self._progress(progress, force=step in (1, total))
 
-    def output(self, published: Published, total_steps: int, log_uri: str | None, attempts: int = 5) -> None:
+    def output(
+        self, published: Published, total_steps: int, log_uri: str | None, attempts: int = 5
+    ) -> None:
         """The finished video in `status.output` (and progress at 100 %); retried, then a
         temporary failure."""
         status = {

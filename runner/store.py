@@ -53,7 +53,13 @@ META_RUN = "wanops-run"
 _AMZ_META = "x-amz-meta-"
 CONTENT_TYPE = "video/mp4"
 # S3's refusals of a key pair, plus versitygw's answer to an unknown access key.
-_AUTH_CODES = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "XAdminUserNotFound")
+_AUTH_CODES = (
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "XAdminUserNotFound",
+)
 _MISSING_CODES = ("NoSuchKey", "NotFound", "ResourceNotFound")
 
 
@@ -163,7 +169,9 @@ class Store:
                 problem = e
             if attempt + 1 < self.attempts:
                 delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-                log.warning("store: %s failed (%s); retry %d in %.1f s", what, problem, attempt + 1, delay)
+                log.warning(
+                    "store: %s failed (%s); retry %d in %.1f s", what, problem, attempt + 1, delay
+                )
                 time.sleep(delay)
         raise errors.temporary(
             errors.STORE_UNAVAILABLE,
@@ -188,7 +196,9 @@ class Store:
         # A signed listing, not HEAD: HEAD answers carry no error code to tell the causes apart.
         self._call(
             "list the bucket",
-            lambda: next(iter(self.client.list_objects(self.output.bucket, prefix=self.output.key)), None),
+            lambda: next(
+                iter(self.client.list_objects(self.output.bucket, prefix=self.output.key)), None
+            ),
         )
 
     def finished(self, run_id: str) -> Published | None:
@@ -213,7 +223,10 @@ class Store:
             lambda: self.client.fput_object(bucket, tmp, str(path), CONTENT_TYPE, metadata=meta),
         )
         # Server-side copy keeps the metadata (directive COPY): the final object is born complete.
-        self._call(f"publish {self.uri(key)}", lambda: self.client.copy_object(bucket, key, CopySource(bucket, tmp)))
+        self._call(
+            f"publish {self.uri(key)}",
+            lambda: self.client.copy_object(bucket, key, CopySource(bucket, tmp)),
+        )
         self._call(f"remove {self.uri(tmp)}", lambda: self.client.remove_object(bucket, tmp))
         log.info("store: published %s (%d bytes, sha256 %s)", self.uri(key), size, sha)
         return Published(self.uri(key), sha, size)
@@ -223,7 +236,9 @@ class Store:
         key = self.output.log_key
         self._call(
             f"upload {self.uri(key)}",
-            lambda: self.client.fput_object(self.output.bucket, key, str(path), "text/plain; charset=utf-8"),
+            lambda: self.client.fput_object(
+                self.output.bucket, key, str(path), "text/plain; charset=utf-8"
+            ),
         )
         return self.uri(key)
 
@@ -245,15 +260,22 @@ class Store:
         prefix = self.work_prefix(run_id)
         objects = self._call(
             f"list {self.uri(prefix)}",
-            lambda: list(self.client.list_objects(self.output.bucket, prefix=prefix, recursive=True)),
+            lambda: list(
+                self.client.list_objects(self.output.bucket, prefix=prefix, recursive=True)
+            ),
         )
         for obj in objects:
             name = obj.object_name
-            self._call(f"remove {self.uri(name)}", lambda n=name: self.client.remove_object(self.output.bucket, n))
+            self._call(
+                f"remove {self.uri(name)}",
+                lambda n=name: self.client.remove_object(self.output.bucket, n),
+            )
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    def read(self, bucket: str, key: str, *, limit: int | None = None, missing_ok: bool = False) -> bytes | None:
+    def read(
+        self, bucket: str, key: str, *, limit: int | None = None, missing_ok: bool = False
+    ) -> bytes | None:
         """An object's bytes (at most `limit`, else ValueError); a missing object or bucket is
         None with `missing_ok`, else ObjectMissing."""
 

@@ -61,7 +61,9 @@ def from_bytes(data: bytes, device: torch.device | str) -> Any:
 class StoreLoopCheckpoint:
     """The sampling loop's state in the store every `every` steps (rank 0 writes, all ranks read)."""
 
-    def __init__(self, store: Store, run_id: str, every: int, *, writer: bool, device: torch.device) -> None:
+    def __init__(
+        self, store: Store, run_id: str, every: int, *, writer: bool, device: torch.device
+    ) -> None:
         self.store, self.run_id, self.every = store, run_id, every
         self.writer, self.device = writer, device
 
@@ -70,7 +72,9 @@ class StoreLoopCheckpoint:
         if data is None:
             return None
         saved = from_bytes(data, self.device)
-        log.info("resuming sampling after step %d", saved["step"], extra={"resumed_step": saved["step"]})
+        log.info(
+            "resuming sampling after step %d", saved["step"], extra={"resumed_step": saved["step"]}
+        )
         return LoopState(saved["step"], saved["latent"], saved["solver"])
 
     def save(self, state: LoopState) -> None:
@@ -81,15 +85,26 @@ class StoreLoopCheckpoint:
         log.info("saved sampling state after step %d", state.step, extra={"saved_step": state.step})
 
 
-def sample(pipe: WanPipeline, r: ResolvedSpec, opts: SamplingOptions, image: Image.Image | None,
-           callback: Any) -> Tensor:
+def sample(
+    pipe: WanPipeline,
+    r: ResolvedSpec,
+    opts: SamplingOptions,
+    image: Image.Image | None,
+    callback: Any,
+) -> Tensor:
     """The task's sampling steps with the resolved values; returns the final latent (no decode)."""
     prompt, n_prompt, area = r.spec.prompt, r.negative_prompt, r.width * r.height
     if r.task == "i2v-A14B":
-        return pipe.run(prompt, image, area, opts, n_prompt=n_prompt, callback=callback, decode=False)
+        return pipe.run(
+            prompt, image, area, opts, n_prompt=n_prompt, callback=callback, decode=False
+        )
     if r.task == "ti2v-5B" and image is not None:
-        return pipe.run_image(prompt, image, area, opts, n_prompt=n_prompt, callback=callback, decode=False)
-    return pipe.run(prompt, r.width, r.height, opts, n_prompt=n_prompt, callback=callback, decode=False)
+        return pipe.run_image(
+            prompt, image, area, opts, n_prompt=n_prompt, callback=callback, decode=False
+        )
+    return pipe.run(
+        prompt, r.width, r.height, opts, n_prompt=n_prompt, callback=callback, decode=False
+    )
 
 
 def finish(
@@ -132,8 +147,14 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
 
     r = cfg.resolved
     try:
-        layout = ParallelLayout.from_env(r.task, ulysses=r.ulysses, cfg_parallel=r.cfg_parallel,
-                                         dit_fsdp=r.dit_fsdp, t5_fsdp=r.t5_fsdp, t5_cpu=r.t5_cpu)
+        layout = ParallelLayout.from_env(
+            r.task,
+            ulysses=r.ulysses,
+            cfg_parallel=r.cfg_parallel,
+            dit_fsdp=r.dit_fsdp,
+            t5_fsdp=r.t5_fsdp,
+            t5_cpu=r.t5_cpu,
+        )
     except LayoutError as e:
         raise errors.bad_input(errors.CONFIG_INVALID, f"the GPU layout cannot run: {e}") from e
     layout = init_distributed(layout)
@@ -149,15 +170,30 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
 
     with metrics.phase("load"):
         try:
-            pipe = load_pipeline(r.task, cfg.checkpoint_dir, offload_model=r.offload_model,
-                                 convert_model_dtype=r.convert_model_dtype, t5_cpu=r.t5_cpu, parallel=layout)
+            pipe = load_pipeline(
+                r.task,
+                cfg.checkpoint_dir,
+                offload_model=r.offload_model,
+                convert_model_dtype=r.convert_model_dtype,
+                t5_cpu=r.t5_cpu,
+                parallel=layout,
+            )
         except CheckpointError as e:
-            raise errors.bad_input(contract.CHECKPOINT_INVALID, f"{e}; fix the files in the checkpoint claim") from e
-    opts = pipe.sampling_options(frame_num=r.frames, shift=r.shift, sample_solver=r.solver,
-                                 sampling_steps=r.steps, guide_scale=r.guide_scale, seed=cfg.seed,
-                                 offload_model=r.offload_model)
-    resume = StoreLoopCheckpoint(store, run_id, cfg.checkpoint_every_steps, writer=layout.is_main,
-                                 device=pipe.device)
+            raise errors.bad_input(
+                contract.CHECKPOINT_INVALID, f"{e}; fix the files in the checkpoint claim"
+            ) from e
+    opts = pipe.sampling_options(
+        frame_num=r.frames,
+        shift=r.shift,
+        sample_solver=r.solver,
+        sampling_steps=r.steps,
+        guide_scale=r.guide_scale,
+        seed=cfg.seed,
+        offload_model=r.offload_model,
+    )
+    resume = StoreLoopCheckpoint(
+        store, run_id, cfg.checkpoint_every_steps, writer=layout.is_main, device=pipe.device
+    )
     opts = dataclasses.replace(opts, checkpoint=resume)
 
     def on_step(step: int, total: int, expert: str | None) -> None:
@@ -166,11 +202,15 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         if reporter is not None:
             reporter.step(step, total, expert)
 
-    watchdog = StepWatchdog(collective_timeout(), layout.rank) if layout.distributed else nullcontext()
+    watchdog = (
+        StepWatchdog(collective_timeout(), layout.rank) if layout.distributed else nullcontext()
+    )
     with watchdog as dog:
         metrics.start_steps()
         with metrics.phase("sample"):
-            latent = sample(pipe, r, opts, image, dog.chain(on_step) if dog is not None else on_step)
+            latent = sample(
+                pipe, r, opts, image, dog.chain(on_step) if dog is not None else on_step
+            )
         if reporter is not None:  # rank 0; the others wait for it at the final barrier
             store.put_work(run_id, LATENTS, to_bytes(latent))
             finish(cfg, store, run_id, latent, pipe.decode, reporter, metrics, work_dir)

@@ -50,29 +50,84 @@ def setup(api: client.ApiClient, cluster: LocalCluster, sample: dict) -> None:
         write_tiny_checkpoint(sample["spec"]["task"], ckpt)
 
     print("== installing the CRD, RBAC, the store Secret and the checkpoint claim")
-    ext, core, rbac = client.ApiextensionsV1Api(api), client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    ext, core, rbac = (
+        client.ApiextensionsV1Api(api),
+        client.CoreV1Api(api),
+        client.RbacAuthorizationV1Api(api),
+    )
     crd = yaml.safe_load((ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml").read_text())
-    ext.patch_custom_resource_definition(crd["metadata"]["name"], crd, field_manager="wanops-demo", force=True,
-                                         _content_type="application/apply-patch+yaml")
+    ext.patch_custom_resource_definition(
+        crd["metadata"]["name"],
+        crd,
+        field_manager="wanops-demo",
+        force=True,
+        _content_type="application/apply-patch+yaml",
+    )
     create(core.create_namespace, {"metadata": {"name": ns}})
-    wait_for(lambda: core.list_namespaced_service_account(ns, field_selector="metadata.name=default").items,
-             what="the namespace's default ServiceAccount")
+    wait_for(
+        lambda: (
+            core.list_namespaced_service_account(ns, field_selector="metadata.name=default").items
+        ),
+        what="the namespace's default ServiceAccount",
+    )
     create(core.create_namespaced_service_account, ns, {"metadata": {"name": RUNNER_SA}})
-    create(rbac.create_namespaced_role, ns, {"metadata": {"name": RUNNER_SA}, "rules": [
-        {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}]})
-    create(rbac.create_namespaced_role_binding, ns, {
-        "metadata": {"name": RUNNER_SA},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-        "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": ns}]})
-    create(core.create_namespaced_secret, ns, {"metadata": {"name": STORE_SECRET}, "stringData": {
-        contract.ACCESS_KEY_ENV: cluster.s3_access_key, contract.SECRET_KEY_ENV: cluster.s3_secret_key}})
+    create(
+        rbac.create_namespaced_role,
+        ns,
+        {
+            "metadata": {"name": RUNNER_SA},
+            "rules": [
+                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}
+            ],
+        },
+    )
+    create(
+        rbac.create_namespaced_role_binding,
+        ns,
+        {
+            "metadata": {"name": RUNNER_SA},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
+            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": ns}],
+        },
+    )
+    create(
+        core.create_namespaced_secret,
+        ns,
+        {
+            "metadata": {"name": STORE_SECRET},
+            "stringData": {
+                contract.ACCESS_KEY_ENV: cluster.s3_access_key,
+                contract.SECRET_KEY_ENV: cluster.s3_secret_key,
+            },
+        },
+    )
     pv = f"{ns}-{claim['claimName']}"
-    create(core.create_persistent_volume, {"metadata": {"name": pv}, "spec": {
-        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-        "hostPath": {"path": str(claim_dir)}, "claimRef": {"namespace": ns, "name": claim["claimName"]}}})
-    create(core.create_namespaced_persistent_volume_claim, ns, {"metadata": {"name": claim["claimName"]}, "spec": {
-        "accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
-        "resources": {"requests": {"storage": "1Gi"}}}})
+    create(
+        core.create_persistent_volume,
+        {
+            "metadata": {"name": pv},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "hostPath": {"path": str(claim_dir)},
+                "claimRef": {"namespace": ns, "name": claim["claimName"]},
+            },
+        },
+    )
+    create(
+        core.create_namespaced_persistent_volume_claim,
+        ns,
+        {
+            "metadata": {"name": claim["claimName"]},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": pv,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
     store = s3mod.client(cluster.s3)
     if not store.bucket_exists(BUCKET):
         store.make_bucket(BUCKET)
@@ -87,13 +142,26 @@ def free_port() -> int:
 def start_operator(cluster: LocalCluster, ns: str) -> subprocess.Popen[bytes]:
     log = CACHE / "operator.log"
     print(f"== starting the operator (log: {log})")
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PYTHONPATH": str(ROOT), "WANOPS_NAMESPACES": ns,
-           "WANOPS_STORE_ENDPOINT": cluster.s3_endpoint, "WANOPS_STORE_BUCKET": BUCKET,
-           "WANOPS_RESYNC_SECONDS": "5", "WANOPS_METRICS_PORT": str(free_port()),
-           "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "PYTHONPATH": str(ROOT),
+        "WANOPS_NAMESPACES": ns,
+        "WANOPS_STORE_ENDPOINT": cluster.s3_endpoint,
+        "WANOPS_STORE_BUCKET": BUCKET,
+        "WANOPS_RESYNC_SECONDS": "5",
+        "WANOPS_METRICS_PORT": str(free_port()),
+        "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{free_port()}/healthz",
+    }
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "wanops_operator"], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "wanops_operator"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def follow(custom: client.CustomObjectsApi, ns: str, name: str) -> dict:
@@ -101,10 +169,15 @@ def follow(custom: client.CustomObjectsApi, ns: str, name: str) -> dict:
     last = None
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline:
-        status = custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status") or {}
+        status = (
+            custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status")
+            or {}
+        )
         p = status.get("progress") or {}
-        line = f"   {status.get('phase', 'Pending'):<10} {p.get('stage', ''):<10} step {p.get('step', 0)}/" \
-               f"{p.get('totalSteps', '?')} {p.get('percent', 0)}%"
+        line = (
+            f"   {status.get('phase', 'Pending'):<10} {p.get('stage', ''):<10} step {p.get('step', 0)}/"
+            f"{p.get('totalSteps', '?')} {p.get('percent', 0)}%"
+        )
         if line != last:
             print(line, flush=True)
             last = line
@@ -117,7 +190,10 @@ def follow(custom: client.CustomObjectsApi, ns: str, name: str) -> dict:
 def main() -> int:
     cluster = LocalCluster.attach()
     if cluster is None:
-        print("demo: the local cluster is not running; start it with: python -m localcluster up", file=sys.stderr)
+        print(
+            "demo: the local cluster is not running; start it with: python -m localcluster up",
+            file=sys.stderr,
+        )
         return 1
     sample = yaml.safe_load(SAMPLE.read_text())
     ns, name = sample["metadata"]["namespace"], sample["metadata"]["name"]
@@ -135,17 +211,24 @@ def main() -> int:
         operator.wait(30)
     if status["phase"] != "Succeeded":
         failure = status.get("failure") or {}
-        print(f"demo: {name} failed: {failure.get('reason')}: {failure.get('message')}", file=sys.stderr)
+        print(
+            f"demo: {name} failed: {failure.get('reason')}: {failure.get('message')}",
+            file=sys.stderr,
+        )
         return 1
     uri = status["output"]["uri"]
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     target = Path("out") / f"{name}.mp4"
     target.parent.mkdir(exist_ok=True)
     s3mod.client(cluster.s3).fget_object(bucket, key, str(target))
-    print(f"== done: {uri} (sha256 {status['output']['sha256']}, {status['output']['bytes']} bytes)")
+    print(
+        f"== done: {uri} (sha256 {status['output']['sha256']}, {status['output']['bytes']} bytes)"
+    )
     print(f"   downloaded to {target.resolve()}")
-    print(f"   again: eval \"$(python -m localcluster env)\"; python -c \"from localcluster import LocalCluster, s3; "
-          f"s3.client(LocalCluster.attach().s3).fget_object('{bucket}', '{key}', 'video.mp4')\"")
+    print(
+        f'   again: eval "$(python -m localcluster env)"; python -c "from localcluster import LocalCluster, s3; '
+        f"s3.client(LocalCluster.attach().s3).fget_object('{bucket}', '{key}', 'video.mp4')\""
+    )
     return 0
 
 

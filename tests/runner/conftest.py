@@ -24,13 +24,18 @@ def crd(kube) -> None:
     ext = client.ApiextensionsV1Api(kube)
     body = yaml.safe_load(CRD_FILE.read_text())
     ext.patch_custom_resource_definition(
-        body["metadata"]["name"], body, field_manager="wanops-tests", force=True,
+        body["metadata"]["name"],
+        body,
+        field_manager="wanops-tests",
+        force=True,
         _content_type="application/apply-patch+yaml",
     )
 
     def served() -> bool:
         try:
-            client.CustomObjectsApi(kube).list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)
+            client.CustomObjectsApi(kube).list_cluster_custom_object(
+                GROUP, VERSION, PLURAL, limit=1
+            )
             return True
         except client.exceptions.ApiException:
             return False
@@ -47,7 +52,18 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_run(kube, cluster, namespace, bucket, crd, tiny_ti2v, tmp_path) -> Callable[..., Run]:
-    def make(spec: dict[str, Any] | None = None, checkpoint_every: int = 0, ckpt: Path | None = None) -> Run:
-        return Run(kube, cluster, namespace, bucket, ckpt or tiny_ti2v, tmp_path, spec or SPEC, checkpoint_every)
+    def make(
+        spec: dict[str, Any] | None = None, checkpoint_every: int = 0, ckpt: Path | None = None
+    ) -> Run:
+        return Run(
+            kube,
+            cluster,
+            namespace,
+            bucket,
+            ckpt or tiny_ti2v,
+            tmp_path,
+            spec or SPEC,
+            checkpoint_every,
+        )
 
     return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,19 +44,34 @@ def free_port() -> int:
 class Run:
     """One VideoGeneration and the runner config the operator would mount for it."""
 
-    def __init__(self, kube, cluster, namespace: str, bucket: str, ckpt: Path, tmp: Path,
-                 spec: dict[str, Any], checkpoint_every: int = 0) -> None:
+    def __init__(
+        self,
+        kube,
+        cluster,
+        namespace: str,
+        bucket: str,
+        ckpt: Path,
+        tmp: Path,
+        spec: dict[str, Any],
+        checkpoint_every: int = 0,
+    ) -> None:
         from kubernetes import client
 
         self.custom = client.CustomObjectsApi(kube)
         self.cluster, self.namespace, self.bucket, self.tmp = cluster, namespace, bucket, tmp
         self.name = f"vg-{uuid.uuid4().hex[:6]}"
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VideoGeneration",
-                "metadata": {"name": self.name}, "spec": spec}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VideoGeneration",
+            "metadata": {"name": self.name},
+            "spec": spec,
+        }
         vg = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         operator = OperatorConfig(store_endpoint=cluster.s3_endpoint, store_bucket=bucket)
         cfg = runner_config(vg, parse(vg["spec"]), attempt=0, config=operator)
-        self.config = cfg.model_copy(update={"checkpoint_dir": str(ckpt), "checkpoint_every_steps": checkpoint_every})
+        self.config = cfg.model_copy(
+            update={"checkpoint_dir": str(ckpt), "checkpoint_every_steps": checkpoint_every}
+        )
         self.config_path = tmp / f"{self.name}.json"
         self.config_path.write_text(self.config.model_dump_json())
         self.termination = tmp / f"{self.name}.termination"
@@ -77,8 +93,15 @@ class Run:
     def start(self, **extra: str) -> subprocess.Popen[str]:
         """`python -m runner` as the pod runs it (termination message redirected to a file)."""
         env = self.env(**extra)
-        return subprocess.Popen([sys.executable, "-m", "runner"], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "runner"],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def run(self, timeout: float = 300, **extra: str) -> tuple[int, str]:
         proc = self.start(**extra)
@@ -86,7 +109,9 @@ class Run:
         return proc.returncode, out
 
     def status(self) -> dict[str, Any]:
-        vg = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+        vg = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name
+        )
         return vg.get("status") or {}
 
 
@@ -109,3 +134,25 @@ def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.1) ->
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met")
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant, as a lost node would: torchrun starts its workers
+    in sessions of their own, so killing the runner's process group would leave them running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

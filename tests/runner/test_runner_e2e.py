@@ -5,11 +5,9 @@ resume after an interruption, bad input with the fatal exit code."""
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 
 import pytest
-from runner_cases import SPEC, log_events, poll
+from runner_cases import SPEC, kill_tree, log_events, poll
 
 from runner.encode import probe
 from runner.errors import EXIT_TEMPORARY, TERMINATION_PATH_ENV
@@ -25,7 +23,9 @@ def _fetch(s3, bucket: str, key: str, path) -> bytes:
 
 
 @pytest.mark.parametrize("nproc", [1, 2])
-def test_runner_publishes_the_video_and_reports_it(make_run, s3, bucket, tmp_path, nproc: int) -> None:
+def test_runner_publishes_the_video_and_reports_it(
+    make_run, s3, bucket, tmp_path, nproc: int
+) -> None:
     spec = {**SPEC, "gpus": nproc} if nproc > 1 else SPEC
     run = make_run(spec)
     code, out = run.run(PET_NPROC_PER_NODE=str(nproc))
@@ -39,7 +39,10 @@ def test_runner_publishes_the_video_and_reports_it(make_run, s3, bucket, tmp_pat
     assert meta["x-amz-meta-sha256"] == sha
     status = run.status()
     assert status["output"] == {
-        "uri": f"s3://{bucket}/{key}", "sha256": sha, "bytes": len(data), "contentType": "video/mp4",
+        "uri": f"s3://{bucket}/{key}",
+        "sha256": sha,
+        "bytes": len(data),
+        "contentType": "video/mp4",
         "logUri": f"s3://{bucket}/{run.config.output.log_key}",
     }
     assert status["progress"]["step"] == status["progress"]["totalSteps"] == 4
@@ -72,10 +75,15 @@ def test_resume_after_interruption_gives_the_same_video(make_run, s3, bucket, tm
 
     state_key = store.work_prefix(run_identity(run.config)) + "sampling.pt"
     proc = run.start()
-    poll(lambda: any(o.object_name == state_key for o in s3.list_objects(bucket, recursive=True)), 240)
-    os.killpg(proc.pid, signal.SIGKILL)
+    poll(
+        lambda: any(o.object_name == state_key for o in s3.list_objects(bucket, recursive=True)),
+        240,
+    )
+    kill_tree(proc.pid)
     proc.wait()
-    assert not any(o.object_name == run.config.output.key for o in s3.list_objects(bucket, recursive=True))
+    assert not any(
+        o.object_name == run.config.output.key for o in s3.list_objects(bucket, recursive=True)
+    )
 
     code, out = run.run()
     assert code == 0, out[-4000:]
@@ -101,7 +109,9 @@ def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path
 
 
 def test_unreadable_image_is_fatal(make_run, s3, bucket, tmp_path) -> None:
-    s3.put_object(bucket, "inputs/not-an-image.jpg", __import__("io").BytesIO(b"<html>nope</html>"), 17)
+    s3.put_object(
+        bucket, "inputs/not-an-image.jpg", __import__("io").BytesIO(b"<html>nope</html>"), 17
+    )
     run = make_run({**SPEC, "inputImage": f"s3://{bucket}/inputs/not-an-image.jpg"})
     termination = tmp_path / "termination-log"
     termination.touch()
@@ -119,8 +129,9 @@ def test_bad_credentials_are_fatal_and_store_down_is_temporary(make_run, tmp_pat
     assert code == contract.EXIT_INVALID_INPUT
     assert contract.parse_termination_message(termination.read_text())[0] == contract.SECRET_INVALID
 
-    down = run.config.model_copy(update={"output": run.config.output.model_copy(
-        update={"endpoint": "http://127.0.0.1:9"})})  # discard port: nothing listens
+    down = run.config.model_copy(
+        update={"output": run.config.output.model_copy(update={"endpoint": "http://127.0.0.1:9"})}
+    )  # discard port: nothing listens
     run.config_path.write_text(down.model_dump_json())
     code, _ = run.run(**{TERMINATION_PATH_ENV: str(termination)})
     assert code == EXIT_TEMPORARY

@@ -32,8 +32,13 @@ Store.from_env(out, os.environ).publish(sys.argv[2], sys.argv[3])
 
 
 def _output(cluster, bucket: str, endpoint: str | None = None) -> contract.OutputObject:
-    return contract.OutputObject(endpoint=endpoint or cluster.s3_endpoint, region="us-east-1", bucket=bucket,
-                                 key="videos/ns/cats.mp4", log_key="videos/ns/cats.log")
+    return contract.OutputObject(
+        endpoint=endpoint or cluster.s3_endpoint,
+        region="us-east-1",
+        bucket=bucket,
+        key="videos/ns/cats.mp4",
+        log_key="videos/ns/cats.log",
+    )
 
 
 def _store(cluster, bucket: str, **kw) -> Store:
@@ -52,12 +57,20 @@ def test_interrupted_upload_leaves_nothing_at_the_final_key(cluster, s3, bucket,
     video = tmp_path / "video.mp4"
     video.write_bytes(os.urandom(BIG))
     out = _output(cluster, bucket)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), contract.ACCESS_KEY_ENV: cluster.s3_access_key,
-           contract.SECRET_KEY_ENV: cluster.s3_secret_key}
-    proc = subprocess.Popen([sys.executable, "-c", PUBLISH, out.model_dump_json(), str(video), "run-a"], env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        contract.ACCESS_KEY_ENV: cluster.s3_access_key,
+        contract.SECRET_KEY_ENV: cluster.s3_secret_key,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUBLISH, out.model_dump_json(), str(video), "run-a"], env=env
+    )
     # Killed once the upload has read a few MiB of the file but not all of it, so the copy to
     # the final key (after the last part) cannot have happened, whatever the machine's speed.
-    read = poll(lambda: (n := _read_bytes(proc.pid)) > BIG + (8 << 20) and n, timeout=120, interval=0.01)
+    read = poll(
+        lambda: (n := _read_bytes(proc.pid)) > BIG + (8 << 20) and n, timeout=120, interval=0.01
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert read < 2 * BIG
@@ -107,7 +120,9 @@ def test_refusals_are_bad_input_and_outages_are_retried_then_temporary(cluster, 
         _store(cluster, "no-such-bucket-here").check()
     assert e.value.fatal and e.value.reason == errors.OUTPUT_BUCKET_NOT_FOUND
 
-    down = Store(_output(cluster, bucket, "http://127.0.0.1:9"), "k", "s", attempts=3, backoff_s=0.05)
+    down = Store(
+        _output(cluster, bucket, "http://127.0.0.1:9"), "k", "s", attempts=3, backoff_s=0.05
+    )
     start = time.monotonic()
     with pytest.raises(errors.RunnerError, match="after 3 tries") as e:
         down.finished("run-a")

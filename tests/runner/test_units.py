@@ -22,7 +22,10 @@ from wanspec.validate import parse
 
 
 def _config(uid: str = "u-1", attempt: int = 0, **spec_changes) -> contract.RunnerConfig:
-    vg = {"metadata": {"name": "cats", "namespace": "ns", "uid": uid}, "spec": {**SPEC, **spec_changes}}
+    vg = {
+        "metadata": {"name": "cats", "namespace": "ns", "uid": uid},
+        "spec": {**SPEC, **spec_changes},
+    }
     op = OperatorConfig(store_endpoint="http://s3", store_bucket="videos")
     return runner_config(vg, parse(vg["spec"]), attempt=attempt, config=op)
 
@@ -31,7 +34,10 @@ def test_exit_codes_match_the_pod_failure_policy() -> None:
     bad = errors.bad_input(contract.IMAGE_NOT_READABLE, "fix it")
     assert bad.exit_code == contract.EXIT_INVALID_INPUT == 42
     assert bad.termination_message == "ImageNotReadable: fix it"
-    assert contract.parse_termination_message(bad.termination_message) == ("ImageNotReadable", "fix it")
+    assert contract.parse_termination_message(bad.termination_message) == (
+        "ImageNotReadable",
+        "fix it",
+    )
     later = errors.temporary(errors.STORE_UNAVAILABLE, "down")
     assert later.exit_code == errors.EXIT_TEMPORARY != contract.EXIT_INVALID_INPUT
 
