@@ -44,6 +44,8 @@ CONTROLLERS = (
     # binds PVCs to PVs as on a real cluster: checkpoint claims are PVCs, and the scheduler
     # waits for a pod's claims to be bound
     "persistentvolume-binder-controller",
+    # the Helm chart's operator (and demo store) are Deployments: their pods come from these two
+    "deployment-controller", "replicaset-controller",
 )  # no node-lifecycle/taint-eviction: they would evict pods from nodes without kubelet leases
 STATE_FILE = "state.json"
 #: Directories and files a start recreates; anything else in the state dir is left alone.
