@@ -226,7 +226,7 @@ def main() -> int:
     )
     print(f"   downloaded to {target.resolve()}")
     print(
-        f'   again: eval "$(python -m localcluster env)"; python -c "from localcluster import LocalCluster, s3; '
+        '   again: python -c "from localcluster import LocalCluster, s3; '
         f"s3.client(LocalCluster.attach().s3).fget_object('{bucket}', '{key}', 'video.mp4')\""
     )
     return 0
