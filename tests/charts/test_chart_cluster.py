@@ -1,0 +1,169 @@
+"""`helm install` of the chart into the real local control plane, with the operator's pod made by
+the Deployment and ReplicaSet controllers and run by the node agent as `python -m wanops_operator`.
+
+The node agent hands a pod no KUBECONFIG: the operator logs in with the projected token of the
+chart's ServiceAccount, so a VideoGeneration reaching its terminal status proves the chart's RBAC is
+enough, and `kubectl auth can-i` proves it is not more than intended.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster import tools, wait_for
+from tests.charts.chart import CHART, ROOT, run_helm, set_args
+from wanops_operator import reasons
+from wanspec.spec import GROUP, PLURAL, VERSION
+
+pytestmark = pytest.mark.cluster
+TIMEOUT = 120  # seconds, for a busy 2-core machine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Release:
+    """One installed release: its names and ports."""
+
+    def __init__(self, name: str, namespace: str, served: str, probe: int, metrics: int) -> None:
+        self.name, self.namespace, self.served = name, namespace, served
+        self.probe_port, self.metrics_port = probe, metrics
+        self.operator_sa = f"{name}-wanops"  # the chart's fullname for a release name without it
+
+
+@pytest.fixture
+def release(cluster, kube, namespace: str) -> Iterator[Release]:
+    """The chart installed in its own namespace, serving only the test's namespace (the session's
+    cluster is shared with other operators' tests). Probe and metrics ports are free ones: pods
+    share this machine's port space."""
+    if not cluster.runs_pods:
+        pytest.skip("no node agent: the operator's pod would never run")
+    rel = Release(f"w{uuid.uuid4().hex[:6]}", f"wanops-{uuid.uuid4().hex[:6]}", namespace,
+                  _free_port(), _free_port())
+    values = {
+        "operator.watchNamespaces": f"{{{namespace}}}",
+        "operator.probePort": str(rel.probe_port),
+        "operator.metricsPort": str(rel.metrics_port),
+        "operator.resyncSeconds": "3",
+        "store.endpoint": cluster.s3_endpoint,
+        "store.bucket": "videos",
+    }
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin",
+           "HOME": str(Path.home())}
+    done = run_helm("install", rel.name, str(CHART), "--namespace", rel.namespace,
+                    "--create-namespace", *set_args(values), env=env)
+    assert "is installed" in done.stdout  # NOTES.txt rendered
+    yield rel
+    run_helm("uninstall", rel.name, "--namespace", rel.namespace, env=env, check=False)
+    client.CoreV1Api(kube).delete_namespace(rel.namespace, propagation_policy="Background")
+
+
+def _can_i(cluster, account: str, verb: str, resource: str, namespace: str) -> bool:
+    resource, _, subresource = resource.partition("/")
+    done = subprocess.run(
+        [str(tools.find("kubectl")), "--kubeconfig", str(cluster.kubeconfig), "auth", "can-i",
+         verb, resource, f"--subresource={subresource}", "-n", namespace, f"--as={account}"],
+        capture_output=True, text=True, check=False, timeout=60)
+    assert done.stdout.strip() in ("yes", "no"), done.stdout + done.stderr
+    return done.stdout.strip() == "yes"
+
+
+def _operator_pod(kube, rel: Release) -> dict | None:
+    pods = client.CoreV1Api(kube).list_namespaced_pod(
+        rel.namespace, label_selector=f"app.kubernetes.io/instance={rel.name},"
+                                      "app.kubernetes.io/component=operator").items
+    running = [p for p in pods if p.status.phase == "Running"]
+    return client.ApiClient().sanitize_for_serialization(running[0]) if running else None
+
+
+def _operator_log(cluster, pod: dict) -> str:
+    """The tail of the operator container's log, from the node agent's pod folder."""
+    meta = pod["metadata"]
+    logs = list(Path(cluster.state_dir).glob(
+        f"nodeagent/pods/{meta['namespace']}_{meta['name']}_{meta['uid']}/operator.log"))
+    return "\n".join(logs[0].read_text(errors="replace").splitlines()[-40:]) if logs else "(no log)"
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_installed_operator_fails_a_resource_without_its_claim(cluster, kube, release: Release,
+                                                                namespace: str) -> None:
+    pod = wait_for(lambda: _operator_pod(kube, release), timeout=TIMEOUT,
+                   what="the operator pod Running", interval=0.5)
+    assert pod["spec"]["serviceAccountName"] == release.operator_sa
+    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "wanops_operator"]
+
+    # kopf's probe endpoint (what the kubelet would probe) and the metrics port answer.
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{release.probe_port}/healthz")[0] == 200,
+                 timeout=TIMEOUT, what="kopf's /healthz")
+    except TimeoutError:
+        pytest.fail(f"no /healthz; operator log:\n{_operator_log(cluster, pod)}")
+    assert "wanops_reconciles_total" in _get(f"http://127.0.0.1:{release.metrics_port}/metrics")[1]
+
+    # An example resource whose checkpoint claim does not exist in this namespace.
+    body = yaml.safe_load((ROOT / "examples" / "ti2v-5b.yaml").read_text())
+    custom = client.CustomObjectsApi(kube)
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    name = body["metadata"]["name"]
+
+    def failed() -> dict | None:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                     name).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status = wait_for(failed, timeout=TIMEOUT, what=f"{name} Failed", interval=0.5)
+    assert status["failure"]["reason"] == reasons.CHECKPOINT_NOT_FOUND
+    assert "wan-models" in status["failure"]["message"]
+    events = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}").items
+    assert any(e.reason == reasons.CHECKPOINT_NOT_FOUND for e in events)
+
+
+def test_rbac_grants_what_each_account_needs_and_no_more(cluster, release: Release,
+                                                         namespace: str) -> None:
+    operator = f"system:serviceaccount:{release.namespace}:{release.operator_sa}"
+    runner = f"system:serviceaccount:{namespace}:wanops-runner"
+    other = release.namespace  # a namespace the operator does not serve
+    expected = [
+        (operator, "watch", f"{PLURAL}.{GROUP}", other, True),  # cluster-wide watch
+        (operator, "patch", f"{PLURAL}.{GROUP}/status", namespace, True),
+        (operator, "create", "jobs.batch", namespace, True),
+        (operator, "delete", "jobs.batch", namespace, True),
+        (operator, "create", "events", namespace, True),
+        (operator, "get", "secrets", namespace, True),
+        (operator, "create", "jobs.batch", other, False),  # only where it serves
+        (operator, "get", "secrets", other, False),
+        (operator, "list", "secrets", namespace, False),
+        (operator, "delete", f"{PLURAL}.{GROUP}", namespace, False),
+        (operator, "create", "pods", namespace, False),
+        (runner, "patch", f"{PLURAL}.{GROUP}/status", namespace, True),
+        (runner, "get", f"{PLURAL}.{GROUP}/status", namespace, True),
+        (runner, "patch", f"{PLURAL}.{GROUP}", namespace, False),  # never the spec
+        (runner, "create", "jobs.batch", namespace, False),
+        (runner, "get", "secrets", namespace, False),
+        (runner, "get", "secrets", other, False),
+        (runner, "patch", f"{PLURAL}.{GROUP}/status", other, False),
+    ]
+    wrong = [(who.rsplit(":", 1)[1], verb, resource, ns, allowed)
+             for who, verb, resource, ns, allowed in expected
+             if _can_i(cluster, who, verb, resource, ns) != allowed]
+    assert wrong == []
