@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from localcluster import tools, wait_for
-from tests.charts.chart import CHART, ROOT, run_helm, set_args
+from tests.charts.chart import CHART, KUBE_VERSION, ROOT, run_helm, set_args
 from wanops_operator import reasons
 from wanspec.spec import GROUP, PLURAL, VERSION
 
@@ -167,3 +167,24 @@ def test_rbac_grants_what_each_account_needs_and_no_more(cluster, release: Relea
              for who, verb, resource, ns, allowed in expected
              if _can_i(cluster, who, verb, resource, ns) != allowed]
     assert wrong == []
+
+
+@pytest.mark.parametrize("values", [
+    {"demoStore.enabled": "true", "checkpoint.pvc.create": "true"},
+    {"operator.replicas": "2"},
+], ids=["demo-store-and-claim", "peering"])
+def test_rendered_chart_passes_server_side_dry_run(cluster, release: Release, namespace: str,
+                                                   values: dict[str, str]) -> None:
+    """What `helm template` renders, with the options the install above leaves off, is accepted
+    by the real API server (admission, schemas, the kopf peering CRDs the chart installed).
+    Conflicts are forced: the runner's objects in `namespace` belong to the installed release."""
+    manifest = run_helm("template", "dry", str(CHART), "--namespace", release.namespace,
+                        "--kube-version", KUBE_VERSION,
+                        *set_args({"runner.namespaces": f"{{{namespace}}}", **values})).stdout
+    done = subprocess.run(
+        [str(tools.find("kubectl")), "--kubeconfig", str(cluster.kubeconfig), "apply",
+         "--server-side", "--force-conflicts", "--dry-run=server", "--field-manager=wanops-tests",
+         "-f", "-"],
+        input=manifest, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "deployment.apps/dry-wanops-operator serverside-applied (server dry run)" in done.stdout
