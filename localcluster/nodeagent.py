@@ -23,8 +23,9 @@ What it implements, as the kubelet does:
   `workingDir`, env (literal, `fieldRef` incl. `metadata.annotations['...']`, `configMapKeyRef`,
   `secretKeyRef`, envFrom), volumes (emptyDir, configMap, secret, downwardAPI, projected incl. the
   ServiceAccount token from the TokenRequest API, hostPath, persistentVolumeClaim) bind-mounted at
-  their absolute mountPaths (also subPath/subPathExpr, readOnly) in a private mount namespace
-  (podexec.py).
+  their absolute mountPaths (also subPath/subPathExpr, readOnly) in a private mount namespace, and
+  a private PID namespace (own /proc; the command is PID 2 under a minimal init), so every process
+  a container starts, `setsid` children included, ends with it (podexec.py).
 - Status through `pods/status`: phase, conditions (PodScheduled, PodReadyToStartContainers,
   Initialized, ContainersReady, Ready), container and init-container statuses
   (waiting/running/terminated with exit code, reason Completed/Error/StartError,

@@ -539,6 +539,43 @@ def test_deleting_running_pods_sigterms_then_sigkills_and_removes_them(
     assert _processes_with(marker) == []
 
 
+ESCAPER = """
+import os, subprocess, sys, time
+# {marker}
+# A child in a session of its own, as torchrun starts its workers: out of the container's process
+# group, so only the pod's PID namespace can take it down with the container.
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)  # {marker}"],
+                 start_new_session=True)
+print("pid", os.getpid(), "sees", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+      flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(600)
+"""
+
+
+def test_a_containers_whole_process_tree_ends_with_it(
+    core, namespace: str, agent_dir: Path
+) -> None:
+    """Each container runs in a PID namespace of its own (its command is PID 2 under an init), so a
+    `setsid` child is gone when the command exits and when the pod is deleted."""
+    marker = f"nodeagent-escaper-{namespace}"
+    script = ESCAPER.replace("{marker}", marker)
+    core.create_namespaced_pod(namespace, pod("exits", py("main", script, args=["exit"])))
+    core.create_namespaced_pod(
+        namespace,
+        pod("deleted", py("main", script, args=["wait"]), terminationGracePeriodSeconds=1),
+    )
+    done = wait_phase(core, namespace, "exits", "Succeeded")
+    assert log_file(agent_dir, done, "main").read_text() == "pid 2 sees [1, 2, 3]\n"
+    running = wait_ready(core, namespace, "deleted")
+    wait_for(lambda: "sees" in log_file(agent_dir, running, "main").read_text(), what="child up")
+    assert len(_processes_with(marker)) == 2  # the waiting command and its setsid child
+    core.delete_namespaced_pod("deleted", namespace)
+    wait_for(
+        lambda: not _processes_with(marker), timeout=20, what="no process of either pod left"
+    )
+
+
 def _compact_etcd(cluster) -> None:
     """Compact etcd to its current revision, as the API server does every 5 minutes, so that older
     resourceVersions are gone. The etcd URL is read from the running API server's flags."""
