@@ -415,15 +415,30 @@ def fits(estimate: MemoryEstimate, gpu_memory_gib: float) -> bool:
     return estimate.peak_gib <= usable_gib(gpu_memory_gib)
 
 
+# ResolvedSpec attribute → the spec field a suggestion names.
+_FIELDS = (
+    ("gpus", "gpus"),
+    ("ulysses", "parallelism.ulysses"),
+    ("cfg_parallel", "parallelism.cfgParallel"),
+    ("dit_fsdp", "parallelism.ditFsdp"),
+    ("t5_fsdp", "parallelism.t5Fsdp"),
+    ("offload_model", "memory.offloadModel"),
+    ("convert_model_dtype", "memory.convertModelDtype"),
+    ("t5_cpu", "memory.t5Cpu"),
+)
+
+
 @dataclass(frozen=True)
 class Suggestion:
-    """A change to the spec (dotted camelCase paths under `spec`; None = unset) and its estimate."""
+    """A change to the spec (dotted camelCase paths under `spec`; None = unset), the effective
+    values it changes (field, before, after) and its estimate."""
 
     changes: tuple[tuple[str, Any], ...]
+    effect: tuple[tuple[str, Any, Any], ...]
     estimate: MemoryEstimate
 
     def describe(self) -> str:
-        shown = ", ".join(f"{k}={_json(v)}" for k, v in self.changes if v is not None)
+        shown = ", ".join(f"{f}={_json(after)}" for f, _, after in self.effect)
         return f"{shown} (≈{self.estimate.peak_gib:.1f} GiB)"
 
 
@@ -434,6 +449,7 @@ class MemoryPlan:
     estimate: MemoryEstimate
     gpu_memory_gib: float
     suggestions: tuple[Suggestion, ...] = field(default=())
+    smallest: MemoryEstimate | None = None  # the smallest estimate tried, when nothing fits
 
     @property
     def fits(self) -> bool:
@@ -452,7 +468,14 @@ class MemoryPlan:
         )
         if self.suggestions:
             return head + "; would fit: " + "; or ".join(s.describe() for s in self.suggestions)
-        return head + "; no layout of up to the task's largest GPU count fits GPUs of this size"
+        tail = "; no layout up to the task's largest GPU count fits GPUs of this size"
+        if self.smallest is not None:
+            need = math.ceil(self.smallest.peak_gib / (1 - SAFETY_FRACTION))
+            tail += (
+                f" (the smallest estimate is {self.smallest.describe()}); "
+                f"use GPUs with at least {need} GiB"
+            )
+        return head + tail
 
     def problems(self) -> list[Any]:
         """As `wanspec.validate.Problem`s (empty when it fits), for the CLI and the operator."""
@@ -497,11 +520,11 @@ def _set(spec: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _try(
     base: Mapping[str, Any],
+    resolved: Any,
     changes: tuple[tuple[str, Any], ...],
-    gpu_memory_gib: float,
     profile: Profile,
 ) -> Suggestion | None:
-    """The changed spec's estimate if the spec is valid and fits, else None."""
+    """The changed spec's effect and estimate if the changed spec is valid, else None."""
     from wanspec.validate import resolve, validate
 
     spec = _deep_copy(base)
@@ -509,8 +532,13 @@ def _try(
         _set(spec, path, value)
     if validate(spec):
         return None
-    estimate = estimate_resolved(resolve(spec), profile)
-    return Suggestion(changes, estimate) if fits(estimate, gpu_memory_gib) else None
+    after = resolve(spec)
+    effect = tuple(
+        (name, getattr(resolved, attr), getattr(after, attr))
+        for attr, name in _FIELDS
+        if getattr(resolved, attr) != getattr(after, attr)
+    )
+    return Suggestion(changes, effect, estimate_resolved(after, profile)) if effect else None
 
 
 def _deep_copy(value: Any) -> Any:
@@ -584,18 +612,23 @@ def plan(
     base = resolved.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
     found: list[Suggestion] = []
     kinds: set[str] = set()
+    smallest = estimate
     for changes in alternatives(resolved):
         paths = {p for p, _ in changes}
         kind = "gpus" if "gpus" in paths else "fsdp" if "parallelism.ditFsdp" in paths else "modes"
         if kind in kinds:
             continue
-        suggestion = _try(base, changes, gpu_memory_gib, profile)
-        if suggestion is not None:
+        suggestion = _try(base, resolved, changes, profile)
+        if suggestion is None:
+            continue
+        if suggestion.estimate.peak_gib < smallest.peak_gib:
+            smallest = suggestion.estimate
+        if fits(suggestion.estimate, gpu_memory_gib):
             kinds.add(kind)
             found.append(suggestion)
             if len(found) == max_suggestions:
                 break
-    return MemoryPlan(estimate, gpu_memory_gib, tuple(found))
+    return MemoryPlan(estimate, gpu_memory_gib, tuple(found), None if found else smallest)
 
 
 def apply_suggestion(spec: Mapping[str, Any], suggestion: Suggestion) -> dict[str, Any]:
