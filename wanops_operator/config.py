@@ -34,6 +34,9 @@ class OperatorConfig:
     metrics_port: int = 8000
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     watch_server_timeout: int = 300  # seconds before the API server ends a watch (then renewed)
+    # GPU memory of the nodes runner pods land on, for the memory planner when a resource does not
+    # set spec.memory.gpuMemoryGiB (chart value gpuMemoryGiB; 80: H100/A100 80GB).
+    default_gpu_memory_gib: float = 80.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -63,6 +66,8 @@ class OperatorConfig:
             values["namespaces"] = tuple(n.strip() for n in value.split(",") if n.strip())
         if (value := get("RESYNC_SECONDS")) is not None:
             values["resync_seconds"] = float(value)
+        if (value := get("DEFAULT_GPU_MEMORY_GIB")) is not None:
+            values["default_gpu_memory_gib"] = float(value)
         for key, field in (
             ("METRICS_PORT", "metrics_port"),
             ("WATCH_SERVER_TIMEOUT", "watch_server_timeout"),

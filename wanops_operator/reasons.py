@@ -46,6 +46,10 @@ OUTPUT_NOT_CONFIGURED_MESSAGE = (
     "set spec.output"
 )
 
+INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"
+# {detail}: wanspec.memory's plan message (the estimate, its largest phase, what would fit)
+INSUFFICIENT_GPU_MEMORY_MESSAGE = "the layout cannot fit the GPUs: {detail}"
+
 # ---- failed while or after running
 INVALID_INPUT = "InvalidInput"  # exit code EXIT_INVALID_INPUT without a reason in the message
 JOB_FAILED = "JobFailed"

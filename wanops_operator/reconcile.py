@@ -55,8 +55,9 @@ from wanops_operator.status import (
     timestamp,
 )
 from wanspec import contract
+from wanspec.memory import plan
 from wanspec.spec import GROUP, PLURAL, VERSION, VideoGenerationSpec
-from wanspec.validate import InvalidSpec, name_problems, parse
+from wanspec.validate import InvalidSpec, name_problems, parse, resolve
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
@@ -247,6 +248,19 @@ def _secret_problem(
     return None
 
 
+def memory_problem(
+    spec: VideoGenerationSpec, config: OperatorConfig, now: datetime
+) -> Observation | None:
+    """`InsufficientGPUMemory` when the estimated peak per GPU cannot fit the target GPUs
+    (spec.memory.gpuMemoryGiB, else the chart's default); the message names what would fit."""
+    gib = spec.memory.gpu_memory_gi_b or config.default_gpu_memory_gib
+    verdict = plan(resolve(spec), gib)
+    if verdict.fits:
+        return None
+    message = reasons.INSUFFICIENT_GPU_MEMORY_MESSAGE.format(detail=verdict.message)
+    return failed(reasons.INSUFFICIENT_GPU_MEMORY, message, now=now)
+
+
 def preflight(
     cluster: Cluster,
     namespace: str,
@@ -254,7 +268,11 @@ def preflight(
     config: OperatorConfig,
     now: datetime,
 ) -> Observation | None:
-    """The first problem the API server can reveal before a Job is made, or None."""
+    """The first problem found before a Job is made, or None: the memory planner's verdict (pure),
+    then what the API server can reveal."""
+    problem = memory_problem(spec, config, now)
+    if problem is not None:
+        return problem
     claim = spec.checkpoint.claim_name
     if (
         cluster.exists(cluster.core.read_namespaced_persistent_volume_claim, claim, namespace)
