@@ -166,6 +166,7 @@ class Operator:
             "WANOPS_STORE_ENDPOINT": cluster.s3_endpoint,
             "WANOPS_STORE_BUCKET": BUCKET,
             "WANOPS_RESYNC_SECONDS": "3",
+            "WANOPS_DEFAULT_GPU_MEMORY_GIB": "80",  # the chart's default
             "WANOPS_METRICS_PORT": str(self.metrics_port),
             "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
         }
@@ -363,6 +364,54 @@ def test_missing_claim_fails_before_any_job(vgs: VGs, operator: Operator) -> Non
     assert "'nowhere'" in status["failure"]["message"]
     assert vgs.conditions("no-claim")["Stalled"]["reason"] == reasons.CHECKPOINT_NOT_FOUND
     assert vgs.jobs("no-claim") == []
+
+
+def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
+    vgs: VGs, operator: Operator
+) -> None:
+    """spec.memory.gpuMemoryGiB 40: one A14B expert, activations and umT5 kept resident (no
+    offload) cannot fit; the planner names offload (and what else would fit)."""
+    spec = {
+        **SPEC,
+        "task": "t2v-A14B",
+        "size": "1280*720",
+        "gpus": 1,
+        "gpusPerPod": None,
+        "memory": {"offloadModel": False, "gpuMemoryGiB": 40},
+    }
+    vgs.create("too-big", spec)
+    status = vgs.wait_phase("too-big", "Failed", operator, timeout=60)
+
+    assert status["failure"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
+    message = status["failure"]["message"]
+    assert "40 GiB GPUs" in message and "would fit: memory.offloadModel=true" in message
+    assert vgs.conditions("too-big")["Stalled"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
+    assert vgs.jobs("too-big") == []
+    events = vgs.core.list_namespaced_event(
+        vgs.ns, field_selector="involvedObject.name=too-big"
+    ).items
+    assert any(e.reason == reasons.INSUFFICIENT_GPU_MEMORY and e.type == "Warning" for e in events)
+
+
+def test_chart_default_gpu_memory_applies_when_the_spec_sets_none(
+    vgs: VGs, operator: Operator
+) -> None:
+    """fp32 weights and nothing offloaded: about 83 GiB at the decode, over the 80 GiB default."""
+    spec = {
+        **SPEC,
+        "task": "t2v-A14B",
+        "size": "1280*720",
+        "gpus": 1,
+        "gpusPerPod": None,
+        "memory": {"offloadModel": False, "convertModelDtype": False},
+    }
+    vgs.create("fp32-whole", spec)
+    status = vgs.wait_phase("fp32-whole", "Failed", operator, timeout=60)
+
+    assert status["failure"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
+    assert "80 GiB GPUs" in status["failure"]["message"]
+    assert "memory.convertModelDtype=true" in status["failure"]["message"]
+    assert vgs.jobs("fp32-whole") == []
 
 
 def test_infrastructure_failure_retries_with_a_fresh_attempt(vgs: VGs, operator: Operator) -> None:

@@ -281,4 +281,4 @@ def test_every_gpu_count_has_an_estimate():
 
 def test_module_is_torch_free():
     code = "import sys, wanspec.memory; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
