@@ -9,6 +9,7 @@ import hashlib
 import pytest
 from runner_cases import SPEC, kill_tree, log_events, poll
 
+from localcluster.s3gate import S3Gate
 from runner.encode import probe
 from runner.errors import EXIT_TEMPORARY, TERMINATION_PATH_ENV
 from runner.store import Store
@@ -61,30 +62,48 @@ def test_runner_publishes_the_video_and_reports_it(
     assert hashlib.sha256(_fetch(s3, bucket, key, tmp_path / "again.mp4")).hexdigest() == sha
 
 
-def test_resume_after_interruption_gives_the_same_video(make_run, s3, bucket, tmp_path) -> None:
-    """Killed after the state of step 2 was saved, the retry resumes at step 3 and the video is
-    byte-identical to an uninterrupted run's."""
+def test_resume_after_interruption_gives_the_same_video(
+    make_run, cluster, s3, bucket, tmp_path
+) -> None:
+    """Interrupted right after the state of step 2 was saved, the retry resumes at step 3 and the
+    video is byte-identical to an uninterrupted run's.
+
+    Where the interruption lands is fixed by the store, not by timing: the interrupted run talks
+    to the store through an `S3Gate` that holds every request after the PUT of the step-2 state,
+    so that run can save nothing more (the step-4 state, the final latent) however fast it samples
+    and however late the kill comes. Then its whole process tree is killed (torchrun's workers
+    live in sessions of their own)."""
     whole = make_run()
     code, out = whole.run()
     assert code == 0, out[-4000:]
     want = s3.get_object(bucket, whole.config.output.key).read()
 
     run = make_run(checkpoint_every=2)
-    store = Store.from_env(run.config.output, run.env())
     from runner.inputs import run_identity
 
+    store = Store.from_env(run.config.output, run.env())
     state_key = store.work_prefix(run_identity(run.config)) + "sampling.pt"
-    proc = run.start()
-    poll(
-        lambda: any(o.object_name == state_key for o in s3.list_objects(bucket, recursive=True)),
-        240,
-    )
-    kill_tree(proc.pid)
-    proc.wait()
-    assert not any(
-        o.object_name == run.config.output.key for o in s3.list_objects(bucket, recursive=True)
-    )
+    direct = run.config
+    saved = S3Gate.completes(state_key)
+    with S3Gate(cluster.s3_endpoint, hold_after=saved) as gate:
+        gated = direct.model_copy(
+            update={"output": direct.output.model_copy(update={"endpoint": gate.endpoint})}
+        )
+        run.config_path.write_text(gated.model_dump_json())
+        proc = run.start()
+        try:
+            # the next store call after the step-2 save (the step-4 state) is held: steps 3-4 ran
+            poll(lambda: gate.held or proc.poll() is not None, 240)
+            assert gate.held and proc.poll() is None, proc.communicate()[0][-4000:]
+        finally:
+            kill_tree(proc.pid)
+            out, _ = proc.communicate()
+    assert sum(saved(*r) for r in gate.requests) == 1, gate.requests  # the step-2 state only
+    assert [e["saved_step"] for e in log_events(out) if "saved_step" in e] == [2]
+    names = {o.object_name for o in s3.list_objects(bucket, recursive=True)}
+    assert state_key in names and run.config.output.key not in names
 
+    run.config_path.write_text(direct.model_dump_json())
     code, out = run.run()
     assert code == 0, out[-4000:]
     events = log_events(out)
