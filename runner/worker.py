@@ -133,6 +133,20 @@ def finish(
     return published
 
 
+def log_memory_estimate(cfg: contract.RunnerConfig, layout: Any) -> dict[str, Any]:
+    """The planner's per-GPU estimate (wanspec.memory, as the operator checked it) next to the
+    device's size, so a log shows what was expected before any weight is loaded."""
+    from wanspec.memory import estimate_resolved
+
+    estimate = estimate_resolved(cfg.resolved)
+    fields = estimate.as_dict()
+    if layout.device.type == "cuda":
+        total = torch.cuda.get_device_properties(layout.device).total_memory
+        fields["deviceGiB"] = round(total / 2**30, 2)
+    log.info("memory estimate: %s", estimate.describe(), extra={"memory_estimate": fields})
+    return fields
+
+
 def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     from wan_core.checkpoint.errors import CheckpointError
     from wan_core.parallel import (
@@ -163,6 +177,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     metrics = Metrics()
     reporter = None
     if layout.is_main:
+        log_memory_estimate(cfg, layout)
         metrics.serve(int(os.environ.get(PORT_ENV, DEFAULT_PORT)))
         reporter = report.StatusReporter(cfg.resource, report.api_client())
         reporter.stage("Loading", r.steps)

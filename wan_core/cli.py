@@ -8,7 +8,9 @@ Matches `generate.py` of Wan-Video/Wan2.2@42bf4cf for the in-scope flags of `sha
 Beyond upstream (issue 5): everything upstream silently mishandles is refused with what to fix
 (§8.3: frames not 4n+1, steps < 1, shift ≤ 0, an image for t2v-A14B, a missing image for
 i2v-A14B — upstream substitutes an example image we do not ship); --negative_prompt and --fps; a
-failed save is an error. Prompt extension is refused (not implemented yet).
+failed save is an error. Prompt extension (§10, `wan_core.prompt_extend`): `dashscope` (DASH_API_KEY,
+DASH_API_URL) or `local_qwen`; the extended prompt is logged, and a failed extension is logged as a
+warning with its reason before generating from the original prompt (upstream: an INFO line).
 
 Multi-GPU (issue 7, `wan_core.parallel`), under torchrun on one node or several:
 
@@ -71,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT(s) with FSDP (torchrun)")
     p.add_argument("--save_file", default=None, help="output MP4 (default: a name from task, size, prompt and time)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the task's example prompt)")
-    p.add_argument("--use_prompt_extend", action="store_true", help="extend the prompt with an LLM (not implemented yet)")
-    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
-    p.add_argument("--prompt_extend_model", default=None)
-    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+    p.add_argument("--use_prompt_extend", action="store_true", help="rewrite the prompt with an LLM first (falls back to the prompt as given if that fails)")
+    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"],
+                   help="dashscope: the DashScope API (env DASH_API_KEY, DASH_API_URL); local_qwen: a Qwen2.5(-VL) model run here")
+    p.add_argument("--prompt_extend_model", default=None,
+                   help="model name or folder (default: qwen-plus / qwen-vl-max for dashscope, Qwen2.5_14B / QwenVL2.5_7B for local_qwen)")
+    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"], help="language of the extended prompt")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks one at random")
     p.add_argument("--image", default=None, help="conditioning image (required for i2v-A14B; selects image mode for ti2v-5B)")
     p.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"])
@@ -126,9 +130,64 @@ def check_args(args: argparse.Namespace) -> list[str]:
                                   t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu)
     if args.offload_model and (args.dit_fsdp or args.t5_fsdp):
         problems.append("--offload_model true cannot be combined with --dit_fsdp/--t5_fsdp: sharded weights stay on their GPUs")
-    if args.use_prompt_extend:
-        problems.append("--use_prompt_extend: prompt extension is not implemented yet; pass the extended prompt with --prompt")
+    if args.use_prompt_extend and args.prompt_extend_method == "dashscope" and not os.environ.get("DASH_API_KEY"):
+        problems.append("--prompt_extend_method dashscope: DASH_API_KEY is not set; export your DashScope API key "
+                        "(and DASH_API_URL for another endpoint), or use --prompt_extend_method local_qwen")
     return problems
+
+
+# wanspec field (as wanspec.memory's suggestions name them) → how to say it on the command line.
+_MEMORY_FLAGS = {
+    "gpus": lambda v: f"{v} ranks (torchrun --nproc_per_node × --nnodes)",
+    "parallelism.ulysses": lambda v: f"--ulysses_size {v}",
+    "parallelism.cfgParallel": lambda v: "--cfg_parallel" if v else "no --cfg_parallel",
+    "parallelism.ditFsdp": lambda v: "--dit_fsdp" if v else "no --dit_fsdp",
+    "parallelism.t5Fsdp": lambda v: "--t5_fsdp" if v else "no --t5_fsdp",
+    "memory.offloadModel": lambda v: f"--offload_model {v}",
+    "memory.convertModelDtype": lambda v: "--convert_model_dtype" if v else "no --convert_model_dtype",
+    "memory.t5Cpu": lambda v: "--t5_cpu" if v else "no --t5_cpu",
+}
+
+
+def memory_plan(args: argparse.Namespace, world: int, gpu_memory_gib: float):  # -> MemoryPlan
+    """wanspec's memory planner for these flags on `world` GPUs of `gpu_memory_gib` (torch-free)."""
+    from wanspec.memory import plan
+    from wanspec.validate import resolve
+
+    task = TASKS[args.task]
+    spec = {
+        "task": task.name, "size": args.size, "prompt": "-", "gpus": world,
+        "checkpoint": {"claimName": "cli", "path": "cli"},
+        "parallelism": {"ulysses": args.ulysses_size, "cfgParallel": True if args.cfg_parallel else None,
+                        "ditFsdp": args.dit_fsdp, "t5Fsdp": args.t5_fsdp},
+        "memory": {"offloadModel": args.offload_model, "convertModelDtype": args.convert_model_dtype,
+                   "t5Cpu": args.t5_cpu},
+    }
+    if args.frame_num is not None:
+        spec["frames"] = args.frame_num
+    if args.image is not None:
+        spec["inputImage"] = "s3://cli/image"  # only its presence matters to the estimate
+    return plan(resolve(spec), gpu_memory_gib)
+
+
+def memory_warning(args: argparse.Namespace, world: int, gpu_memory_gib: float) -> str | None:
+    """A warning when the estimated peak per GPU exceeds the device, naming flags that would fit."""
+    verdict = memory_plan(args, world, gpu_memory_gib)
+    if verdict.fits:
+        return None
+    text = (f"estimated peak GPU memory {verdict.estimate.describe()} exceeds this "
+            f"{gpu_memory_gib:.0f} GiB GPU (with a safety margin); it will likely run out of memory")
+    if verdict.suggestions:
+        ways = ["; ".join(_MEMORY_FLAGS[f](_flag_value(v)) for f, _, v in s.effect)
+                + f" (≈{s.estimate.peak_gib:.1f} GiB)" for s in verdict.suggestions]
+        text += ". Would fit: " + " | or: ".join(ways)
+    elif verdict.smallest is not None:
+        text += f". No layout fits GPUs of this size (smallest estimate ≈{verdict.smallest.peak_gib:.1f} GiB)"
+    return text
+
+
+def _flag_value(value: object) -> object:
+    return str(value).capitalize() if isinstance(value, bool) else value
 
 
 def default_save_file(task: str, size: str, ulysses_size: int, prompt: str, now: datetime | None = None) -> str:
@@ -209,7 +268,27 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
             print(f"generate: error: --image {args.image} is not a readable image ({err})", file=sys.stderr)
             return 1
     log.info("task %s, size %s, seed %d, prompt: %s", task.name, args.size, seed, prompt)
+    input_prompt = prompt
+    if args.use_prompt_extend:  # rank 0 extends, every rank gets its result (spec §9, §10)
+        from wan_core.prompt_extend import PromptExtensionError, extend_prompt
 
+        log.info("extending the prompt with %s", args.prompt_extend_method)
+        try:
+            extension = extend_prompt(prompt, method=args.prompt_extend_method, model=args.prompt_extend_model,
+                                      task=task.name, tar_lang=args.prompt_extend_target_lang, image=image,
+                                      seed=seed, device=layout.device, layout=layout)
+        except PromptExtensionError as err:
+            print(f"generate: error: --use_prompt_extend: {err}", file=sys.stderr)
+            return 1
+        extension.report(log)  # the extended prompt, or a warning with why it fell back
+        input_prompt = extension.prompt
+
+    if layout.device.type == "cuda":  # before minutes of loading, say if it cannot fit
+        import torch
+
+        total = torch.cuda.get_device_properties(layout.device).total_memory / 2**30
+        if (warning := memory_warning(args, layout.world_size, total)) is not None:
+            log.warning("%s", warning)
     try:
         pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
                              convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout)
@@ -226,11 +305,11 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
                    callback=watchdog.chain(progress) if watchdog is not None else progress)
     with watchdog or nullcontext():
         if task.name == "i2v-A14B":
-            video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
+            video = pipe.generate(input_prompt, img=image, max_area=Size.parse(args.size).area, **options)
         elif task.name == "ti2v-5B":
-            video = pipe.generate(prompt, img=image, size=args.size, **options)
+            video = pipe.generate(input_prompt, img=image, size=args.size, **options)
         else:
-            video = pipe.generate(prompt, size=args.size, **options)
+            video = pipe.generate(input_prompt, size=args.size, **options)
         if not layout.is_main:  # only rank 0 decoded (spec §9)
             return 0
         save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)
