@@ -8,7 +8,9 @@ Matches `generate.py` of Wan-Video/Wan2.2@42bf4cf for the in-scope flags of `sha
 Beyond upstream (issue 5): everything upstream silently mishandles is refused with what to fix
 (§8.3: frames not 4n+1, steps < 1, shift ≤ 0, an image for t2v-A14B, a missing image for
 i2v-A14B — upstream substitutes an example image we do not ship); --negative_prompt and --fps; a
-failed save is an error. Prompt extension is refused (not implemented yet).
+failed save is an error. Prompt extension (§10, `wan_core.prompt_extend`): `dashscope` (DASH_API_KEY,
+DASH_API_URL) or `local_qwen`; the extended prompt is logged, and a failed extension is logged as a
+warning with its reason before generating from the original prompt (upstream: an INFO line).
 
 Multi-GPU (issue 7, `wan_core.parallel`), under torchrun on one node or several:
 
@@ -71,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dit_fsdp", action="store_true", help="shard the DiT(s) with FSDP (torchrun)")
     p.add_argument("--save_file", default=None, help="output MP4 (default: a name from task, size, prompt and time)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the task's example prompt)")
-    p.add_argument("--use_prompt_extend", action="store_true", help="extend the prompt with an LLM (not implemented yet)")
-    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"])
-    p.add_argument("--prompt_extend_model", default=None)
-    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"])
+    p.add_argument("--use_prompt_extend", action="store_true", help="rewrite the prompt with an LLM first (falls back to the prompt as given if that fails)")
+    p.add_argument("--prompt_extend_method", default="local_qwen", choices=["dashscope", "local_qwen"],
+                   help="dashscope: the DashScope API (env DASH_API_KEY, DASH_API_URL); local_qwen: a Qwen2.5(-VL) model run here")
+    p.add_argument("--prompt_extend_model", default=None,
+                   help="model name or folder (default: qwen-plus / qwen-vl-max for dashscope, Qwen2.5_14B / QwenVL2.5_7B for local_qwen)")
+    p.add_argument("--prompt_extend_target_lang", default="zh", choices=["zh", "en"], help="language of the extended prompt")
     p.add_argument("--base_seed", type=int, default=-1, help="seed; negative picks one at random")
     p.add_argument("--image", default=None, help="conditioning image (required for i2v-A14B; selects image mode for ti2v-5B)")
     p.add_argument("--sample_solver", default="unipc", choices=["unipc", "dpm++"])
@@ -126,8 +130,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
                                   t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu)
     if args.offload_model and (args.dit_fsdp or args.t5_fsdp):
         problems.append("--offload_model true cannot be combined with --dit_fsdp/--t5_fsdp: sharded weights stay on their GPUs")
-    if args.use_prompt_extend:
-        problems.append("--use_prompt_extend: prompt extension is not implemented yet; pass the extended prompt with --prompt")
+    if args.use_prompt_extend and args.prompt_extend_method == "dashscope" and not os.environ.get("DASH_API_KEY"):
+        problems.append("--prompt_extend_method dashscope: DASH_API_KEY is not set; export your DashScope API key "
+                        "(and DASH_API_URL for another endpoint), or use --prompt_extend_method local_qwen")
     return problems
 
 
@@ -263,6 +268,20 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
             print(f"generate: error: --image {args.image} is not a readable image ({err})", file=sys.stderr)
             return 1
     log.info("task %s, size %s, seed %d, prompt: %s", task.name, args.size, seed, prompt)
+    input_prompt = prompt
+    if args.use_prompt_extend:  # rank 0 extends, every rank gets its result (spec §9, §10)
+        from wan_core.prompt_extend import PromptExtensionError, extend_prompt
+
+        log.info("extending the prompt with %s", args.prompt_extend_method)
+        try:
+            extension = extend_prompt(prompt, method=args.prompt_extend_method, model=args.prompt_extend_model,
+                                      task=task.name, tar_lang=args.prompt_extend_target_lang, image=image,
+                                      seed=seed, device=layout.device, layout=layout)
+        except PromptExtensionError as err:
+            print(f"generate: error: --use_prompt_extend: {err}", file=sys.stderr)
+            return 1
+        extension.report(log)  # the extended prompt, or a warning with why it fell back
+        input_prompt = extension.prompt
 
     if layout.device.type == "cuda":  # before minutes of loading, say if it cannot fit
         import torch
@@ -286,11 +305,11 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
                    callback=watchdog.chain(progress) if watchdog is not None else progress)
     with watchdog or nullcontext():
         if task.name == "i2v-A14B":
-            video = pipe.generate(prompt, img=image, max_area=Size.parse(args.size).area, **options)
+            video = pipe.generate(input_prompt, img=image, max_area=Size.parse(args.size).area, **options)
         elif task.name == "ti2v-5B":
-            video = pipe.generate(prompt, img=image, size=args.size, **options)
+            video = pipe.generate(input_prompt, img=image, size=args.size, **options)
         else:
-            video = pipe.generate(prompt, size=args.size, **options)
+            video = pipe.generate(input_prompt, size=args.size, **options)
         if not layout.is_main:  # only rank 0 decoded (spec §9)
             return 0
         save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)

@@ -89,7 +89,6 @@ REFUSALS = [
     (["--cfg_parallel"], "--cfg_parallel: CFG-parallel needs an even gpus, got 1"),
     (["--ulysses_size", "3"], "--ulysses_size: 3 does not divide the 40 attention heads of t2v-A14B"),
     (["--ulysses_size", "0"], "--ulysses_size must be >= 1"),
-    (["--use_prompt_extend"], "--use_prompt_extend: prompt extension is not implemented yet"),
     (["--task", "s2v-14B"], "--task s2v-14B is out of scope for wanops"),
     (["--offload_model", "maybe"], "boolean value expected"),
     (["--sample_solver", "euler"], "invalid choice: 'euler'"),

@@ -46,13 +46,13 @@ class QwenPromptExpander(PromptExpander):
     method = "local_qwen"
 
     def __init__(self, model: str | None = None, *, is_vl: bool = False, device: torch.device | str = "cpu",
-                 max_new_tokens: int = MAX_NEW_TOKENS) -> None:
+                 max_new_tokens: int | None = None) -> None:
         import torch
 
         super().__init__(model or (DEFAULT_VL_MODEL if is_vl else DEFAULT_TEXT_MODEL))
         self.is_vl = is_vl
         self.device = torch.device(device)
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = max_new_tokens or MAX_NEW_TOKENS
         self.model_path = resolve_model(self.model)
         kwargs: dict[str, Any] = {"dtype": torch.float16 if "AWQ" in self.model_path else "auto"}
         if self.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
@@ -61,8 +61,8 @@ class QwenPromptExpander(PromptExpander):
             if is_vl:
                 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-                self.processor = AutoProcessor.from_pretrained(self.model_path, min_pixels=VL_MIN_PIXELS,
-                                                               max_pixels=VL_MAX_PIXELS, use_fast=True)
+                bounds = {"shortest_edge": VL_MIN_PIXELS, "longest_edge": VL_MAX_PIXELS}  # pixels, not sides
+                self.processor = AutoProcessor.from_pretrained(self.model_path, size=bounds)
                 self.llm = Qwen2_5_VLForConditionalGeneration.from_pretrained(self.model_path, device_map="cpu", **kwargs)
             else:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
