@@ -9,7 +9,8 @@ Fault injection for tests, driven by what the client actually sends rather than 
   (any connection) is held unanswered, so the client can make no further progress in the store
   until it is killed or the gate closes. Deterministic "stop right after step k was saved".
 - `refuse_at(method, path)`: a matching request is not relayed; the store goes down at that moment:
-  the listening socket and every open connection are closed, so retries are refused.
+  every open connection is closed, and every later one is closed as soon as it is accepted
+  (counted in `dropped`, so a test can see the client's retries).
 
 The relay parses only request framing (request line, headers, Content-Length); bytes pass through
 unchanged, so SigV4 signatures (which cover the Host header the client sent) stay valid. Requests
@@ -37,6 +38,7 @@ class S3Gate:
         self.requests: list[tuple[str, str]] = []  # relayed, in order
         self.held: list[tuple[str, str]] = []
         self.refused: list[tuple[str, str]] = []
+        self.dropped = 0  # connections closed unanswered once the refuse rule tripped
         self.tripped = threading.Event()  # the hold or refuse rule matched
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -70,9 +72,9 @@ class S3Gate:
         self._closed.set()
         self._down()
 
-    def _down(self) -> None:
+    def _down(self, listener: bool = True) -> None:
         with self._lock:
-            for s in [self._listener, *self._sockets]:
+            for s in [self._listener] * listener + self._sockets:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -86,6 +88,10 @@ class S3Gate:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.tripped.is_set() and self.refuse_at is not None:
+                self.dropped += 1
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=10)
             except OSError:
@@ -136,7 +142,7 @@ class S3Gate:
                 if self.refuse_at is not None and self.refuse_at(*request):
                     self.refused.append(request)
                     self.tripped.set()
-                    self._down()
+                    self._down(listener=False)
                     return
                 server.sendall(head + b"\r\n\r\n")
                 if headers.get("transfer-encoding", "").lower() == "chunked":
