@@ -252,9 +252,9 @@ class MemoryModes(ApiModel):
     )
     convert_model_dtype: bool | None = Field(
         None,
-        description="Cast DiT weights to bfloat16, halving their memory (ignored with ditFsdp, "
-        "which keeps its own mixed precision). Unset: on (every upstream README command uses "
-        "it).",
+        description="Cast DiT weights to bfloat16, halving their memory; with ditFsdp each rank "
+        "stores its shards in bfloat16 (upstream ignores the flag there and keeps fp32 shards). "
+        "Unset: on (every upstream README command uses it).",
     )
     t5_cpu: bool = Field(
         False,
