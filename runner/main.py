@@ -2,7 +2,8 @@
 
 In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
 1. read `/etc/wanops/config.json`; check the store credentials and bucket, the checkpoint folder
-   (headers only) and fetch the input image — bad input fails here, in seconds, with the fatal
+   (headers only), the DashScope key when spec.promptExtension uses it, and fetch the input
+   image — bad input fails here, in seconds, with the fatal
    exit code, before any rendezvous or model load;
 2. if this run's video is already at the final key (a retried pod), report it and stop; if the
    final latent was saved (the last attempt failed in decode or upload), pod 0 decodes it with the
@@ -137,11 +138,13 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
         node_rank,
         extra={"run": run_id, "attempt": cfg.attempt},
     )
-    if cfg.resolved.spec.prompt_extension is not None:  # as the CLI's --use_prompt_extend
+    ext = cfg.resolved.spec.prompt_extension
+    if ext is not None and ext.method == "dashscope" and not env.get(contract.DASHSCOPE_KEY_ENV):
+        ref = ext.api_key_secret_ref
+        where = f"key {ref.key} of Secret {ref.name}" if ref is not None else "spec.promptExtension"
         raise errors.bad_input(
-            errors.PROMPT_EXTENSION_UNSUPPORTED,
-            "prompt extension is not implemented in the runner yet; remove spec.promptExtension "
-            "and put the extended prompt in spec.prompt",
+            contract.SECRET_INVALID,
+            f"{contract.DASHSCOPE_KEY_ENV} is empty; put the DashScope API key in the {where}",
         )
     store = Store.from_env(cfg.output, env)
     store.check()

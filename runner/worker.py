@@ -1,5 +1,12 @@
 """One rank of a run, started by torchrun (`runner.main` launches it): config → process group →
-pipeline → (rank 0) latents saved, decoded, encoded, published, reported.
+(prompt extension) → pipeline → (rank 0) latents saved, decoded, encoded, published, reported.
+
+Prompt extension (spec.promptExtension, `wan_core.prompt_extend`): rank 0 extends the prompt and
+broadcasts it. The outcome goes to the log as one structured line with a `prompt_extension`
+record (status `extended` or `fallback`, method, model, original and used prompt, the failure
+message), at WARNING for a fallback; the status has no field for it. The prompt used is saved
+with the run's work objects, so a retried attempt (which may resume the sampling) encodes the
+same prompt instead of asking the LLM again.
 
 Never lose finished work: rank 0 saves the final latent to the store before the VAE decode, so a
 retry after a failed decode or upload decodes that latent (in `runner.main`, without loading the
@@ -46,6 +53,7 @@ WORK_DIR_ENV = "WANOPS_WORK_DIR"
 
 LATENTS = "latents.pt"  # the final latent, before decode
 SAMPLING = "sampling.pt"  # the loop's state every checkpointEverySteps
+PROMPT = "prompt.json"  # the prompt extension's outcome (PromptOutput), reused by retries
 
 
 def to_bytes(obj: Any) -> bytes:
@@ -91,9 +99,12 @@ def sample(
     opts: SamplingOptions,
     image: Image.Image | None,
     callback: Any,
+    prompt: str | None = None,
 ) -> Tensor:
-    """The task's sampling steps with the resolved values; returns the final latent (no decode)."""
-    prompt, n_prompt, area = r.spec.prompt, r.negative_prompt, r.width * r.height
+    """The task's sampling steps with the resolved values; returns the final latent (no decode).
+    `prompt`: the one to encode (the extended prompt), default spec.prompt."""
+    prompt = r.spec.prompt if prompt is None else prompt
+    n_prompt, area = r.negative_prompt, r.width * r.height
     if r.task == "i2v-A14B":
         return pipe.run(
             prompt, image, area, opts, n_prompt=n_prompt, callback=callback, decode=False
@@ -105,6 +116,62 @@ def sample(
     return pipe.run(
         prompt, r.width, r.height, opts, n_prompt=n_prompt, callback=callback, decode=False
     )
+
+
+def extension_model(name: str | None) -> str | None:
+    """spec.promptExtension.model: a path relative to the checkpoint volume if it names a folder
+    there, else as given (an absolute path, an alias, a Hugging Face id)."""
+    if name is None or Path(name).is_absolute():
+        return name
+    inside = Path(contract.CHECKPOINT_DIR, name)
+    return str(inside) if inside.exists() else name
+
+
+def extended_prompt(
+    cfg: contract.RunnerConfig,
+    layout: Any,
+    image: Image.Image | None,
+    store: Store,
+    run_id: str,
+) -> str:
+    """The prompt this run encodes: spec.prompt, or its extension (rank 0 asks, every rank gets
+    the answer); a failed extension falls back to spec.prompt and is logged as a warning."""
+    from wan_core.prompt_extend import PromptExtensionError, PromptOutput, extend_prompt
+
+    spec = cfg.resolved.spec
+    ext = spec.prompt_extension
+    if ext is None:
+        return spec.prompt
+    saved = store.get_work(run_id, PROMPT)
+    if saved is not None:  # a retried attempt: the prompt the earlier one used (and maybe sampled)
+        out = PromptOutput.from_dict(json.loads(saved))
+        log.info("reusing the earlier attempt's prompt extension", extra={"prompt_extension": out.summary()})
+        return out.prompt
+    options: dict[str, Any] = {}
+    if ext.method == "dashscope":
+        options["api_key"] = os.environ.get(contract.DASHSCOPE_KEY_ENV)
+        options["base_url"] = ext.api_url  # None: $DASH_API_URL, else the default endpoint
+    try:
+        out = extend_prompt(
+            spec.prompt,
+            method=ext.method,
+            model=extension_model(ext.model),
+            task=cfg.resolved.task,
+            tar_lang=ext.target_language,
+            image=image,
+            seed=cfg.seed,
+            device=layout.device,
+            layout=layout,
+            **options,
+        )
+    except PromptExtensionError as e:
+        reason = contract.SECRET_INVALID if ext.method == "dashscope" else errors.PROMPT_EXTENSION_MODEL_INVALID
+        fix = "fix the key's Secret" if ext.method == "dashscope" else "fix spec.promptExtension.model"
+        raise errors.bad_input(reason, f"{e}; {fix}") from e
+    if layout.is_main:
+        out.report(log)
+        store.put_work(run_id, PROMPT, json.dumps(out.to_dict()).encode())
+    return out.prompt
 
 
 def finish(
@@ -182,6 +249,8 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         reporter = report.StatusReporter(cfg.resource, report.api_client())
         reporter.stage("Loading", r.steps)
     image = Image.open(os.environ[IMAGE_ENV]).convert("RGB") if os.environ.get(IMAGE_ENV) else None
+    with metrics.phase("prompt"):
+        prompt = extended_prompt(cfg, layout, image, store, run_id)
 
     with metrics.phase("load"):
         try:
@@ -224,7 +293,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         metrics.start_steps()
         with metrics.phase("sample"):
             latent = sample(
-                pipe, r, opts, image, dog.chain(on_step) if dog is not None else on_step
+                pipe, r, opts, image, dog.chain(on_step) if dog is not None else on_step, prompt
             )
         if reporter is not None:  # rank 0; the others wait for it at the final barrier
             store.put_work(run_id, LATENTS, to_bytes(latent))
