@@ -26,7 +26,9 @@ STATUS_UPDATE_FAILED = "StatusUpdateFailed"
 RENDEZVOUS_UNRESOLVED = "RendezvousUnresolved"
 IMAGE_UNAVAILABLE = "ImageUnavailable"  # the image host answered 5xx or timed out: try later
 WORKER_FAILED = "WorkerFailed"
-PROMPT_EXTENSION_MODEL_INVALID = "PromptExtensionModelInvalid"  # local_qwen: the model does not load
+PROMPT_EXTENSION_MODEL_INVALID = (
+    "PromptExtensionModelInvalid"  # local_qwen: the model does not load
+)
 
 
 class RunnerError(Exception):

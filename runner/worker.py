@@ -145,7 +145,10 @@ def extended_prompt(
     saved = store.get_work(run_id, PROMPT)
     if saved is not None:  # a retried attempt: the prompt the earlier one used (and maybe sampled)
         out = PromptOutput.from_dict(json.loads(saved))
-        log.info("reusing the earlier attempt's prompt extension", extra={"prompt_extension": out.summary()})
+        log.info(
+            "reusing the earlier attempt's prompt extension",
+            extra={"prompt_extension": out.summary()},
+        )
         return out.prompt
     options: dict[str, Any] = {}
     if ext.method == "dashscope":
@@ -165,8 +168,16 @@ def extended_prompt(
             **options,
         )
     except PromptExtensionError as e:
-        reason = contract.SECRET_INVALID if ext.method == "dashscope" else errors.PROMPT_EXTENSION_MODEL_INVALID
-        fix = "fix the key's Secret" if ext.method == "dashscope" else "fix spec.promptExtension.model"
+        reason = (
+            contract.SECRET_INVALID
+            if ext.method == "dashscope"
+            else errors.PROMPT_EXTENSION_MODEL_INVALID
+        )
+        fix = (
+            "fix the key's Secret"
+            if ext.method == "dashscope"
+            else "fix spec.promptExtension.model"
+        )
         raise errors.bad_input(reason, f"{e}; {fix}") from e
     if layout.is_main:
         out.report(log)

@@ -38,14 +38,18 @@ def test_dashscope_extension_on_two_ranks(make_run, s3, bucket) -> None:
     (event,) = _extension_events(out)
     assert event["level"] == "INFO" and event["rank"] == 0
     assert event["prompt_extension"] == {
-        "status": "extended", "method": "dashscope", "model": "qwen-plus",
+        "status": "extended",
+        "method": "dashscope",
+        "model": "qwen-plus",
         "original_prompt": SPEC["prompt"],
         "prompt": f"EXTENDED by qwen-plus: {SPEC['prompt']}, golden hour, slow dolly-in",
         "message": "",
     }
     assert run.status()["output"]["uri"].endswith(run.config.output.key)
     names = sorted(o.object_name for o in s3.list_objects(bucket, recursive=True))
-    assert names == sorted([run.config.output.key, run.config.output.log_key])  # prompt.json cleared
+    assert names == sorted(
+        [run.config.output.key, run.config.output.log_key]
+    )  # prompt.json cleared
     assert b"EXTENDED by qwen-plus" in s3.get_object(bucket, run.config.output.log_key).read()
 
 
