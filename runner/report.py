@@ -126,7 +126,8 @@ class StatusReporter:
             stage="Denoising",
             step=step,
             total_steps=total,
-            expert=expert,
+            # the pipelines name the expert by its subfolder (`high_noise_model`), status by role
+            expert=expert.removesuffix("_model") if expert else None,
             percent=percent,
             eta_seconds=eta,
         )

@@ -106,3 +106,18 @@ def test_rank_zero_name_is_awaited_then_a_temporary_failure() -> None:
     with pytest.raises(errors.RunnerError, match="did not resolve within") as e:
         resolve_master("rank0.wanops-test.invalid", 0.3, interval_s=0.1)
     assert not e.value.fatal and e.value.reason == errors.RENDEZVOUS_UNRESOLVED
+
+
+def test_progress_names_the_a14b_expert_by_role() -> None:
+    """The pipelines call the expert by its checkpoint subfolder; status.progress.expert by role
+    (the API's enum): an A14B step must not fail validation (it once failed every A14B run)."""
+    from runner.report import StatusReporter
+    from wanspec.contract import ResourceRef
+
+    reporter = StatusReporter(ResourceRef(namespace="ns", name="vg", uid="u"), None)
+    sent: list[dict] = []
+    reporter._patch = sent.append  # type: ignore[method-assign]
+    reporter.step(1, 2, "high_noise_model")
+    reporter.step(2, 2, "low_noise_model")
+    reporter.step(2, 2, None)
+    assert [s["progress"].get("expert") for s in sent] == ["high_noise", "low_noise", None]
