@@ -40,8 +40,19 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).parents[2]
 CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 CLAIM, RUNNER_SA = "models", "wanops-runner"
-CKPT = {"t2v-A14B": "Wan2.2-T2V-A14B", "i2v-A14B": "Wan2.2-I2V-A14B", "ti2v-5B": "Wan2.2-TI2V-5B"}
-SIZE = {"t2v-A14B": (832, 480), "i2v-A14B": (832, 480), "ti2v-5B": (1280, 704)}  # smallest
+CKPT = {
+    "t2v-A14B": "Wan2.2-T2V-A14B",
+    "i2v-A14B": "Wan2.2-I2V-A14B",
+    "ti2v-5B": "Wan2.2-TI2V-5B",
+}
+SIZE = {
+    "t2v-A14B": (832, 480),
+    "i2v-A14B": (832, 480),
+    "ti2v-5B": (1280, 704),
+}  # smallest
+# The video's (width, height): i2v follows the image's aspect within the area of `size`, floored
+# to the latent grid as upstream does (sqrt(832·480·480/832) lands just under 480 → 464).
+OUT_SIZE = {**SIZE, "i2v-A14B": (832, 464)}
 TIMEOUT = 900  # pods loading torch and sampling on a shared 2-core machine
 
 
@@ -84,7 +95,11 @@ def _setup_namespace(kube, cluster, ns: str, claim_dir: Path) -> None:
         {
             "metadata": {"name": RUNNER_SA},
             "rules": [
-                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{PLURAL}/status"],
+                    "verbs": ["get", "patch"],
+                }
             ],
         },
     )
@@ -92,8 +107,14 @@ def _setup_namespace(kube, cluster, ns: str, claim_dir: Path) -> None:
         ns,
         {
             "metadata": {"name": RUNNER_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": ns}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": RUNNER_SA,
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": ns}
+            ],
         },
     )
     core.create_namespaced_secret(
@@ -148,7 +169,11 @@ def space(cluster, kube, s3, tmp_path_factory) -> Iterator[tuple[str, str, Path]
     ns = f"t-e2e-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
     wait_for(
-        lambda: core.list_namespaced_service_account(ns, field_selector="metadata.name=default").items,
+        lambda: (
+            core.list_namespaced_service_account(
+                ns, field_selector="metadata.name=default"
+            ).items
+        ),
         what=f"{ns}/default ServiceAccount",
     )
     _setup_namespace(kube, cluster, ns, claim)
@@ -214,12 +239,16 @@ class Watched:
                 "spec": spec,
             },
         )
-        self.progress: list[dict[str, Any]] = []  # distinct status.progress values, in order
+        self.progress: list[
+            dict[str, Any]
+        ] = []  # distinct status.progress values, in order
         self.status: dict[str, Any] = {}
         self.t0 = time.monotonic()
 
     def get(self) -> dict[str, Any]:
-        vg = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, self.name)
+        vg = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, self.name
+        )
         return vg.get("status") or {}
 
     def until(self, done, timeout: float = TIMEOUT) -> dict[str, Any]:
@@ -242,7 +271,10 @@ class Watched:
                 progress = self.status.get("progress")
                 if progress and (not self.progress or self.progress[-1] != progress):
                     self.progress.append(progress)
-                if done(self.status) or self.status.get("phase") in ("Succeeded", "Failed"):
+                if done(self.status) or self.status.get("phase") in (
+                    "Succeeded",
+                    "Failed",
+                ):
                     w.stop()
                     return self.status
         return self.status
@@ -253,7 +285,9 @@ class Watched:
         return status
 
     def explain(self) -> str:
-        tail = "\n".join(self.operator_log.read_text(errors="replace").splitlines()[-30:])
+        tail = "\n".join(
+            self.operator_log.read_text(errors="replace").splitlines()[-30:]
+        )
         return f"{self.status}\n--- progress: {self.progress}\n--- operator:\n{tail}"
 
 
@@ -303,7 +337,9 @@ def _pods(kube, ns: str, job: str) -> dict[str, dict[str, Any]]:
 
 
 def _pod_log(cluster, ns: str, pod: dict[str, Any]) -> str:
-    folder = cluster.state_dir / "nodeagent" / "pods" / f"{ns}_{pod['name']}_{pod['uid']}"
+    folder = (
+        cluster.state_dir / "nodeagent" / "pods" / f"{ns}_{pod['name']}_{pod['uid']}"
+    )
     return (folder / f"{contract.RUNNER_CONTAINER}.log").read_text(errors="replace")
 
 
@@ -337,10 +373,23 @@ def _processes(hostname_prefix: str, argv: list[str] | None = None) -> list[int]
 
 
 def _objects(s3, bucket: str, prefix: str = "") -> list[str]:
-    return sorted(o.object_name for o in s3.list_objects(bucket, prefix=prefix, recursive=True))
+    return sorted(
+        o.object_name for o in s3.list_objects(bucket, prefix=prefix, recursive=True)
+    )
 
 
-def _check_published(s3, bucket: str, status: dict[str, Any], size: tuple[int, int], tmp: Path):
+def _objects_of(s3, bucket: str, ns: str, name: str) -> list[str]:
+    """Everything a resource left in the (shared) bucket: its outputs and any work objects."""
+    return [
+        n
+        for n in _objects(s3, bucket, ns)
+        if n.startswith((f"{ns}/{name}.", f"{ns}/.wanops/{name}-"))
+    ]
+
+
+def _check_published(
+    s3, bucket: str, status: dict[str, Any], size: tuple[int, int], tmp: Path
+):
     from runner.encode import probe
 
     out = status["output"]
@@ -359,9 +408,11 @@ def _check_published(s3, bucket: str, status: dict[str, Any], size: tuple[int, i
 
 
 def _events(kube, ns: str, name: str) -> list[Any]:
-    return client.CoreV1Api(kube).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={name}"
-    ).items
+    return (
+        client.CoreV1Api(kube)
+        .list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
+        .items
+    )
 
 
 # ---- the whole path, per task ---------------------------------------------------------------
@@ -384,12 +435,14 @@ def test_each_task_runs_in_two_pods_of_two_processes(
     status = vg.finish()
     print(f"{task}: {vg.seconds:.0f} s, progress seen: {vg.progress}")
     assert status.get("phase") == "Succeeded", vg.explain()
-    key = _check_published(s3, bucket, status, SIZE[task], tmp_path)
+    key = _check_published(s3, bucket, status, OUT_SIZE[task], tmp_path)
     assert key == f"{ns}/{vg.name}.mp4" and status["attempt"] == 0
 
     # progress on the way: loading, denoising steps, decode/encode/upload, never backwards
     stages = [p.get("stage") for p in vg.progress]
-    assert "Denoising" in stages and {"Decoding", "Uploading"} & set(stages), vg.progress
+    assert "Denoising" in stages and {"Decoding", "Uploading"} & set(stages), (
+        vg.progress
+    )
     percents = [p["percent"] for p in vg.progress]
     assert percents == sorted(percents) and len(vg.progress) >= 4, vg.progress
 
@@ -417,25 +470,32 @@ def test_killed_runner_is_retried_and_publishes_exactly_once(
         pytest.skip("finds the runner's process on this machine")
     ns, bucket, _ = space
     vg = Watched(kube, ns, _spec("ti2v-5B", gpus=2, gpusPerPod=1), operator)
-    status = vg.until(lambda s: (s.get("progress") or {}).get("stage") in ("Loading", "Denoising"))
+    status = vg.until(
+        lambda s: (s.get("progress") or {}).get("stage") in ("Loading", "Denoising")
+    )
     assert status.get("phase") not in ("Succeeded", "Failed"), vg.explain()
     job = status.get("jobName") or f"{vg.name}-a0"
     assert job.endswith("-a0")
     victims = wait_for(
-        lambda: _processes(f"{job}-0", ["python", "-m", "runner"]), what="pod 0's runner process"
+        lambda: _processes(f"{job}-0", ["python", "-m", "runner"]),
+        what="pod 0's runner process",
     )
     os.kill(victims[0], signal.SIGKILL)
     key = f"{ns}/{vg.name}.mp4"
-    assert key not in _objects(s3, bucket, ns), "published before the kill: the test is too late"
+    assert key not in _objects_of(s3, bucket, ns, vg.name), (
+        "published before the kill: too late"
+    )
     # the container's PID namespace takes torchrun and its workers with it
-    wait_for(lambda: not _processes(f"{job}-"), timeout=120, what=f"no process of {job} left")
+    wait_for(
+        lambda: not _processes(f"{job}-"), timeout=120, what=f"no process of {job} left"
+    )
 
     status = vg.finish()
     assert status.get("phase") == "Succeeded", vg.explain()
     assert status["attempt"] == 1 and status["jobName"] == f"{vg.name}-a1", vg.explain()
     _check_published(s3, bucket, status, SIZE["ti2v-5B"], tmp_path)
     # exactly one video, its log, and nothing else: no temporary upload, no work objects
-    assert _objects(s3, bucket, ns) == [f"{ns}/{vg.name}.log", key]
+    assert _objects_of(s3, bucket, ns, vg.name) == [f"{ns}/{vg.name}.log", key]
     reasons = [e.reason for e in _events(kube, ns, vg.name)]
     assert "Retrying" in reasons, reasons
 
@@ -443,7 +503,9 @@ def test_killed_runner_is_retried_and_publishes_exactly_once(
 def test_bad_image_url_fails_at_once_with_the_reason(kube, s3, space, operator) -> None:
     ns, bucket, _ = space
     missing = f"s3://{bucket}/inputs/no-such-image.png"
-    vg = Watched(kube, ns, _spec("i2v-A14B", gpus=4, gpusPerPod=2, inputImage=missing), operator)
+    vg = Watched(
+        kube, ns, _spec("i2v-A14B", gpus=4, gpusPerPod=2, inputImage=missing), operator
+    )
     status = vg.finish()
     assert status.get("phase") == "Failed", vg.explain()
     failure = status["failure"]
@@ -462,7 +524,9 @@ def test_bad_image_url_fails_at_once_with_the_reason(kube, s3, space, operator) 
     )
     assert any("no-such-image.png" in (e.message or "") for e in events), events
     assert vg.seconds < 180  # failed in the pods' checks, before any model was loaded
-    assert _objects(s3, bucket, f"{ns}/{vg.name}") == [f"{ns}/{vg.name}.log"]  # the log, no MP4
+    assert _objects(s3, bucket, f"{ns}/{vg.name}") == [
+        f"{ns}/{vg.name}.log"
+    ]  # the log, no MP4
 
 
 def test_store_down_at_upload_is_retried_then_fails_cleanly(
@@ -485,10 +549,12 @@ def test_store_down_at_upload_is_retried_then_fails_cleanly(
     assert status["failure"]["reason"] == "StoreUnavailable", vg.explain()
     assert status["attempt"] == 1, vg.explain()
     messages = " ".join(e.message or "" for e in _events(kube, ns, vg.name))
-    assert "could not upload" in messages, messages  # attempt 0: the upload, after retries
+    assert "could not upload" in messages, (
+        messages
+    )  # attempt 0: the upload, after retries
     if cluster.node_agent:
         pod0 = _pods(kube, ns, f"{vg.name}-a0")["0"]
         assert "retry 4 in" in _pod_log(cluster, ns, pod0)
     key = f"{ns}/{vg.name}.mp4"
-    names = _objects(s3, bucket, ns)
+    names = _objects_of(s3, bucket, ns, vg.name)
     assert key not in names and not any("/upload-" in n for n in names), names
