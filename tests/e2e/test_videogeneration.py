@@ -14,6 +14,7 @@ real size on a shared CPU."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -226,7 +228,6 @@ class Watched:
         self.custom = client.CustomObjectsApi(kube)
         self.ns, self.operator_log = ns, operator_log
         self.name = f"vg-{uuid.uuid4().hex[:6]}"
-        _wait_rendezvous_port_free()
         self.custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -291,20 +292,47 @@ class Watched:
         return f"{self.status}\n--- progress: {self.progress}\n--- operator:\n{tail}"
 
 
-def _wait_rendezvous_port_free(timeout: float = 600) -> None:
-    """Pods share the machine's ports and torchrun's store listens on every address: wait out
-    another run on this machine (another test session, the demo) holding the rendezvous port."""
+LOCK_FILE = (
+    Path(tempfile.gettempdir()) / f"wanops-e2e-rendezvous-{contract.MASTER_PORT}.lock"
+)
 
-    def free() -> bool:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("0.0.0.0", contract.MASTER_PORT))
-                return True
-            except OSError:
-                return False
 
-    wait_for(free, timeout=timeout, what=f"port {contract.MASTER_PORT} free")
+@pytest.fixture
+def rendezvous_port() -> Iterator[None]:
+    """The machine's rendezvous port for this test's run.
+
+    The node agent gives pods no network namespace, so every pod on this machine shares one port
+    space, and torchrun's store listens on port 29500 of every address: two runs at once (another
+    session running this module, the demo) make one fail with EADDRINUSE and burn its retries.
+    Runs of this module take turns through a lock file; anything else holding the port is waited
+    out before the resource is created. (A real cluster gives each pod its own port space.)"""
+    with open(LOCK_FILE, "a") as lock:
+        wait_for(
+            lambda: _try_lock(lock), timeout=420, what=f"{LOCK_FILE} (another run)"
+        )
+        wait_for(_port_free, timeout=420, what=f"port {contract.MASTER_PORT} free")
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _try_lock(lock) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _port_free() -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", contract.MASTER_PORT))
+            return True
+        except OSError:
+            return False
 
 
 def _spec(task: str, **extra: Any) -> dict[str, Any]:
@@ -420,7 +448,7 @@ def _events(kube, ns: str, name: str) -> list[Any]:
 
 @pytest.mark.parametrize("task", ["t2v-A14B", "i2v-A14B", "ti2v-5B"])
 def test_each_task_runs_in_two_pods_of_two_processes(
-    task, cluster, kube, s3, space, operator, tmp_path
+    task, cluster, kube, s3, space, operator, rendezvous_port, tmp_path
 ) -> None:
     ns, bucket, _ = space
     extra: dict[str, Any] = {"gpus": 4, "gpusPerPod": 2}
@@ -462,7 +490,7 @@ def test_each_task_runs_in_two_pods_of_two_processes(
 
 
 def test_killed_runner_is_retried_and_publishes_exactly_once(
-    cluster, kube, s3, space, operator, tmp_path
+    cluster, kube, s3, space, operator, rendezvous_port, tmp_path
 ) -> None:
     """SIGKILL of pod 0's runner (the process the container runs, as the OOM killer would) while
     the run is under way: the attempt fails, attempt 1 runs whole and publishes one video."""
@@ -530,7 +558,7 @@ def test_bad_image_url_fails_at_once_with_the_reason(kube, s3, space, operator) 
 
 
 def test_store_down_at_upload_is_retried_then_fails_cleanly(
-    cluster, kube, s3, space, operator
+    cluster, kube, s3, space, operator, rendezvous_port
 ) -> None:
     """The run reaches the store through an S3Gate that goes down at the MP4's upload: the runner
     retries it, the attempt fails StoreUnavailable, attempt 1 finds the store still down, and the
