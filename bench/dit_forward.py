@@ -20,8 +20,7 @@ import datetime
 import json
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +28,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402  (bench/timing.py)
 
 from wan_core.models.dit import DiTConfig, WanModel  # noqa: E402
 from wan_core.ops.attention import attention_backend  # noqa: E402
@@ -95,29 +96,6 @@ def attention_kernels(sdpa: SDPBackend | None) -> Iterator[None]:
         return
     with sdpa_kernel(sdpa), attention_backend("sdpa"):
         yield
-
-
-def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Tensor, list[float], float | None]:
-    """One warm-up, then `runs` timed calls; returns the last output (CPU fp32), seconds, peak GiB."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            seconds.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            out = fn()
-            seconds.append(time.perf_counter() - begin)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return out.float().cpu(), seconds, peak
 
 
 def rel_l2(a: Tensor, b: Tensor) -> float:

@@ -21,14 +21,14 @@ import json
 import math
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402  (bench/timing.py)
 
 from wan_core.models.vae2_1 import Wan21VAE, Wan21VAEConfig  # noqa: E402
 from wan_core.models.vae2_2 import Wan22VAE, Wan22VAEConfig  # noqa: E402
@@ -59,30 +59,6 @@ def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfi
         else:
             p.normal_(0.0, 0.5 / math.sqrt(p[0].numel()), generator=gen)
     return model.to(dtype)
-
-
-def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Tensor, list[float], float | None]:
-    """One warm-up, then `runs` timed calls; returns the last output (CPU fp32), seconds, peak GiB."""
-    fn()  # warm-up; its output is dropped at once
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(runs):
-        out = None  # never two videos alive on the device
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            seconds.append(start.elapsed_time(end) / 1000)
-        else:
-            begin = time.perf_counter()
-            out = fn()
-            seconds.append(time.perf_counter() - begin)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return out.float().cpu(), seconds, peak
 
 
 def main() -> int:
