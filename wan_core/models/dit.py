@@ -261,8 +261,8 @@ class WanRMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-class WanSelfAttention(nn.Module):
-    """Self-attention with RMS-normed q/k and 3-D RoPE (`blocks.N.self_attn`, §3.5 step 2)."""
+class _Projections(nn.Module):
+    """The q/k/v/o projections and q/k RMSNorms both attentions of a block own (official names)."""
 
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
@@ -273,6 +273,10 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps)
         self.norm_k = WanRMSNorm(dim, eps)
+
+
+class WanSelfAttention(_Projections):
+    """Self-attention with RMS-normed q/k and 3-D RoPE (`blocks.N.self_attn`, §3.5 step 2)."""
 
     def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
@@ -288,18 +292,8 @@ class WanSelfAttention(nn.Module):
         return _linear(self.o, out.flatten(2))
 
 
-class WanCrossAttention(nn.Module):
+class WanCrossAttention(_Projections):
     """Cross-attention to the embedded text (`blocks.N.cross_attn`): no RoPE, no key mask (§3.6)."""
-
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = WanRMSNorm(dim, eps)
-        self.norm_k = WanRMSNorm(dim, eps)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
