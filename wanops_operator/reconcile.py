@@ -403,14 +403,7 @@ def _pass(
         spec = parse(vg["spec"])
     except InvalidSpec as e:
         message = reasons.INVALID_SPEC_MESSAGE.format(problems="; ".join(map(str, e.problems)))
-        _write(
-            cluster,
-            vg,
-            failed(reasons.INVALID_SPEC, message, now=now),
-            attempt=attempt,
-            seed=None,
-            now=now,
-        )
+        _write_invalid(cluster, vg, message, attempt=attempt, now=now)
         raise Refused(message) from e
     seed = seed_for(spec, vg["metadata"]["uid"])
 
@@ -454,6 +447,13 @@ def _pass(
     return obs.phase
 
 
+def _write_invalid(
+    cluster: Cluster, vg: dict[str, Any], message: str, *, attempt: int, now: datetime
+) -> None:
+    """End the resource Failed/InvalidSpec: ours or the API server's refusal of what we render."""
+    _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now), attempt=attempt, seed=None, now=now)
+
+
 def _create_job(
     cluster: Cluster, vg: dict[str, Any], job: dict[str, Any], now: datetime
 ) -> dict[str, Any] | None:
@@ -475,14 +475,8 @@ def _create_job(
         if e.status != 422:
             raise
         message = reasons.INVALID_SPEC_MESSAGE.format(problems=_api_message(e))
-        attempt = int(job["metadata"]["labels"][LABEL_ATTEMPT])
-        _write(
-            cluster,
-            vg,
-            failed(reasons.INVALID_SPEC, message, now=now),
-            attempt=attempt,
-            seed=None,
-            now=now,
+        _write_invalid(
+            cluster, vg, message, attempt=int(job["metadata"]["labels"][LABEL_ATTEMPT]), now=now
         )
         return None
     created_at = vg["metadata"].get("creationTimestamp")
