@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from localcluster import LocalCluster, wait_for
 from localcluster import s3 as s3mod
+from localcluster.crds import apply_crd
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
@@ -50,19 +51,8 @@ def setup(api: client.ApiClient, cluster: LocalCluster, sample: dict) -> None:
         write_tiny_checkpoint(sample["spec"]["task"], ckpt)
 
     print("== installing the CRD, RBAC, the store Secret and the checkpoint claim")
-    ext, core, rbac = (
-        client.ApiextensionsV1Api(api),
-        client.CoreV1Api(api),
-        client.RbacAuthorizationV1Api(api),
-    )
-    crd = yaml.safe_load((ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml").read_text())
-    ext.patch_custom_resource_definition(
-        crd["metadata"]["name"],
-        crd,
-        field_manager="wanops-demo",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    apply_crd(api, ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml", field_manager="wanops-demo")
     create(core.create_namespace, {"metadata": {"name": ns}})
     wait_for(
         lambda: (

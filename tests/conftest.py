@@ -103,3 +103,12 @@ def bucket(s3) -> Iterator[str]:
     for obj in s3.list_objects(name, recursive=True):
         s3.remove_object(name, obj.object_name)
     s3.remove_bucket(name)
+
+
+@pytest.fixture(scope="session")
+def crd(kube) -> dict:
+    """The committed VideoGeneration CRD, applied once and served; the CRD as read back."""
+    from localcluster.crds import apply_crd
+
+    return apply_crd(kube, Path(__file__).parents[1] / "crds" / "videogenerations.wanops.io.yaml",
+                     field_manager="wanops-tests")

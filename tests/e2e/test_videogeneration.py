@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
 from localcluster import wait_for
@@ -40,7 +39,6 @@ from wanspec.spec import GROUP, PLURAL, VERSION
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).parents[2]
-CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 CLAIM, RUNNER_SA = "models", "wanops-runner"
 CKPT = {
     "t2v-A14B": "Wan2.2-T2V-A14B",
@@ -62,29 +60,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _apply_crd(kube) -> None:
-    ext = client.ApiextensionsV1Api(kube)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="wanops-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def served() -> bool:
-        try:
-            client.CustomObjectsApi(kube).list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, limit=1
-            )
-            return True
-        except client.exceptions.ApiException:
-            return False
-
-    wait_for(served, what="VideoGeneration API served")
 
 
 def _setup_namespace(kube, cluster, ns: str, claim_dir: Path) -> None:
@@ -156,14 +131,13 @@ def _setup_namespace(kube, cluster, ns: str, claim_dir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def space(cluster, kube, s3, tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
+def space(cluster, kube, crd, s3, tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
     """(namespace, bucket, claim dir) shared by the module: runner account, store Secret, the
     three tiny checkpoints on a hostPath PV."""
     if not cluster.runs_pods:
         pytest.skip("no node agent: runner pods would never run")
     from wan_core.testing.tiny_checkpoint import write_tiny_checkpoint
 
-    _apply_crd(kube)
     claim = tmp_path_factory.mktemp("claim")
     for task, folder in CKPT.items():
         write_tiny_checkpoint(task, claim / folder)

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from gitops_scenarios import SCENARIOS, scenario  # tests/gitops/gitops_scenarios.py
 from test_gitops import argocd_health, kstatus  # tests/gitops/test_gitops.py
 
@@ -25,36 +24,7 @@ from wanspec.spec import GROUP, PLURAL, VERSION
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).parents[2]
-CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 HAVE_LUA = importlib.util.find_spec("lupa") is not None  # else test_gitops skips the Lua tests
-
-
-@pytest.fixture(scope="module")
-def crd(kube) -> None:
-    """The committed CRD, installed (or replaced) and Established."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    ext = client.ApiextensionsV1Api(kube)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    name = body["metadata"]["name"]
-    try:
-        existing = ext.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        ext.create_custom_resource_definition(body)
-    deadline = time.monotonic() + 30
-    while True:
-        got = ext.read_custom_resource_definition(name)
-        conds = {c.type: c.status for c in (got.status.conditions or [])}
-        if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
-            break
-        assert time.monotonic() < deadline, f"CRD not established: {conds}"
-        time.sleep(0.2)
-    time.sleep(1)  # discovery picks the CRD up asynchronously
 
 
 class Kubectl:

@@ -1,5 +1,5 @@
-"""Fixtures of the runner tests: the CRD on the session's API server, a tiny ti2v-5B checkpoint
-and `make_run` (a VideoGeneration plus its runner config, see `runner_cases.Run`)."""
+"""Fixtures of the runner tests (the CRD fixture is the session's, in tests/conftest.py): a tiny
+ti2v-5B checkpoint and `make_run` (a VideoGeneration plus its runner config, see `runner_cases.Run`)."""
 
 from __future__ import annotations
 
@@ -8,39 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from runner_cases import ROOT, SPEC, Run
-
-from localcluster import wait_for
-from wanspec.spec import GROUP, PLURAL, VERSION
-
-CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
-
-
-@pytest.fixture(scope="session")
-def crd(kube) -> None:
-    from kubernetes import client
-
-    ext = client.ApiextensionsV1Api(kube)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="wanops-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def served() -> bool:
-        try:
-            client.CustomObjectsApi(kube).list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, limit=1
-            )
-            return True
-        except client.exceptions.ApiException:
-            return False
-
-    wait_for(served, what="VideoGeneration API served")
+from runner_cases import SPEC, Run
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,6 @@ from wanspec.spec import GROUP, PLURAL, VERSION
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).parents[2]
-CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 STAND_IN = Path(__file__).with_name("stand_in_runner.py")
 CLAIM = "models"
 BUCKET = "videos"
@@ -58,28 +57,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def crd(kube) -> None:
-    ext = client.ApiextensionsV1Api(kube)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    ext.patch_custom_resource_definition(
-        body["metadata"]["name"],
-        body,
-        field_manager="wanops-tests",
-        force=True,
-        _content_type="application/apply-patch+yaml",
-    )
-
-    def established() -> bool:
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
-        return any(
-            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
-        )
-
-    wait_for(established, what="CRD Established")
-    time.sleep(1)  # discovery catches up asynchronously
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ with wanspec.validate on every case and GPU layout."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -19,41 +18,11 @@ from wanspec.validate import validate
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).parents[2]
-CRD_FILE = ROOT / "crds" / f"{PLURAL}.{GROUP}.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-@pytest.fixture(scope="module")
-def crd_installed(kube) -> dict:
-    """Install (or replace) the committed CRD and wait until it is Established."""
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    ext = client.ApiextensionsV1Api(kube)
-    body = yaml.safe_load(CRD_FILE.read_text())
-    name = body["metadata"]["name"]
-    try:
-        existing = ext.read_custom_resource_definition(name)
-        body["metadata"]["resourceVersion"] = existing.metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        ext.create_custom_resource_definition(body)
-    deadline = time.monotonic() + 30
-    while True:
-        got = kube.sanitize_for_serialization(ext.read_custom_resource_definition(name))
-        conditions = {c["type"]: c["status"] for c in got.get("status", {}).get("conditions", [])}
-        if conditions.get("Established") == "True" and conditions.get("NamesAccepted") == "True":
-            break
-        assert time.monotonic() < deadline, f"CRD not established: {got.get('status')}"
-        time.sleep(0.2)
-    time.sleep(1)  # discovery and the CR handler pick the new schema up asynchronously
-    return got
-
-
 @pytest.fixture
-def vg(kube, crd_installed, namespace):
+def vg(kube, crd, namespace):
     """Create/get/patch VideoGenerations in the test's namespace."""
     from kubernetes import client
 
@@ -366,9 +335,9 @@ def test_printer_columns(kube, vg):
     )
 
 
-def test_installed_crd_describes_every_property(crd_installed):
+def test_installed_crd_describes_every_property(crd):
     """What `kubectl explain videogeneration.spec...` shows comes from these descriptions."""
-    schema = crd_installed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     missing = []
 
     def walk(node: dict, path: str) -> None:
