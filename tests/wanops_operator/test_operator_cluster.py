@@ -2,23 +2,16 @@
 plane: real API server, Job controller, garbage collector, scheduler and node agent.
 
 Runner pods run `stand_in_runner.py` (the operator's `WANOPS_RUNNER_COMMAND`, a deployment knob),
-which keeps the runner contract without the pipeline; see its docstring.
+which keeps the runner contract without the pipeline; see its docstring. Starting the operator and
+preparing the namespace live in tests/reliability/operator_proc.py, shared with the fault tests.
 """
 
 from __future__ import annotations
 
-import copy
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -26,156 +19,35 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from localcluster import wait_for
+from tests.reliability.operator_proc import (
+    BUCKET,
+    CLAIM,
+    ROOT,
+    RUNNER_SA,
+    SPEC,
+    TIMEOUT,
+    Operator,
+    VGs,
+    operator_namespace,
+)
 from wanops_operator import reasons
 from wanops_operator.config import OperatorConfig
 from wanops_operator.reconcile import reconcile
-from wanops_operator.render import FIELD_MANAGER, KUEUE_QUEUE_LABEL, render, service_name
+from wanops_operator.render import (
+    FIELD_MANAGER,
+    KUEUE_QUEUE_LABEL,
+    render,
+    service_name,
+)
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).parents[2]
-STAND_IN = Path(__file__).with_name("stand_in_runner.py")
-CLAIM = "models"
-BUCKET = "videos"
-RUNNER_SA = "wanops-runner"
-TIMEOUT = 120  # seconds for a phase to be reached on a busy 2-core machine
-
-SPEC = {
-    "task": "ti2v-5B",
-    "size": "1280*704",
-    "prompt": "rain",
-    "checkpoint": {"claimName": CLAIM, "path": "Wan2.2-TI2V-5B"},
-    "gpus": 2,
-    "gpusPerPod": 1,
-    "sampling": {"steps": 4},
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ns(kube, crd, tmp_path_factory) -> Iterator[str]:
-    """A namespace set up as the chart would: runner ServiceAccount with its Role, the store
-    Secret, and a checkpoint claim pre-bound to a hostPath PV."""
-    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
-    name = f"op-{uuid.uuid4().hex[:8]}"
-    core.create_namespace({"metadata": {"name": name}})
-    wait_for(
-        lambda: (
-            core.list_namespaced_service_account(name, field_selector="metadata.name=default").items
-        ),
-        what="default ServiceAccount",
-    )
-    core.create_namespaced_service_account(name, {"metadata": {"name": RUNNER_SA}})
-    rbac.create_namespaced_role(
-        name,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "rules": [
-                {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]}
-            ],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        name,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": name}],
-        },
-    )
-    core.create_namespaced_secret(
-        name,
-        {
-            "metadata": {"name": "wanops-store"},
-            "stringData": {contract.ACCESS_KEY_ENV: "key", contract.SECRET_KEY_ENV: "secret"},
-        },
-    )
-    folder = tmp_path_factory.mktemp("claim")
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": f"{name}-models"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "hostPath": {"path": str(folder)},
-                "storageClassName": "",
-                "claimRef": {"namespace": name, "name": CLAIM},
-            },
-        }
-    )
-    core.create_namespaced_persistent_volume_claim(
-        name,
-        {
-            "metadata": {"name": CLAIM},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": f"{name}-models",
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
-    core.delete_persistent_volume(f"{name}-models")
-
-
-class Operator:
-    """`python -m wanops_operator` in a subprocess, watching one namespace."""
-
-    def __init__(self, cluster, namespace: str, log: Path) -> None:
-        self.log = log
-        self.metrics_port = _free_port()
-        self.liveness_port = _free_port()
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "PYTHONPATH": str(ROOT),
-            "WANOPS_NAMESPACES": namespace,
-            "WANOPS_RUNNER_COMMAND": f"{sys.executable} {STAND_IN}",
-            "WANOPS_STORE_ENDPOINT": cluster.s3_endpoint,
-            "WANOPS_STORE_BUCKET": BUCKET,
-            "WANOPS_RESYNC_SECONDS": "3",
-            "WANOPS_DEFAULT_GPU_MEMORY_GIB": "80",  # the chart's default
-            "WANOPS_METRICS_PORT": str(self.metrics_port),
-            "WANOPS_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.liveness_port}/healthz",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wanops_operator"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL: no clean-up, as when a node dies under the operator."""
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+    yield from operator_namespace(kube, tmp_path_factory.mktemp("claim"))
 
 
 @pytest.fixture(scope="module")
@@ -187,49 +59,6 @@ def operator(cluster, ns, tmp_path_factory) -> Iterator[Operator]:
     yield op
     op.stop()
     print(op.tail())
-
-
-class VGs:
-    def __init__(self, kube, namespace: str) -> None:
-        self.custom = client.CustomObjectsApi(kube)
-        self.batch = client.BatchV1Api(kube)
-        self.core = client.CoreV1Api(kube)
-        self.ns = namespace
-
-    def create(self, name: str, spec: dict[str, Any] | None = None, **changes: Any) -> dict:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "VideoGeneration",
-            "metadata": {"name": name},
-            "spec": {**copy.deepcopy(spec or SPEC), **changes},
-        }
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
-
-    def get(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
-
-    def status(self, name: str) -> dict:
-        return self.get(name).get("status") or {}
-
-    def wait_phase(self, name: str, phase: str, op: Operator, timeout: float = TIMEOUT) -> dict:
-        try:
-            return wait_for(
-                lambda: (s := self.status(name)).get("phase") == phase and s,
-                timeout=timeout,
-                what=f"{name} {phase}",
-                interval=0.5,
-            )
-        except TimeoutError:
-            pytest.fail(f"{name} never {phase}: {self.status(name)}\n--- operator:\n{op.tail()}")
-
-    def jobs(self, name: str) -> list[dict]:
-        items = self.batch.list_namespaced_job(
-            self.ns, label_selector=f"wanops.io/videogeneration={name}"
-        ).items
-        return [client.ApiClient().sanitize_for_serialization(j) for j in items]
-
-    def conditions(self, name: str) -> dict[str, dict]:
-        return {c["type"]: c for c in self.status(name).get("conditions", [])}
 
 
 @pytest.fixture
