@@ -37,6 +37,9 @@ class OperatorConfig:
     # GPU memory of the nodes runner pods land on, for the memory planner when a resource does not
     # set spec.memory.gpuMemoryGiB (chart value gpuMemoryGiB; 80: H100/A100 80GB).
     default_gpu_memory_gib: float = 80.0
+    # Seconds a runner pod stays on a node that is NotReady or unreachable before it is evicted
+    # (its tolerationSeconds; Kubernetes' default is 300). The attempt is then replaced whole.
+    node_lost_seconds: int = 60
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -71,6 +74,7 @@ class OperatorConfig:
         for key, field in (
             ("METRICS_PORT", "metrics_port"),
             ("WATCH_SERVER_TIMEOUT", "watch_server_timeout"),
+            ("NODE_LOST_SECONDS", "node_lost_seconds"),
         ):
             if (value := get(key)) is not None:
                 values[field] = int(value)

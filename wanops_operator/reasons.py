@@ -62,6 +62,11 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 DEADLINE_EXCEEDED_MESSAGE = (
     "Job {job} ran longer than spec.activeDeadlineSeconds ({seconds} s); raise it or use more GPUs"
 )
+POD_EVICTED = "PodEvicted"
+POD_EVICTED_MESSAGE = (
+    "pod {pod} of Job {job} was evicted from node {node} ({why}) and cannot finish there; its "
+    "ranks are coupled, so the attempt is replaced whole"
+)
 START_TIMEOUT = "StartTimeout"
 START_TIMEOUT_MESSAGE = (
     "the runner pods did not start within spec.startTimeoutSeconds ({seconds} s): {why}"

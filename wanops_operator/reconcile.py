@@ -436,6 +436,8 @@ def _pass(
     obs = after_failed_attempt(
         obs, attempt=attempt, retry_limit=spec.retry_limit, next_job=job_name(name, attempt + 1)
     )
+    if (obs.failure or {}).get("reason") == reasons.POD_EVICTED:
+        cluster.delete_job(job)  # its other ranks wait for the evicted one; stop them now
     if obs.reason == reasons.RETRYING:
         attempt += 1
         config_map, _, wanted = render(vg, config=config, attempt=attempt)

@@ -44,6 +44,10 @@ JOB_NAME_LIMIT = 59  # pod host name `<job>-<index>` must be a DNS label: 59 + "
 NAME_LIMIT = 63
 CONFIG_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME = "config", "checkpoints", "dshm"
 RENDEZVOUS_PORT_NAME = "rendezvous"
+# The node-lifecycle controller's taints for a node that stopped reporting. Pods tolerate them for
+# OperatorConfig.node_lost_seconds instead of Kubernetes' default 300 s: a lost rank stalls every
+# other rank, so the attempt is evicted, and replaced by the operator, soon.
+NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def fit(base: str, suffix: str = "", limit: int = NAME_LIMIT) -> str:
@@ -244,10 +248,20 @@ def _pod_spec(
     }
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
-    if placement.tolerations:
-        pod["tolerations"] = [
-            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
-        ]
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations or []
+    ]
+    own = {t.get("key") for t in tolerations}
+    pod["tolerations"] = tolerations + [
+        {
+            "key": key,
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": config.node_lost_seconds,
+        }
+        for key in NODE_LOST_TAINTS
+        if key not in own
+    ]
     if placement.affinity:
         pod["affinity"] = placement.affinity
     if placement.priority_class_name:

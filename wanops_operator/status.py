@@ -73,6 +73,21 @@ def _disrupted(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def evicted(pods: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """A pod being evicted while it still runs (DisruptionTarget, deletion under way): from a lost
+    node (the taint-eviction controller, after the pods' node-lost tolerationSeconds), a drain or
+    a preemption. On a node that is gone no kubelet ever ends it, and the Job, which replaces only
+    failed pods, would wait for it forever."""
+    for pod in pods:
+        if (
+            pod["metadata"].get("deletionTimestamp")
+            and pod.get("status", {}).get("phase") not in TERMINAL
+            and _disrupted(pod)
+        ):
+            return pod
+    return None
+
+
 def pod_failure(pods: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """`status.failure` from the pod that failed the attempt: an invalid-input exit first, else
     the earliest non-zero exit; reason and message from the runner's termination message."""
@@ -195,6 +210,28 @@ def observe(
             failure=info,
             retryable=True,
             completion_time=when,
+        )
+    if pod := evicted(pods):
+        cond = next(c for c in pod["status"]["conditions"] if c.get("type") == "DisruptionTarget")
+        message = reasons.POD_EVICTED_MESSAGE.format(
+            pod=pod["metadata"]["name"],
+            job=name,
+            node=pod["spec"].get("nodeName", "?"),
+            why=f"{cond.get('reason', 'Evicted')}: {cond.get('message', '')}".rstrip(": "),
+        )
+        info = {
+            "reason": reasons.POD_EVICTED,
+            "message": message,
+            "pod": pod["metadata"]["name"],
+            "time": cond.get("lastTransitionTime") or timestamp(now),
+        }
+        return Observation(
+            FAILED,
+            reasons.POD_EVICTED,
+            message,
+            failure=info,
+            retryable=True,
+            completion_time=timestamp(now),
         )
     if job["spec"].get("suspend"):
         if queue is not None:

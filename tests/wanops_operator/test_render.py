@@ -280,7 +280,8 @@ def test_placement_is_copied_into_the_pod() -> None:
     pod = objects(vg)["Job"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        *NODE_LOST_TOLERATIONS,
     ]
     assert pod["affinity"] == affinity and pod["priorityClassName"] == "batch-high"
     container = pod["containers"][0]
@@ -291,7 +292,26 @@ def test_placement_is_copied_into_the_pod() -> None:
     }
     plain = objects(make_vg())["Job"]["spec"]["template"]["spec"]
     assert plain["containers"][0]["image"] == CONFIG.runner_image
-    assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName"} & plain.keys()
+    assert not {"nodeSelector", "affinity", "priorityClassName"} & plain.keys()
+    assert plain["tolerations"] == NODE_LOST_TOLERATIONS
+
+
+NODE_LOST_TOLERATIONS = [
+    {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+]
+
+
+def test_pods_leave_a_lost_node_after_the_configured_time_unless_the_spec_says_otherwise() -> None:
+    """Kubernetes' default 300 s on a NotReady/unreachable node becomes node_lost_seconds; a
+    toleration of the spec for the same taint is kept as the user wrote it."""
+    config = OperatorConfig.from_env({"WANOPS_NODE_LOST_SECONDS": "15"})
+    job = next(o for o in render(make_vg(), config=config) if o["kind"] == "Job")
+    pod = job["spec"]["template"]["spec"]
+    assert [t["tolerationSeconds"] for t in pod["tolerations"]] == [15, 15]
+    mine = {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"}
+    pod = objects(make_vg(placement={"tolerations": [mine]}))["Job"]["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [mine, NODE_LOST_TOLERATIONS[0]]
 
 
 def test_runner_command_is_a_deployment_setting() -> None:

@@ -309,3 +309,28 @@ def test_termination_message_round_trip() -> None:
         "store refused the key: fix it",
     )
     assert contract.parse_termination_message("plain log tail") == (None, "plain log tail")
+
+
+def test_a_pod_evicted_from_a_lost_node_fails_the_attempt_for_a_retry() -> None:
+    """The taint-eviction controller deletes a pod of an unreachable node; no kubelet will ever end
+    it, so the attempt is over (retryable) with the node and the controller's words."""
+    lost = pod(
+        "cats-a0-0-x",
+        RUNNING,
+        conds=[
+            {
+                **cond("DisruptionTarget", "DeletionByTaintManager"),
+                "message": "Taint manager: deleting due to NoExecute taint",
+            }
+        ],
+    )
+    lost["metadata"]["deletionTimestamp"] = T0
+    lost["spec"] = {"nodeName": "node-9"}
+    obs = look(job(active=2), [lost, pod("cats-a0-1-y", RUNNING)])
+    assert (obs.phase, obs.reason, obs.retryable) == (FAILED, reasons.POD_EVICTED, True)
+    assert "node-9" in obs.message and "DeletionByTaintManager" in obs.message
+    assert obs.failure["pod"] == "cats-a0-0-x"
+    # a pod deleted by hand (no DisruptionTarget) is left to its kubelet and the Job
+    by_hand = pod("cats-a0-0-x", RUNNING)
+    by_hand["metadata"]["deletionTimestamp"] = T0
+    assert look(job(active=2), [by_hand]).phase == RUNNING
