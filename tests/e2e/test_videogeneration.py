@@ -14,7 +14,6 @@ real size on a shared CPU."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -264,49 +262,6 @@ class Watched:
             self.operator_log.read_text(errors="replace").splitlines()[-30:]
         )
         return f"{self.status}\n--- progress: {self.progress}\n--- operator:\n{tail}"
-
-
-LOCK_FILE = (
-    Path(tempfile.gettempdir()) / f"wanops-e2e-rendezvous-{contract.MASTER_PORT}.lock"
-)
-
-
-@pytest.fixture
-def rendezvous_port() -> Iterator[None]:
-    """The machine's rendezvous port for this test's run.
-
-    The node agent gives pods no network namespace, so every pod on this machine shares one port
-    space, and torchrun's store listens on port 29500 of every address: two runs at once (another
-    session running this module, the demo) make one fail with EADDRINUSE and burn its retries.
-    Runs of this module take turns through a lock file; anything else holding the port is waited
-    out before the resource is created. (A real cluster gives each pod its own port space.)"""
-    with open(LOCK_FILE, "a") as lock:
-        wait_for(
-            lambda: _try_lock(lock), timeout=420, what=f"{LOCK_FILE} (another run)"
-        )
-        wait_for(_port_free, timeout=420, what=f"port {contract.MASTER_PORT} free")
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _try_lock(lock) -> bool:
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _port_free() -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", contract.MASTER_PORT))
-            return True
-        except OSError:
-            return False
 
 
 def _spec(task: str, **extra: Any) -> dict[str, Any]:
