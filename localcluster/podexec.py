@@ -87,8 +87,14 @@ def _enter(spec: dict) -> None:
     _mount(None, "/", MS_REC | MS_PRIVATE)
     hostname = spec["hostname"].encode()
     _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
-    for m in spec["mounts"]:
-        _bind(m["source"], m["target"], m["readOnly"])
+    # Every source is opened before the first mount and bound through its /proc/self/fd link: a
+    # mount at /tmp (an emptyDir there, as read-only-root pods have) must not hide the sources of
+    # the mounts after it, which live in the agent's state dir, often under /tmp. A runtime sees
+    # them from the host's root the same way.
+    sources = [os.open(m["source"], os.O_PATH | os.O_CLOEXEC) for m in spec["mounts"]]
+    for fd, m in zip(sources, spec["mounts"], strict=True):
+        _bind(f"/proc/self/fd/{fd}", m["target"], m["readOnly"])
+        os.close(fd)
     os.makedirs(spec["cwd"], exist_ok=True)
     os.chdir(spec["cwd"])
     # Python ignores SIGPIPE/SIGXFSZ; ignored signals survive exec: give the command the defaults.
@@ -98,7 +104,10 @@ def _enter(spec: dict) -> None:
 
 def _fail(spec: dict, message: str) -> None:
     print(f"node agent: {message}", file=sys.stderr, flush=True)
-    with open(spec["startError"], "w") as f:
+    # Through the folder opened before any mount (see main): a mount may cover its path by now.
+    name = os.path.basename(spec["startError"])
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=spec["errorDirFd"])
+    with os.fdopen(fd, "w") as f:
         f.write(message)
     os._exit(START_ERROR_EXIT)
 
@@ -166,6 +175,9 @@ def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
     os.unlink(spec_path)  # it may carry Secret values
+    spec["errorDirFd"] = os.open(
+        os.path.dirname(spec["startError"]), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    )
     try:
         _enter(spec)
     except OSError as e:

@@ -609,3 +609,40 @@ def test_expired_watch_raises_410_so_the_agent_relists(cluster) -> None:
     with pytest.raises(ApiException) as expired:
         next(kube.watch("/api/v1/events", {}, resource_version=old, timeout_s=5))
     assert expired.value.status == 410
+
+
+TMP_SCRIPT = """
+import os
+open("/tmp/scratch", "w").write("x")
+greeting = open("/etc/settings/greeting").read()
+open("/dev/termination-log", "w").write(greeting + " " + str(sorted(os.listdir("/tmp"))))
+"""
+
+
+def test_empty_dir_over_tmp_hides_no_other_volume(core, namespace: str) -> None:
+    """Read-only-root pods mount an emptyDir at /tmp; the agent's files for the other mounts (the
+    ConfigMap's folder, the termination-message file) often live under the host's /tmp too, and
+    must still be bound after /tmp is covered."""
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "settings"}, "data": {"greeting": "hello"}}
+    )
+    core.create_namespaced_pod(
+        namespace,
+        pod(
+            "tmp",
+            py(
+                "main",
+                TMP_SCRIPT,
+                volumeMounts=[
+                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": "settings", "mountPath": "/etc/settings", "readOnly": True},
+                ],
+            ),
+            volumes=[
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "settings", "configMap": {"name": "settings"}},
+            ],
+        ),
+    )
+    done = wait_phase(core, namespace, "tmp", "Succeeded")
+    assert statuses(done)["main"].state.terminated.message == "hello ['scratch']"
