@@ -42,7 +42,10 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LIMIT = 59  # pod host name `<job>-<index>` must be a DNS label: 59 + "-79" ≤ 63
 NAME_LIMIT = 63
-CONFIG_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME = "config", "checkpoints", "dshm"
+CONFIG_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME, TMP_VOLUME = "config", "checkpoints", "dshm", "tmp"
+# The root filesystem is read-only: the runner's work dir, torchrun's and ffmpeg's files and any
+# cache under $HOME go to an emptyDir at /tmp (the runner image's WORKDIR).
+SCRATCH_DIR = "/tmp"
 RENDEZVOUS_PORT_NAME = "rendezvous"
 # The node-lifecycle controller's taints for a node that stopped reporting. Pods tolerate them for
 # OperatorConfig.node_lost_seconds instead of Kubernetes' default 300 s: a lost rank stalls every
@@ -175,6 +178,7 @@ def _container(
         {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{service}"},
         {"name": "PET_MASTER_PORT", "value": str(contract.MASTER_PORT)},
         {"name": contract.CONFIG_ENV, "value": contract.CONFIG_PATH},
+        {"name": "HOME", "value": SCRATCH_DIR},
     ]
     secret = store_secret(spec, config)
     env += [_secret_env(key, secret, key) for key in contract.STORE_SECRET_KEYS]
@@ -202,12 +206,14 @@ def _container(
             {"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_DIR, "readOnly": True},
             {"name": CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_DIR, "readOnly": True},
             {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+            {"name": TMP_VOLUME, "mountPath": SCRATCH_DIR},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Pod Security "restricted": the runner image must run as a non-root numeric USER.
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
@@ -244,7 +250,9 @@ def _pod_spec(
             },
             # NCCL and torch multiprocessing need more than the runtime's 64 MiB /dev/shm.
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}},
+            {"name": TMP_VOLUME, "emptyDir": {}},
         ],
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
