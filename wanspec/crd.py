@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from wanspec.spec import (
+    CONTROL_CHARACTERS,
     GPU_RESOURCE,
     GROUP,
     KIND,
@@ -185,6 +186,24 @@ FIELD_RULES: dict[str, list[Schema]] = {
     "checkpoint.path": [
         _rule(
             "!self.split('/').exists(p, p == '..')", "spec.checkpoint.path must not contain `..`"
+        ),
+    ],
+    **{
+        field: [
+            _rule(
+                "!self.matches('{}')".format(CONTROL_CHARACTERS.replace("\\", "\\\\")),
+                f"spec.{field} must not contain control characters (tab and line breaks are "
+                "allowed); remove them",
+            )
+        ]
+        for field in ("prompt", "negativePrompt")
+    },
+    "output.prefix": [
+        _rule(
+            "self == '' || self.endsWith('/')",
+            "spec.output.prefix must be empty or end with `/`: the key is "
+            "<prefix><namespace>/<name>.mp4, and without the `/` one namespace's key could be "
+            "another's (prefix `te` in namespace `am` writes to `team/`)",
         ),
     ],
     "promptExtension": [

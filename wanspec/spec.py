@@ -53,6 +53,10 @@ MAX_RETRY_LIMIT = 9  # attempts are numbered 0..9 in derived names
 MAX_FRAMES = 1001  # 250 latent frames; far beyond what fits in GPU memory today
 MAX_PROMPT_CHARS = 10_000  # umT5 keeps TEXT_LEN tokens; the rest is ignored, but prompt
 # extension may shorten a long text first. Bounded so CEL cost estimates stay small.
+# C0 control characters but tab, line feed and carriage return, and DEL: nothing a prompt means,
+# but terminal escapes and NULs in every log and tool that prints the spec. Python `re` and
+# RE2 (CEL) read this pattern alike.
+CONTROL_CHARACTERS = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F]"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]  # the keys of the task table

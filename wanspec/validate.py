@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wanspec.spec import (
+    CONTROL_CHARACTERS,
     GPU_RESOURCE,
     MAX_GPUS,
     MAX_NAME_LENGTH,
@@ -255,6 +256,27 @@ def rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
                 "spec.checkpoint.path",
                 "must not contain `..`",
                 "a path inside the claim, e.g. Wan2.2-T2V-A14B",
+            )
+        )
+
+    for field in ("prompt", "negativePrompt"):
+        text = spec.get(field)
+        if isinstance(text, str) and re.search(CONTROL_CHARACTERS, text):
+            problems.append(
+                Problem(
+                    f"spec.{field}",
+                    "contains control characters",
+                    "text without them (tab and line breaks are allowed)",
+                )
+            )
+
+    prefix = _get(spec, "output.prefix")
+    if isinstance(prefix, str) and prefix and not prefix.endswith("/"):
+        problems.append(
+            Problem(
+                "spec.output.prefix",
+                f"{prefix!r} does not end with `/`, so one namespace's key could be another's",
+                f"{prefix}/ (the key is <prefix><namespace>/<name>.mp4)",
             )
         )
 
