@@ -10,6 +10,8 @@ it does is chosen by words in the prompt:
     invalid-input      write an ImageNotReadable termination message, exit EXIT_INVALID_INPUT
     fail-first-attempt exit 1 (an infrastructure failure) on attempt 0, succeed on later ones
     sleep:<seconds>    sleep before succeeding
+    progress:<seconds> rank 0 reports Denoising progress once a second for that long, rising,
+                       then succeeds (a run whose progress can be watched)
     (otherwise)        succeed at once
 """
 
@@ -52,6 +54,22 @@ def main() -> int:
         return 1
     if match := re.search(r"sleep:(\d+)", prompt):
         time.sleep(int(match.group(1)))
+    if (match := re.search(r"progress:(\d+)", prompt)) and rank == 0:
+        config.load_incluster_config()
+        seconds = int(match.group(1))
+        for step in range(1, seconds + 1):
+            time.sleep(1)
+            _patch_status(
+                cfg,
+                {
+                    "progress": {
+                        "stage": "Denoising",
+                        "step": cfg.resolved.steps * step // seconds,
+                        "totalSteps": cfg.resolved.steps,
+                        "percent": 90 * step // seconds,
+                    }
+                },
+            )
 
     deadline = time.monotonic() + 30  # rank 0's name may appear late: retry, as the runner does
     while True:
@@ -65,7 +83,6 @@ def main() -> int:
 
     if rank == 0:
         config.load_incluster_config()
-        res = cfg.resource
         status = {
             "progress": {
                 "stage": "Uploading",
@@ -75,10 +92,15 @@ def main() -> int:
             },
             "output": {"uri": f"s3://{cfg.output.bucket}/{cfg.output.key}", "bytes": 0},
         }
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, res.namespace, PLURAL, res.name, {"status": status}
-        )
+        _patch_status(cfg, status)
     return 0
+
+
+def _patch_status(cfg: contract.RunnerConfig, status: dict) -> None:
+    res = cfg.resource
+    client.CustomObjectsApi().patch_namespaced_custom_object_status(
+        GROUP, VERSION, res.namespace, PLURAL, res.name, {"status": status}
+    )
 
 
 if __name__ == "__main__":
