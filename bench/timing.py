@@ -9,9 +9,11 @@ import torch
 from torch import Tensor
 
 
-def timed(fn: Callable[[], Tensor], runs: int, device: torch.device) -> tuple[Tensor, list[float], float | None]:
-    """One warm-up, then `runs` timed calls; returns the last output (CPU fp32), seconds, peak GiB."""
-    fn()
+def timed(fn: Callable[[], Tensor], runs: int, device: torch.device, warmup: bool = True) -> tuple[Tensor, list[float], float | None]:
+    """One warm-up (unless the caller just ran `fn`), then `runs` timed calls; returns the last
+    output (CPU fp32), seconds, peak GiB."""
+    if warmup:
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

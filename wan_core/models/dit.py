@@ -55,6 +55,7 @@ def is_fp32_island(name: str) -> bool:
 MODEL_TYPES = ("t2v", "i2v", "ti2v")  # s2v shares the class upstream but is out of scope (§1.1)
 ROPE_MAX_POSITIONS = 1024  # official table covers positions 0..1023 on each grid axis (§3.4)
 ROPE_THETA = 10000.0
+FFN_CHUNK_TOKENS = 16_384  # FFN rows per chunk: caps the hidden activation (0.45 GB at A14B width)
 _CONFIG_CLASS_NAME = "WanModel"  # diffusers ConfigMixin metadata in the official config.json (§2.1)
 _CONFIG_DIFFUSERS_VERSION = "0.33.0"
 # Upstream constructor arguments every in-scope model leaves at these values (§1.2); a config.json
@@ -181,15 +182,16 @@ def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
 
 @lru_cache(maxsize=16)
 def _rope_axis_tables(head_dim: int, device: torch.device) -> tuple[Tensor, ...]:
-    """Per axis: exp(i·p·θ_k) for p < 1024, built in float64 on the CPU, kept as complex64.
+    """Per axis: [cos, sin] of p·θ_k for p < 1024, [1024, pairs, 2] fp32, built in float64 on the CPU.
 
-    Built once per (head_dim, device), so no float64 work ever runs on an accelerator.
+    Built once per (head_dim, device), so no float64 work ever runs on an accelerator. Real pairs
+    rather than complex numbers, so torch.compile can fuse the rotation with the q/k RMSNorm.
     """
     tables = []
     for pairs in rope_axis_dims(head_dim):
         theta = ROPE_THETA ** -(torch.arange(pairs, dtype=torch.float64) * 2 / (2 * pairs))
         phase = torch.outer(torch.arange(ROPE_MAX_POSITIONS, dtype=torch.float64), theta)  # (1024, pairs)
-        tables.append(torch.polar(torch.ones_like(phase), phase).to(torch.complex64).to(device))
+        tables.append(torch.stack([phase.cos(), phase.sin()], dim=-1).float().to(device))
     return tuple(tables)
 
 
@@ -200,22 +202,34 @@ def grid_positions(grid: tuple[int, int, int], device: torch.device | str | None
 
 
 def rope_freqs(positions: Tensor, head_dim: int) -> Tensor:
-    """[L, 3] grid positions (each < 1024) → [L, head_dim/2] complex64 multipliers (§3.4).
+    """[L, 3] grid positions (each < 1024) → [L, head_dim/2, 2] fp32 (cos, sin) rotations (§3.4).
 
-    Takes positions rather than a length so a sequence shard gets the rows of its true tokens.
+    Takes positions rather than a length so a sequence shard gets the rows of its true tokens;
+    position (0, 0, 0) is the identity rotation, which padding rows may use.
     """
     tables = _rope_axis_tables(head_dim, positions.device)
-    return torch.cat([table[positions[:, axis]] for axis, table in enumerate(tables)], dim=1)  # (L, D/2)
+    return torch.cat([table[positions[:, axis]] for axis, table in enumerate(tables)], dim=1)  # (L, D/2, 2)
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate interleaved pairs x[2k] + i·x[2k+1] of [B, L, N, D] by the [L, D/2] multipliers.
+    """Rotate interleaved pairs (x[2k], x[2k+1]) of [B, L, N, D] by the [L, D/2, 2] (cos, sin).
 
-    In fp32 (complex64; upstream uses complex128, the difference is ~1e-7 relative, far below
-    bf16 attention's), returned in fp32 like upstream; the caller casts to the weights' dtype.
+    The complex product (a + ib)(c + is) written out in fp32 (upstream uses complex128; the
+    difference is ~1e-7 relative, far below bf16 attention's); returned in fp32 like upstream,
+    the caller casts to the weights' dtype.
     """
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # (B, L, N, D/2)
-    return torch.view_as_real(pairs * freqs[None, :, None, :]).flatten(-2)  # (B, L, N, D)
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, D/2) each
+    cos, sin = freqs[None, :, None].unbind(-1)  # (1, L, 1, D/2) each
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # (B, L, N, D)
+
+
+def per_token(rows: Tensor, token_rows: Tensor | None) -> Tensor:
+    """The time-embedding rows each token uses: [B, 1, ...] (row b for sample b) or [B, L, ...].
+
+    Under torch.compile the gather fuses into its consumers, so per-token modulation never
+    exists as a [B, L, 6, dim] tensor (the official code keeps one: 2 GB per 5B 720P forward).
+    """
+    return rows[:, None] if token_rows is None else rows[token_rows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,18 +334,23 @@ class WanAttentionBlock(nn.Module):
         e0: Tensor,
         context: Tensor,
         freqs: Tensor,
+        token_rows: Tensor | None = None,
         k_lens: Tensor | None = None,
     ) -> Tensor:
-        """x [B, L, dim] fp32, e0 [B, L or 1, 6, dim] fp32, context [B, text_len, dim]."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float() + e0).unbind(2)  # (B, L|1, dim)
+        """x [B, L, dim] fp32; e0 [R, 6, dim] fp32 rows picked by `token_rows` (see `per_token`);
+        context [B, text_len, dim]; freqs [L, D/2, 2]."""
+        mod = self.modulation.float()[0] + e0  # (R, 6, dim): the official per-token sum, per row
+        shift1, scale1, gate1, shift2, scale2, gate2 = per_token(mod, token_rows).unbind(2)  # (B, L|1, dim)
         # 1. self-attention on the modulated, normalised stream
         y = self.self_attn(_layer_norm(x, self.eps) * (1 + scale1) + shift1, freqs, k_lens)
         x = x + y.float() * gate1
         # 2. cross-attention to the text: affine LayerNorm (fp32), no gate
         normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
         x = x + self.cross_attn(normed, context).float()
-        # 3. feed-forward in the weights' dtype, gated residual in fp32
-        y = self.ffn((_layer_norm(x, self.eps) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype))
+        # 3. feed-forward in the weights' dtype over token chunks (rows are independent, so this
+        #    is exact; it caps the [L, ffn_dim] hidden activation), gated residual in fp32
+        h = (_layer_norm(x, self.eps) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype)
+        y = torch.cat([self.ffn(chunk) for chunk in h.split(FFN_CHUNK_TOKENS, dim=1)], dim=1)
         return x + y.float() * gate2
 
 
@@ -344,9 +363,10 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        """x [B, L, dim] fp32, e [B, L or 1, dim] fp32 → [B, L, out_dim·prod(patch)] fp32."""
-        shift, scale = (self.modulation.float() + e[:, :, None, :]).unbind(2)  # (B, L|1, dim)
+    def forward(self, x: Tensor, e: Tensor, token_rows: Tensor | None = None) -> Tensor:
+        """x [B, L, dim] fp32, e [R, dim] fp32 rows (see `per_token`) → [B, L, out_dim·prod(patch)] fp32."""
+        mod = self.modulation.float()[0] + e[:, None, :]  # (R, 2, dim)
+        shift, scale = per_token(mod, token_rows).unbind(2)  # (B, L|1, dim)
         return _fp32_linear(self.head, _layer_norm(x, self.eps) * (1 + scale) + shift)
 
 
@@ -368,17 +388,18 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
 
-    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """t [B] or per-token [B, L] → e [B, L|1, dim] and e0 [B, L|1, 6, dim], both fp32 (§3.3).
+    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """t [B] or per-token [B, L] → (e [R, dim], e0 [R, 6, dim], token_rows), fp32 (§3.3).
 
-        A [B] timestep is kept at one row per sample and broadcast: the official code expands it
-        to every token first, which gives identical values at L times the memory.
+        One row per sample for a [B] timestep (token_rows None), else one row per distinct value
+        with token_rows [B, L] indexing them (TI2V has two: 0 for the image frame, t elsewhere).
+        The official code embeds every token: identical values at L times the memory.
         """
-        t = t[:, None] if t.ndim == 1 else t  # (B, L|1)
-        emb = sinusoidal_embedding(t, self.cfg.freq_dim)  # (B, L|1, freq_dim)
+        values, token_rows = (t, None) if t.ndim == 1 else torch.unique(t, return_inverse=True)
+        emb = sinusoidal_embedding(values, self.cfg.freq_dim)  # (R, freq_dim)
         e = _fp32_linear(self.time_embedding[2], F.silu(_fp32_linear(self.time_embedding[0], emb)))
-        e0 = _fp32_linear(self.time_projection[1], F.silu(e)).unflatten(-1, (6, -1))  # (B, L|1, 6, dim)
-        return e, e0
+        e0 = _fp32_linear(self.time_projection[1], F.silu(e)).unflatten(-1, (6, -1))  # (R, 6, dim)
+        return e, e0, token_rows
 
     def embed_text(self, context: Tensor) -> Tensor:
         """[B, text_len, text_dim] zero-padded umT5 states → [B, text_len, dim], weights' dtype."""
@@ -408,18 +429,18 @@ class WanModel(nn.Module):
         x = x.flatten(2).transpose(1, 2).float()  # (B, L, dim); the residual stream is fp32
         if t.ndim == 2 and t.shape[1] != x.shape[1]:
             raise ValueError(f"per-token t has {t.shape[1]} tokens, the latent has {x.shape[1]}")
-        freqs = rope_freqs(grid_positions(grid, x.device), cfg.head_dim)  # (L, D/2) complex
+        freqs = rope_freqs(grid_positions(grid, x.device), cfg.head_dim)  # (L, D/2, 2)
 
         # 2. time and text embedding
-        e, e0 = self.embed_time(t)  # (B, L|1, dim), (B, L|1, 6, dim)
+        e, e0, token_rows = self.embed_time(t)  # (R, dim), (R, 6, dim), None or (B, L)
         context = self.embed_text(context)  # (B, text_len, dim)
 
         # 3. transformer blocks
         for block in self.blocks:
-            x = block(x, e0, context, freqs)
+            x = block(x, e0, context, freqs, token_rows)
 
         # 4. head: [B, L, p_t·p_h·p_w·out_dim], channel fastest
-        x = self.head(x, e)
+        x = self.head(x, e, token_rows)
 
         # 5. unpatchify
         return self.unpatchify(x, grid)

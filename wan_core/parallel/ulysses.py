@@ -49,11 +49,11 @@ SP_PLAN: tuple[SplitPoint, ...] = (
     SplitPoint("", "input", "latent [B, C, F, H, W] → token grid, L, L_pad = P·⌈L/P⌉, this rank's rows "
                "[r·S, (r+1)·S) and their RoPE multipliers from true (f, h, w) positions"),
     SplitPoint("blocks.0", "input", "x [B, L, dim] → zero-padded to L_pad, this rank's S rows"),
-    SplitPoint("blocks.*", "input", "freqs → this rank's rows; per-token e0 [B, L, 6, dim] → its rows"),
+    SplitPoint("blocks.*", "input", "freqs → this rank's rows; per-token token_rows [B, L] → its rows"),
     SplitPoint("blocks.*.self_attn", "around", "q/k/v [B, S, N, D] → all-to-all → [B, L_pad, N/P, D]; "
                "attention over the L real keys; all-to-all back to [B, S, N, D]; o-projection local"),
     SplitPoint("blocks.*.cross_attn", "local", "queries are this rank's tokens; the text is whole on every rank"),
-    SplitPoint("head", "input", "per-token e [B, L, dim] → this rank's rows"),
+    SplitPoint("head", "input", "per-token token_rows [B, L] → this rank's rows"),
     SplitPoint("head", "output", "[B, S, C·4] → all-gather along the sequence → first L rows → unpatchify"),
 )
 
@@ -76,8 +76,11 @@ class _Shard:
     padded: int  # L_pad = P·S
     start: int  # first row of this rank
     size: int  # S
-    freqs: Tensor  # [S, D/2] complex RoPE multipliers of this rank's rows
-    per_token: bool  # t was [B, L]: e and e0 carry one row per token
+    freqs: Tensor  # [S, D/2, 2] RoPE rotations of this rank's rows
+
+    def take_rows(self, token_rows: Tensor | None) -> Tensor | None:
+        """This rank's part of per-token time-embedding indices (None: one row per sample)."""
+        return None if token_rows is None else self.take(token_rows)
 
     def take(self, x: Tensor) -> Tensor:
         """Rows [start, start + S) of dim 1 of a [B, L, …] tensor, zero-padded past L."""
@@ -107,16 +110,15 @@ class _Plan:
     # "": fix the split for this forward
     def model_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs["x"]
-        t = args[1] if len(args) > 1 else kwargs["t"]
         cfg = self.model.cfg
         grid = tuple(n // p for n, p in zip(x.shape[2:], cfg.patch_size))
         tokens = math.prod(grid)
         size = -(-tokens // self.size)
         start = self.rank * size
         positions = grid_positions(grid, x.device)[start : start + size]  # true (f, h, w) of real rows
-        freqs = rope_freqs(positions, cfg.head_dim)  # (≤S, D/2)
-        ones = freqs.new_ones(size - freqs.shape[0], freqs.shape[1])  # padding rotates by 1
-        self.shard = _Shard(tokens, size * self.size, start, size, torch.cat([freqs, ones]), t.ndim == 2)
+        padding = positions.new_zeros(size - positions.shape[0], 3)  # position 0: identity rotation
+        freqs = rope_freqs(torch.cat([positions, padding]), cfg.head_dim)  # (S, D/2, 2)
+        self.shard = _Shard(tokens, size * self.size, start, size, freqs)
 
     # blocks.0: split the residual stream once
     def split_stream(self, module: nn.Module, args: tuple) -> tuple:
@@ -124,9 +126,9 @@ class _Plan:
 
     # blocks.*: this rank's RoPE rows and per-token modulation
     def block_input(self, module: nn.Module, args: tuple) -> tuple:
-        x, e0, context, _freqs, *rest = args
+        x, e0, context, _freqs, token_rows, *rest = args
         shard = self.current()
-        return (x, shard.take(e0) if shard.per_token else e0, context, shard.freqs, *rest)
+        return (x, e0, context, shard.freqs, shard.take_rows(token_rows), *rest)
 
     # blocks.*.self_attn: all-to-all around attention
     def self_attention(self, attn: WanSelfAttention, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
@@ -139,10 +141,10 @@ class _Plan:
         out = self._heads_to_sequence(attention(q, k, v, k_lens=lens))  # (B, S, N, D)
         return attn.o(out.flatten(2).to(attn.o.weight.dtype))
 
-    # head: per-token e in, gathered sequence out
+    # head: per-token rows in, gathered sequence out
     def head_input(self, module: nn.Module, args: tuple) -> tuple:
-        x, e = args
-        return (x, self.current().take(e) if self.current().per_token else e)
+        x, e, token_rows = args
+        return (x, e, self.current().take_rows(token_rows))
 
     def head_output(self, module: nn.Module, args: tuple, out: Tensor) -> Tensor:
         parts = [torch.empty_like(out) for _ in range(self.size)]

@@ -45,6 +45,7 @@ from PIL import Image
 from torch import Tensor
 
 from wan_core.checkpoint.dit import load_dit_experts
+from wan_core.ops.compile import compile_blocks, compile_wanted
 from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
 from wan_core.checkpoint.vae import load_vae
@@ -241,16 +242,20 @@ class WanPipeline:
         self.vae = load_vae(folder.vae, kind=kind, device=self.device, dtype=torch.float32)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted.
         stored = self.dtype if convert_model_dtype else None
+        compile = compile_wanted(self.device)
         if self.parallel is None:
             self.experts: dict[str, WanModel] = load_dit_experts(
                 folder.root, device="cpu", dtype=stored, model_type=self.task.model_type,
             )
+            if compile:
+                for model in self.experts.values():
+                    compile_blocks(model)
             self._cfg_branches = sequential_branches
         else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
             from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5
 
             self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
-                                              model_type=self.task.model_type)
+                                              model_type=self.task.model_type, compile=compile)
             self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype

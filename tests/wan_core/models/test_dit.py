@@ -177,7 +177,7 @@ def test_bf16_weights_keep_fp32_islands() -> None:
     t = torch.tensor([999, 417])
     ref = model(x, t, context)
     model = model.to(torch.bfloat16)
-    e, e0 = model.embed_time(t)
+    e, e0, _ = model.embed_time(t)
     out = model(x, t, context)
     assert e.dtype == e0.dtype == out.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999
@@ -251,10 +251,10 @@ def test_fp32_islands_survive_an_outer_bf16_autocast() -> None:
     model = random_model(tiny("tiny-t2v"))
     x, context = inputs(model.cfg)
     t = torch.tensor([999, 417])
-    e, e0 = model.embed_time(t)
+    e, e0, _ = model.embed_time(t)
     ref = model(x, t, context)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        e_auto, e0_auto = model.embed_time(t)
+        e_auto, e0_auto, _ = model.embed_time(t)
         out = model(x, t, context)
     assert torch.equal(e, e_auto) and torch.equal(e0, e0_auto)
     assert out.dtype == torch.float32
