@@ -22,6 +22,7 @@ async def main() -> None:
     resync = asyncio.create_task(handlers.resync_forever())
     try:
         await kopf.operator(
+            identity=handlers.identity(),  # the resync loop finds itself in the peering by it
             clusterwide=not cfg.namespaces,
             namespaces=cfg.namespaces,
             liveness_endpoint=cfg.liveness_endpoint or None,

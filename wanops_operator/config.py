@@ -30,6 +30,9 @@ class OperatorConfig:
     store_secret: str = "wanops-store"
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     peering: str = ""  # kopf peering name for several replicas; empty: standalone
+    # Seconds a replica's keep-alive in the peering counts: a replica that dies without a word
+    # (SIGKILL, a lost node) is replaced by a waiting one after at most this long.
+    peering_lifetime: int = 60
     resync_seconds: float = 30.0  # how often unfinished resources are re-checked (start timeouts)
     metrics_port: int = 8000
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"

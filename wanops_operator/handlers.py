@@ -2,10 +2,18 @@
 
 - The resource: created, resumed after an operator restart, or `spec.suspend` edited (the only
   mutable field).
-- Its Jobs: any change (pods started, failed, completed, suspended by Kueue) maps back to the
-  owner through the `wanops.io/videogeneration` annotation.
+- Its Jobs: a change that can move the resource's phase (pods ready, succeeded or failed, a
+  condition, suspended by Kueue) maps back to the owner through the `wanops.io/videogeneration`
+  annotation. Other Job updates (the echo of our own create, start time, counters of pods not yet
+  running) would only repeat the last pass, so they are skipped: under load they were most of the
+  operator's API calls.
 - Time: a start timeout passes without any event, so `resync_forever` re-checks every
   unfinished resource every `resync_seconds`; it also covers events a dead watch lost.
+
+Several replicas (kopf peering): kopf pauses the handlers of every replica but the one with the
+highest priority, and each replica draws its priority at random when it starts (with equal
+priorities kopf would pause them all). The resync loop is ours, not kopf's, so it asks the peering
+object itself whether this replica is the active one, by kopf's rule, and does nothing otherwise.
 
 Deletion has no handler and so no finalizer: owner references let the garbage collector remove
 Jobs, pods, Service and ConfigMap, and deletion works while the operator is down.
@@ -16,7 +24,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import secrets
+import socket
 import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
@@ -33,6 +46,8 @@ from wanspec.spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger("wanops_operator")
 STALE_RESYNCS = 3  # the liveness probe fails after this many resync intervals without one
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+PEERING_RECHECK_S = 1.0  # during a resync round, how often it asks again whether it may work
 
 
 @functools.cache
@@ -50,6 +65,20 @@ def api() -> client.ApiClient:
     return client.ApiClient()
 
 
+@functools.cache
+def identity() -> str:
+    """This process in the peering: the pod name (host name), pid and a random part, so a
+    restarted container is a new peer and never mistaken for its dead predecessor."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+@functools.cache
+def priority() -> int:
+    """This replica's peering priority, drawn once: distinct priorities let exactly one replica
+    work (kopf pauses every replica when the highest priority is shared)."""
+    return 1 + secrets.randbelow(2**31 - 2)
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.suspend")
@@ -57,19 +86,64 @@ def videogeneration(namespace: str, name: str, **_: Any) -> None:
     reconcile(api(), namespace, name, config=config())
 
 
+def job_mark(job: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a Job can move its resource's phase: suspension, pods ready, succeeded, failed or
+    terminating, and the Job's conditions. Start time, active (created, not yet running) and
+    uncounted pods cannot; time-based changes (start timeouts) are the resync loop's."""
+    status = job.get("status") or {}
+    conditions = tuple(
+        (c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or []
+    )
+    return (
+        bool((job.get("spec") or {}).get("suspend")),
+        status.get("ready"),
+        status.get("succeeded"),
+        status.get("failed"),
+        status.get("terminating"),  # a pod being deleted: maybe evicted
+        conditions,
+    )
+
+
+_handled: dict[str, tuple[Any, ...]] = {}  # Job uid -> the mark its last successful pass saw
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-def job(namespace: str, annotations: kopf.Annotations, **_: Any) -> None:
-    """Event handlers are not retried by kopf; errors wait for the next event or resync."""
+def job(
+    type: str | None,  # kopf's name for the watch event's type
+    namespace: str,
+    annotations: kopf.Annotations,
+    body: kopf.Body,
+    uid: str,
+    **_: Any,
+) -> None:
+    """Event handlers are not retried by kopf; errors wait for the next event or resync. A pass
+    already made for this Job in the same state is not repeated."""
     owner = annotations.get(ANNOTATION_OWNER)
-    if owner:
-        _quietly(namespace, owner)
+    if not owner:
+        return
+    if type == "ADDED" and not body.get("status"):
+        return  # our own create: the pass that made it has observed it
+    mark = job_mark(body)
+    if type != "DELETED" and _handled.get(uid) == mark:
+        return
+    if _quietly(namespace, owner, repair=False):
+        finished = any(
+            kind in ("Complete", "Failed") and state == "True" for kind, state, _ in mark[-1]
+        )
+        if type == "DELETED" or finished:
+            _handled.pop(uid, None)  # nothing more to save a pass for: the memo stays small
+        else:
+            _handled[uid] = mark
 
 
-def _quietly(namespace: str, name: str) -> None:
+def _quietly(namespace: str, name: str, *, repair: bool = True) -> bool:
+    """One pass; False (logged) when it failed."""
     try:
-        reconcile(api(), namespace, name, config=config())
+        reconcile(api(), namespace, name, config=config(), repair=repair)
     except (kopf.PermanentError, kopf.TemporaryError, ApiException, HTTPError) as e:
         log.warning("videogeneration %s/%s: %s", namespace, name, e)
+        return False
+    return True
 
 
 class Resync:
@@ -96,18 +170,69 @@ def _unfinished() -> list[tuple[str, str]]:
     ]
 
 
+def leads(peering: Mapping[str, Any], me: str, my_priority: int, now: datetime) -> bool:
+    """kopf's rule on one peering object: this peer works if its keep-alive is there and no other
+    live peer has the same or a higher priority (kopf pauses all of equal highest priority)."""
+    peers = (peering.get("status") or {}) if peering else {}
+    if me not in peers:
+        return False  # kopf has not announced us yet, so it has not started handling either
+    for peer, info in peers.items():
+        if peer == me or not isinstance(info, Mapping):
+            continue
+        seen = datetime.fromisoformat(info.get("lastseen") or "1970-01-01T00:00:00+00:00")
+        alive = seen + timedelta(seconds=int(info.get("lifetime", 60))) > now
+        if alive and int(info.get("priority", 0)) >= my_priority:
+            return False
+    return True
+
+
+def active() -> bool:
+    """Whether this replica is the one that works: always when standalone; with peering, when it
+    leads every peering object it takes part in (a missing one pauses kopf, and so the loop)."""
+    cfg = config()
+    if not cfg.peering:
+        return True
+    custom = client.CustomObjectsApi(api())
+    now = datetime.now(timezone.utc)
+    try:
+        if cfg.namespaces:
+            objects = [
+                custom.get_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, ns, "kopfpeerings", cfg.peering
+                )
+                for ns in cfg.namespaces
+            ]
+        else:
+            objects = [
+                custom.get_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings", cfg.peering
+                )
+            ]
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+    return all(leads(o, identity(), priority(), now) for o in objects)
+
+
 async def resync_forever() -> None:
-    """Re-check unfinished resources periodically (start timeouts, missed events)."""
+    """Re-check unfinished resources periodically (start timeouts, missed events), while this
+    replica is the active one; a paused round still counts for the liveness probe."""
     interval = config().resync_seconds
     while True:
         await asyncio.sleep(interval)
         try:
-            keys = await asyncio.to_thread(_unfinished)
+            keys = await asyncio.to_thread(_unfinished) if await asyncio.to_thread(active) else []
+            checked = time.monotonic()
+            for namespace, name in keys:
+                if time.monotonic() - checked > PEERING_RECHECK_S:  # paused during a long round?
+                    if not await asyncio.to_thread(active):
+                        break
+                    checked = time.monotonic()
+                await asyncio.to_thread(_quietly, namespace, name)
         except (ApiException, HTTPError) as e:
             log.warning("resync: cannot list videogenerations: %s", e)
             continue
-        for namespace, name in keys:
-            await asyncio.to_thread(_quietly, namespace, name)
         Resync.last = time.monotonic()
 
 

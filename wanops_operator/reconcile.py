@@ -12,12 +12,27 @@ the process keeps no record of jobs, so a restarted operator continues where the
   The Job is applied once, when missing: its template is immutable, and Kueue edits a suspended
   Job's placement, which a re-apply would fight. After that only `spec.suspend` is patched, and
   never for a Kueue-managed Job (Kueue owns it then).
-- A failed attempt that may be retried gets a fresh Job `<name>-a<n+1>`, whole.
-- Status: one merge patch on the status subresource per pass, and only if something changed.
+- A failed attempt that may be retried gets a fresh Job `<name>-a<n+1>`, whole; a Job of an
+  earlier attempt that has not finished (an evicted pod's other ranks) is deleted.
+- Status: one merge patch on the status subresource per pass, and only if something changed,
+  made on the resourceVersion the pass read: if anything wrote in between (the runner's
+  progress, another replica during a peering hand-over) the API server refuses it and the pass
+  runs again on what is there now. So a stale observation never overwrites a newer one, and the
+  Event of a transition is posted only by the pass whose write made it.
+- Order, so that a SIGKILL between two steps loses nothing and repeats nothing: a Job is created
+  before the status that names it (a restarted pass finds the Job); the status of what comes
+  next (the next attempt, a start timeout, an eviction) is written before any Job is created or
+  deleted because of it (a restarted pass acts on what status says: creates the Job of the
+  attempt it names, deletes a Job left over from a finished or earlier attempt), and never
+  recreates a deleted Job.
+- Passes for Job events (`repair=False`) skip re-applying ConfigMap and Service once the Job
+  exists: resource, resume and resync passes repair drift; under load those applies were the
+  most expensive calls the operator made.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -63,6 +78,9 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 TRANSIENT = (409, 429, 500, 502, 503, 504)
 RETRY_DELAY_S = 5.0
+CONFLICT_RETRIES = 5  # passes in a row whose status write met a newer resourceVersion
+# Failures after which the failed attempt's Job is deleted (its pods must not run on).
+DELETE_AFTER = (reasons.START_TIMEOUT, reasons.POD_EVICTED)
 
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
@@ -70,6 +88,10 @@ _locks_guard = threading.Lock()
 
 class Refused(kopf.PermanentError):
     """The resource ended Failed before running (pre-flight or invalid spec); status says why."""
+
+
+class StatusConflict(Exception):
+    """The resource changed after the pass read it: its status write was refused (409)."""
 
 
 @contextmanager
@@ -189,23 +211,36 @@ class Cluster:
                 raise
 
     def patch_status(self, vg: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch status, only onto the resourceVersion `vg` was read at."""
         meta = vg["metadata"]
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
-            meta["namespace"],
-            PLURAL,
-            meta["name"],
-            {"status": status},
-            _content_type=MERGE,
-        )
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                body,
+                _content_type=MERGE,
+                _preload_content=False,
+            )
+        except ApiException as e:
+            if e.status == 409:
+                raise StatusConflict(f"{meta['namespace']}/{meta['name']}") from e
+            raise
 
-    def event(self, vg: Mapping[str, Any], obs: Observation, now: datetime) -> None:
-        """A core/v1 Event on the resource, for `kubectl describe` and event exporters."""
+    def event(
+        self, vg: Mapping[str, Any], obs: Observation, transition: str, now: datetime
+    ) -> None:
+        """A core/v1 Event on the resource, for `kubectl describe` and event exporters. Its name
+        comes from the resource's uid and `transition`, so however often a pass that makes the
+        transition runs (after a SIGKILL, or on two replicas in a hand-over) one Event is made."""
         meta = vg["metadata"]
         when = timestamp(now)
+        digest = hashlib.sha256(f"{meta['uid']}/{transition}".encode()).hexdigest()[:16]
         body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {"name": f"{meta['name']}.{digest}", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": vg["apiVersion"],
                 "kind": vg["kind"],
@@ -221,7 +256,11 @@ class Cluster:
             "lastTimestamp": when,
             "count": 1,
         }
-        self.core.create_namespaced_event(meta["namespace"], body)
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except ApiException as e:
+            if e.status != 409:  # 409: posted already, by an earlier run of this transition
+                raise
 
 
 def _secret_problem(
@@ -330,12 +369,27 @@ def reconcile(
     *,
     config: OperatorConfig,
     now: datetime | None = None,
+    repair: bool = True,
 ) -> str | None:
     """One pass; returns the phase written (None if the resource is gone). Raises Refused once
-    when pre-flight ends the resource, kopf.TemporaryError for errors worth retrying soon."""
+    when pre-flight ends the resource, kopf.TemporaryError for errors worth retrying soon.
+    `repair=False`: a Job event's pass, which leaves an existing attempt's ConfigMap and
+    Service alone."""
     try:
         with _exclusive(namespace, name):
-            phase = _pass(Cluster(api), namespace, name, config, now or datetime.now(timezone.utc))
+            cluster = Cluster(api)
+            for _ in range(CONFLICT_RETRIES):
+                try:
+                    when = now or datetime.now(timezone.utc)
+                    phase = _pass(cluster, namespace, name, config, when, repair=repair)
+                    break
+                except StatusConflict:
+                    continue  # read again and redo the pass on what is there now
+            else:
+                raise kopf.TemporaryError(
+                    f"status of {namespace}/{name} changed under {CONFLICT_RETRIES} passes",
+                    delay=RETRY_DELAY_S,
+                )
     except Refused:
         metrics.RECONCILES.labels("refused").inc()
         metrics.observe_phase(namespace, name, FAILED)
@@ -362,7 +416,9 @@ def _write(
     seed: int | None,
     now: datetime,
 ) -> None:
-    """The pass's one status patch, plus an Event and metrics when the phase or reason moved."""
+    """The pass's one status patch, plus an Event and metrics when the phase or reason moved.
+    The Event goes first: it is idempotent (named by the transition), the status write is not,
+    so a kill between the two neither loses nor repeats it."""
     patch = status_patch(
         vg,
         obs,
@@ -373,11 +429,15 @@ def _write(
     )
     if not changed(vg, patch):
         return
-    cluster.patch_status(vg, patch)
     before = vg.get("status") or {}
     reason_before = next(iter(before.get("conditions") or []), {}).get("reason")
     if (before.get("phase"), reason_before) != (obs.phase, obs.reason):
-        cluster.event(vg, obs, now)
+        transition = (
+            f"{vg['metadata'].get('generation', 0)}/{attempt}/"
+            f"{before.get('phase')}/{reason_before}/{obs.phase}/{obs.reason}"
+        )
+        cluster.event(vg, obs, transition, now)
+    cluster.patch_status(vg, patch)
     if obs.phase in TERMINAL and before.get("phase") not in TERMINAL:
         start, done = patch.get("startTime"), patch.get("completionTime")
         seconds = (parse_time(done) - parse_time(start)).total_seconds() if start and done else None
@@ -385,7 +445,13 @@ def _write(
 
 
 def _pass(
-    cluster: Cluster, namespace: str, name: str, config: OperatorConfig, now: datetime
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    config: OperatorConfig,
+    now: datetime,
+    *,
+    repair: bool,
 ) -> str | None:
     vg = cluster.resource(namespace, name)
     if vg is None:
@@ -393,6 +459,11 @@ def _pass(
     status = vg.get("status") or {}
     attempt = status.get("attempt") or 0
     if status.get("phase") in TERMINAL:
+        # a kill between writing the failure and deleting the Job: delete it now
+        if (status.get("failure") or {}).get("reason") in DELETE_AFTER and (
+            job := cluster.jobs(vg).get(job_name(name, attempt))
+        ):
+            cluster.delete_job(job)
         _refresh_generation(cluster, vg)
         return status["phase"]
 
@@ -408,26 +479,32 @@ def _pass(
     seed = seed_for(spec, vg["metadata"]["uid"])
 
     jobs = cluster.jobs(vg)
-    attempt = max([attempt] + [int(j["metadata"]["labels"][LABEL_ATTEMPT]) for j in jobs.values()])
+    attempt = max([attempt] + [_attempt(j) for j in jobs.values()])
+    for old in jobs.values():  # an earlier attempt that is still running (its failure was
+        if _attempt(old) < attempt and not _finished(old):  # written, then the operator died)
+            cluster.delete_job(old)
     job = jobs.get(job_name(name, attempt))
     if job is None:
         refused = preflight(cluster, namespace, spec, config, now)
         if refused is not None:
             _write(cluster, vg, refused, attempt=attempt, seed=seed, now=now)
             raise Refused(refused.message)
-    config_map, service, wanted = render(vg, config=config, attempt=attempt, existing_job=job)
-    cluster.apply(config_map)
-    cluster.apply(service)
-    if job is None:
-        job = _create_job(cluster, vg, wanted, now)
+    pods: list[dict[str, Any]] | None = None
+    if job is None or repair:
+        config_map, service, wanted = render(vg, config=config, attempt=attempt, existing_job=job)
+        cluster.apply(config_map)
+        cluster.apply(service)
         if job is None:
-            return FAILED
-    elif kueue_queue(vg) is None and bool(job["spec"].get("suspend")) != spec.suspend:
+            job = _create_job(cluster, vg, wanted, now)
+            if job is None:
+                return FAILED
+            pods = []  # just created: no pod yet
+    if kueue_queue(vg) is None and bool(job["spec"].get("suspend")) != spec.suspend:
         job = cluster.set_suspend(job, spec.suspend)
 
     obs = observe(
         job,
-        cluster.pods(job),
+        cluster.pods(job) if pods is None else pods,
         queue=kueue_queue(vg),
         start_timeout_seconds=spec.start_timeout_seconds,
         active_deadline_seconds=spec.active_deadline_seconds,
@@ -436,24 +513,42 @@ def _pass(
     obs = after_failed_attempt(
         obs, attempt=attempt, retry_limit=spec.retry_limit, next_job=job_name(name, attempt + 1)
     )
-    if (obs.failure or {}).get("reason") == reasons.POD_EVICTED:
-        cluster.delete_job(job)  # its other ranks wait for the evicted one; stop them now
-    if obs.reason == reasons.RETRYING:
-        attempt += 1
-        config_map, _, wanted = render(vg, config=config, attempt=attempt)
+    retry = obs.reason == reasons.RETRYING
+    # status first, then what it leads to (see the module docstring)
+    _write(cluster, vg, obs, attempt=attempt + retry, seed=seed, now=now)
+    if (obs.failure or {}).get("reason") in DELETE_AFTER:
+        # evicted: the other ranks wait for the lost one; timed out: pods must not start late
+        cluster.delete_job(job)
+    if retry:
+        config_map, _, wanted = render(vg, config=config, attempt=attempt + 1)
         cluster.apply(config_map)
         _create_job(cluster, vg, wanted, now)
-    elif obs.reason == reasons.START_TIMEOUT:
-        cluster.delete_job(job)  # its pods must not start late, after the resource has failed
-    _write(cluster, vg, obs, attempt=attempt, seed=seed, now=now)
     return obs.phase
+
+
+def _attempt(job: Mapping[str, Any]) -> int:
+    return int(job["metadata"]["labels"][LABEL_ATTEMPT])
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def _write_invalid(
     cluster: Cluster, vg: dict[str, Any], message: str, *, attempt: int, now: datetime
 ) -> None:
     """End the resource Failed/InvalidSpec: ours or the API server's refusal of what we render."""
-    _write(cluster, vg, failed(reasons.INVALID_SPEC, message, now=now), attempt=attempt, seed=None, now=now)
+    _write(
+        cluster,
+        vg,
+        failed(reasons.INVALID_SPEC, message, now=now),
+        attempt=attempt,
+        seed=None,
+        now=now,
+    )
 
 
 def _create_job(

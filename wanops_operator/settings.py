@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from wanops_operator.handlers import config
+from wanops_operator.handlers import config, priority
 
 PREFIX = "wanops.io"
 CONNECT_TIMEOUT_S = 30
@@ -24,7 +24,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
       holds only the API's documented fields.
     - kopf posts only warnings as Events; the operator posts its own Event per transition.
     - One replica runs standalone; several need `WANOPS_PEERING` (and the chart's peering
-      resource), so only the highest-priority replica handles resources.
+      resource), so only the highest-priority replica handles resources. Priorities are drawn at
+      random per replica: kopf pauses every replica when the highest priority is shared, which
+      with the default (0 for all) left a chart with `replicas: 2` doing no work at all. A dead
+      replica's keep-alive counts for `WANOPS_PEERING_LIFETIME` seconds, then another takes over.
     """
     cfg = config()
     settings.watching.server_timeout = cfg.watch_server_timeout
@@ -40,3 +43,5 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if cfg.peering:
         settings.peering.name = cfg.peering
         settings.peering.mandatory = True
+        settings.peering.priority = priority()
+        settings.peering.lifetime = cfg.peering_lifetime
