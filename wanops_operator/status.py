@@ -66,6 +66,15 @@ def _runner_state(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return {}
 
 
+def _ran(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's runner has started: running, succeeded, or failed after starting."""
+    phase = pod.get("status", {}).get("phase")
+    if phase in (RUNNING, SUCCEEDED):
+        return True
+    terminated = _runner_state(pod).get("state", {}).get("terminated") or {}
+    return phase == FAILED and bool(terminated.get("startedAt"))
+
+
 def _disrupted(pod: Mapping[str, Any]) -> bool:
     return any(
         c.get("type") == "DisruptionTarget" and c.get("status") == "True"
@@ -240,7 +249,9 @@ def observe(
             )
         return Observation(SUSPENDED, reasons.SUSPENDED, reasons.SUSPENDED_MESSAGE.format(job=name))
 
-    started = [p for p in pods if p.get("status", {}).get("phase") in (RUNNING, SUCCEEDED)]
+    # A pod that ran and failed counts too: between its exit and the Job controller failing the
+    # Job, a pass would otherwise take the attempt back from Running to Pending.
+    started = [p for p in pods if _ran(p)]
     if started:
         first = min(p["status"].get("startTime") or timestamp(now) for p in started)
         running = sum(p["status"]["phase"] == RUNNING for p in started)

@@ -176,6 +176,17 @@ def test_running_from_the_first_started_pod() -> None:
     assert "2 of 2" in obs.message
 
 
+def test_still_running_while_a_failed_pod_waits_for_the_job_to_fail() -> None:
+    """The pod exited 42 but the Job controller has not failed the Job yet: the attempt has run,
+    so it stays Running (the operator fault test saw Running -> Pending here); a pod that failed
+    without ever starting does not count."""
+    ran = {"terminated": {**exited(42)["terminated"], "startedAt": T0}}
+    obs = look(job(startTime=T0, failed=1), [pod("a", FAILED, runner=ran)])
+    assert (obs.phase, obs.start_time) == (RUNNING, T0)
+    never = look(job(startTime=T0), [pod("a", FAILED, runner=exited(128), start=None)])
+    assert never.phase == PENDING
+
+
 def test_pending_until_the_start_timeout_then_failed_with_the_cause() -> None:
     unschedulable = pod(
         "cats-a0-0-q",
