@@ -13,7 +13,8 @@ In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
    `torchrun --nnodes N --node_rank R --nproc_per_node G --master_addr A -m runner.worker`;
 4. turn the workers' outcome into the exit code the Job's pod failure policy reads
    (`EXIT_INVALID_INPUT` for bad input, anything else is retried) and a termination message
-   `<Reason>: <what to fix>`; pod 0 uploads the run's log next to the video, success or not.
+   `<Reason>: <what to fix>`; pod 0 uploads the run's log next to the video, success or not,
+   except for bad input, which leaves nothing in the store (the reason is in the resource's status).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from pathlib import Path
 from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
-from runner.worker import IMAGE_ENV, LATENTS, LOG_FILE_ENV, OUTCOME_DIR_ENV, WORK_DIR_ENV
 from wanspec import contract
 
 log = logging.getLogger("runner")
@@ -170,6 +170,10 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
             f"{e}; put the official {cfg.resolved.task} folder at spec.checkpoint.path in the claim",
         ) from e
 
+    # Not before: runner.worker imports the pipelines (transformers and all), seconds of CPU that
+    # input refused above should not wait for.
+    from runner.worker import IMAGE_ENV, LATENTS, LOG_FILE_ENV, OUTCOME_DIR_ENV, WORK_DIR_ENV
+
     latent = store.get_work(run_id, LATENTS)
     if latent is not None:
         if node_rank == 0:
@@ -220,7 +224,7 @@ def main() -> int:
             contract.termination_message(errors.WORKER_FAILED, f"{type(e).__name__}: {e}")
         )
         code = 1
-    if int(env.get("PET_NODE_RANK", "0")) == 0:
+    if int(env.get("PET_NODE_RANK", "0")) == 0 and code != contract.EXIT_INVALID_INPUT:
         upload_log(env, log_file)
     return code
 
