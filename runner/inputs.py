@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -114,7 +115,16 @@ def _https(url: str) -> bytes:
                     f"{url} answered HTTP {e.code} {e.reason}; fix spec.inputImage or make the URL public",
                 ) from e
             problem: Exception = e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, ssl.SSLCertVerificationError):  # no retry can make it trusted
+                raise errors.bad_input(
+                    contract.IMAGE_NOT_READABLE,
+                    f"{url}: the server's TLS certificate is not trusted ({e.reason.verify_message}); "
+                    "serve the image with a certificate from a public CA, or upload it to the store "
+                    "and use s3://",
+                ) from e
+            problem = e
+        except (TimeoutError, ConnectionError) as e:
             problem = e
         time.sleep(2.0**attempt)
     raise errors.temporary(errors.IMAGE_UNAVAILABLE, f"{url} could not be fetched: {problem}")
