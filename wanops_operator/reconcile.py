@@ -459,9 +459,12 @@ def _pass(
     status = vg.get("status") or {}
     attempt = status.get("attempt") or 0
     if status.get("phase") in TERMINAL:
-        # a kill between writing the failure and deleting the Job: delete it now
-        if (status.get("failure") or {}).get("reason") in DELETE_AFTER and (
-            job := cluster.jobs(vg).get(job_name(name, attempt))
+        # a kill between writing the failure and deleting the Job: delete it now (only for a
+        # failed resource: a succeeded one keeps the failure of an earlier attempt, not its Job)
+        if (
+            status["phase"] == FAILED
+            and (status.get("failure") or {}).get("reason") in DELETE_AFTER
+            and (job := cluster.jobs(vg).get(job_name(name, attempt)))
         ):
             cluster.delete_job(job)
         _refresh_generation(cluster, vg)
