@@ -78,6 +78,7 @@ class OperatorConfig:
             ("METRICS_PORT", "metrics_port"),
             ("WATCH_SERVER_TIMEOUT", "watch_server_timeout"),
             ("NODE_LOST_SECONDS", "node_lost_seconds"),
+            ("PEERING_LIFETIME", "peering_lifetime"),
         ):
             if (value := get(key)) is not None:
                 values[field] = int(value)
