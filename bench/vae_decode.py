@@ -1,16 +1,25 @@
-"""GPU smoke benchmark: one full-size VAE decode, ours vs diffusers' AutoencoderKLWan.
+"""GPU benchmark: one full-size VAE decode, ours vs diffusers' AutoencoderKLWan, in one process.
 
-Builds a random-weight Wan2.1 or Wan2.2 VAE directly on the GPU, decodes one random normalised
-latent of the shape the task produces with our `Wan21VAE`/`Wan22VAE`, then hands the very same
-weight tensors (renamed, not copied) to diffusers' model and decodes the same latent; reports the
-median of the warm runs (CUDA events), the peak memory of each (reset between) and the cosine
-similarity of the two videos (≥ 0.9999 required; exit status 1 otherwise). fp32 is the official
-precision (spec §5.5; TF32 convolutions by PyTorch default, printed below), bf16 the opt-in.
+Builds a random-weight Wan2.1 or Wan2.2 VAE directly on the GPU and decodes one random normalised
+latent of the shape the task produces; diffusers' model gets the very same weight tensors (renamed,
+not copied) and the same latent. Times are the median of the warm runs (CUDA events), peaks the
+`max_memory_allocated` of the timed runs (reset between models).
+
+Parity (default): ours and diffusers in one dtype; the cosine of the two videos must be ≥ 0.9999
+(exit status 1 otherwise). fp32 is the official precision (spec §5.5; TF32 convolutions by
+PyTorch default, printed below).
+
+`--fast`: our fast path (`ChunkedVAE.set_fast`: bf16, channels-last, fused RMS-norm + SiLU, cuDNN
+autotuner, frame pieces) against the peer's fastest setting, diffusers in bf16 (with and without
+cuDNN's autotuner). Every video is scored against our exact fp32 decode of the same latent by PSNR
+over the [−1, 1] range (10·log10(2² / MSE)); our fast path must reach 40 dB (exit status 1
+otherwise). Variants of the fast path (autotuner off, whole 4-frame chunks) are timed too.
 
     python bench/vae_decode.py --vae 2.1 --size 1280*720 --frames 81 --out bench.jsonl
     python bench/vae_decode.py --vae 2.2 --size 1280*704 --frames 121 --out bench.jsonl
     python bench/vae_decode.py --vae 2.2 --dtype bfloat16 --out bench.jsonl
-    python bench/vae_decode.py --vae 2.1 --tiny            # CPU check that the script runs
+    python bench/vae_decode.py --vae 2.1 --fast --out bench.jsonl
+    python bench/vae_decode.py --vae 2.1 --tiny [--fast]   # CPU check that the script runs
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ import json
 import math
 import statistics
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,6 +53,13 @@ VAES = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MIN_COSINE = 0.9999
+MIN_PSNR = 40.0
+# --fast: our variants, name → `set_fast` options; the first is the one the pipelines use.
+FAST_VARIANTS = {
+    "fast": dict(autotune=True, frames_per_piece=2),
+    "fast_whole_chunks": dict(autotune=True, frames_per_piece=None),
+    "fast_no_autotune": dict(autotune=False, frames_per_piece=2),
+}
 
 
 def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfig | Wan22VAEConfig,
@@ -61,12 +80,69 @@ def random_vae(model_cls: type[Wan21VAE] | type[Wan22VAE], config: Wan21VAEConfi
     return model.to(dtype)
 
 
+def psnr(video: Tensor, reference: Tensor) -> float:
+    """PSNR in dB over the [−1, 1] range (peak-to-peak 2), float64 accumulation."""
+    mse = float(((video.double() - reference.double()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(4.0 / mse)
+
+
+@contextmanager
+def cudnn_autotune(on: bool) -> Iterator[None]:
+    """`torch.backends.cudnn.benchmark` set for the block, put back after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def result(video: Tensor, seconds: list[float], peak: float | None, reference: Tensor) -> dict[str, object]:
+    return {"median_s": statistics.median(seconds), "runs_s": seconds, "peak_gib": peak,
+            "psnr_db": psnr(video, reference), "max_abs": float((video - reference).abs().max())}
+
+
+def fast_bench(args: argparse.Namespace, model_cls, config, latents: Tensor, device: torch.device) -> dict:
+    """--fast: exact fp32 reference, diffusers bf16 (two cuDNN settings), our fast variants."""
+    ours = random_vae(model_cls, config, device, torch.float32, seed=0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    begin = time.perf_counter()
+    with torch.inference_mode():
+        reference = ours.decode(latents).cpu()  # one cold run: the reference, timed only roughly
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    out: dict[str, object] = {"fp32_exact": {"median_s": time.perf_counter() - begin, "peak_gib": peak,
+                                             "note": "one cold run, host clock, output copy included"}}
+    ours.to(torch.bfloat16)
+    mean, inv_std = (s.view(1, -1, 1, 1, 1) for s in ours.scale)
+    raw = (latents / inv_std + mean).to(torch.bfloat16)  # diffusers decodes un-normalised latents (§5.5)
+    ref = diffusers_vae(ours, to_diffusers_state_dict(ours))  # the same bf16 tensors
+    for name, autotune in (("diffusers_bf16", False), ("diffusers_bf16_autotune", True)):
+        with torch.inference_mode(), cudnn_autotune(autotune):
+            video, sec, peak = timed(lambda: ref.decode(raw).sample, args.runs, device)
+        out[name] = result(video, sec, peak, reference)
+        del video
+    del ref
+    for name, options in FAST_VARIANTS.items():
+        ours.set_fast(torch.bfloat16, **options)  # weights already bf16: only the options change
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with torch.inference_mode():
+            video, sec, peak = timed(lambda: ours.decode(latents), args.runs, device)
+        out[name] = result(video, sec, peak, reference)
+        del video
+    out["video_std"] = float(reference.std())  # random weights: shows the video is not ~0 or all clamped
+    out["clamped_fraction"] = float((reference.abs() >= 1.0).float().mean())
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vae", choices=sorted(VAES), required=True)
     parser.add_argument("--size", help="W*H in pixels (default: the task's 720p-class size)")
     parser.add_argument("--frames", type=int, help="video frames, 4n+1 (default 81 for 2.1, 121 for 2.2)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float32 = official")
+    parser.add_argument("--fast", action="store_true", help="our fast path vs diffusers bf16, PSNR vs our fp32")
     parser.add_argument("--runs", type=int, default=2, help="timed runs after one warm-up (≥ 2)")
     parser.add_argument("--tiny", action="store_true", help="tiny config, a tiny video on CPU: checks the script")
     parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
@@ -99,13 +175,25 @@ def main() -> int:
         "size": size,
         "frames": frames,
         "latent": list(shape),
-        "dtype": args.dtype,
+        "dtype": "fast (bfloat16)" if args.fast else args.dtype,
     }
     for key, value in info.items():
         print(f"{key:>17}: {value}")
 
     gen = torch.Generator(device).manual_seed(1)
     latents = torch.randn(shape, device=device, generator=gen)  # normalised latents, fp32 as the sampler hands them
+    if args.fast:
+        info.update(fast_bench(args, model_cls, config, latents, device))
+        for name in ("fp32_exact", "diffusers_bf16", "diffusers_bf16_autotune", *FAST_VARIANTS):
+            r = info[name]
+            peak = "n/a on CPU" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
+            quality = f", PSNR {r['psnr_db']:.1f} dB vs fp32" if "psnr_db" in r else ""
+            print(f"{name:>23}: median {r['median_s']:.3f} s, peak {peak}{quality}")
+        info["ok"] = info["fast"]["psnr_db"] >= MIN_PSNR
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(json.dumps(info) + "\n")
+        return 0 if info["ok"] else 1
 
     # 1. ours
     ours = random_vae(model_cls, config, device, dtype, seed=0)

@@ -8,7 +8,7 @@ The blocks and the chunked encode/decode loops are in `vae_blocks.py`, shared wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,12 +18,13 @@ from wan_core.models.vae_blocks import (
     Cache,
     CausalConv3d,
     ChunkedVAE,
+    OutputHead,
     Resample,
     ResidualBlock,
     VAEConfig,
     child_indices,
+    last_temporal_upsample,
     middle_blocks,
-    output_head,
     run_layers,
     shape_of,
 )
@@ -100,13 +101,13 @@ class Encoder3d(nn.Module):
                 layers.append(Resample(out_dim, "downsample3d" if config.temporal_downsample[i] else "downsample2d"))
         self.downsamples = nn.Sequential(*layers)
         self.middle = middle_blocks(dims[-1])
-        self.head = output_head(dims[-1], 2 * config.z_dim)
+        self.head = OutputHead(dims[-1], 2 * config.z_dim)
 
     def forward(self, x: Tensor, cache: Cache) -> Tensor:
         x = self.conv1(x, cache)
         x = run_layers(self.downsamples, x, cache)
         x = run_layers(self.middle, x, cache)
-        return run_layers(self.head, x, cache)
+        return self.head(x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -131,13 +132,21 @@ class Decoder3d(nn.Module):
                 mode = "upsample3d" if temporal_upsample[i] else "upsample2d"
                 layers.append(Resample(out_dim, mode, up_dim=out_dim // 2))
         self.upsamples = nn.Sequential(*layers)
-        self.head = output_head(dims[-1], IN_CHANNELS)
+        self.head = OutputHead(dims[-1], IN_CHANNELS)
+        self.split = last_temporal_upsample(self.upsamples)
 
-    def forward(self, x: Tensor, cache: Cache) -> Tensor:
+    def temporal(self, x: Tensor, cache: Cache) -> Tensor:
+        """conv1, middle and the upsamples up to the last temporal one."""
         x = self.conv1(x, cache)
         x = run_layers(self.middle, x, cache)
-        x = run_layers(self.upsamples, x, cache)
-        return run_layers(self.head, x, cache)
+        return run_layers(self.upsamples[: self.split], x, cache)
+
+    def spatial(self, x: Tensor, cache: Cache) -> Tensor:
+        """The rest: per-frame and causal layers, so any split of the frames gives the same result."""
+        return self.head(run_layers(self.upsamples[self.split :], x, cache), cache)
+
+    def forward(self, x: Tensor, cache: Cache) -> Tensor:
+        return self.spatial(self.temporal(x, cache), cache)
 
 
 class Wan21VAE(ChunkedVAE):
@@ -154,5 +163,7 @@ class Wan21VAE(ChunkedVAE):
         self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)
         self.decoder = Decoder3d(config)
 
-    def _decode_chunk(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
-        return self.decoder(x, cache)  # the first chunk needs no special case here (only Resample's)
+    def _decode_chunk(self, x: Tensor, cache: Cache, first_chunk: bool) -> Iterator[Tensor]:
+        # The first chunk needs no special case here (only Resample's).
+        for piece in self._pieces(self.decoder.temporal(x, cache)):
+            yield self.decoder.spatial(piece, cache)

@@ -9,7 +9,7 @@ The blocks and the chunked encode/decode loops are in `vae_blocks.py`, shared wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,12 +20,13 @@ from wan_core.models.vae_blocks import (
     Cache,
     CausalConv3d,
     ChunkedVAE,
+    OutputHead,
     Resample,
     ResidualBlock,
     VAEConfig,
     child_indices,
+    last_temporal_upsample,
     middle_blocks,
-    output_head,
     run_layers,
     shape_of,
 )
@@ -88,6 +89,32 @@ class DupUp3D(nn.Module):
         x = x.reshape(b, self.out_dim, t * ft, h * fs, w * fs)
         return x[:, :, ft - 1 :] if first_chunk else x
 
+    def add_to(self, out: Tensor, x: Tensor, first_chunk: bool) -> Tensor:
+        """`out + self(x, first_chunk)`, added into `out` in place (the same sums).
+
+        Where the repeat factor is a product of the fastest cell digits (i_w; i_h·i_w; all three —
+        every stage of the published layout), repeated channel c·repeats + k holds x's channel c and
+        k runs over those digits, so x is added through a broadcast view: the repeated and unfolded
+        tensors (up to ~1 GB at 720P) are never made. Otherwise it falls back to `forward`.
+        """
+        ft, fs = self.factor_t, self.factor_s
+        t, h, w = x.shape[2:]
+        cell, rest = [ft, fs, fs], self.repeats  # digits (i_t, i_h, i_w), i_w the fastest
+        for i in reversed(range(3)):
+            if rest % cell[i] or rest == 1:
+                break
+            rest //= cell[i]
+            cell[i] = 1  # broadcast over this digit
+        if rest != 1 or (first_chunk and ft > 1 and t != 1):
+            return out.add_(self(x, first_chunk))
+        src = x.unflatten(1, (self.out_dim, *cell)).permute(0, 1, 5, 2, 6, 3, 7, 4)  # (B, out, T, i_t, H, i_h, W, i_w)
+        frames = (t, ft)
+        if first_chunk and ft > 1:  # one frame: the last of the cell (the first ft − 1 are dropped)
+            src, frames = src[:, :, :, -1:], (t, 1)
+        dst = out.unflatten(2, frames).unflatten(4, (h, fs)).unflatten(6, (w, fs))
+        dst.add_(src)
+        return out
+
 
 class Down_ResidualBlock(nn.Module):  # noqa: N801 — official class name
     """Encoder stage: `downsamples` (ResidualBlocks, then an optional Resample) + AvgDown3D shortcut."""
@@ -124,7 +151,7 @@ class Up_ResidualBlock(nn.Module):  # noqa: N801 — official class name
 
     def forward(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
         out = run_layers(self.upsamples, x, cache)
-        return out + self.avg_shortcut(x, first_chunk) if self.avg_shortcut is not None else out
+        return self.avg_shortcut.add_to(out, x, first_chunk) if self.avg_shortcut is not None else out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,14 +222,14 @@ class Encoder3d(nn.Module):
             for i in range(len(config.dim_mult))
         ))  # fmt: skip
         self.middle = middle_blocks(dims[-1])
-        self.head = output_head(dims[-1], 2 * config.z_dim)
+        self.head = OutputHead(dims[-1], 2 * config.z_dim)
 
     def forward(self, x: Tensor, cache: Cache) -> Tensor:
         x = self.conv1(x, cache)
         for stage in self.downsamples:
             x = stage(x, cache)
         x = run_layers(self.middle, x, cache)
-        return run_layers(self.head, x, cache)
+        return self.head(x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -222,14 +249,25 @@ class Decoder3d(nn.Module):
             )
             for i in range(len(config.dim_mult))
         ))  # fmt: skip
-        self.head = output_head(dims[-1], IN_CHANNELS)
+        self.head = OutputHead(dims[-1], IN_CHANNELS)
+        self.split = last_temporal_upsample(self.upsamples)
 
-    def forward(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
+    def temporal(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
+        """conv1, middle and the stages up to the last temporal upsample."""
         x = self.conv1(x, cache)
         x = run_layers(self.middle, x, cache)
-        for stage in self.upsamples:
+        for stage in self.upsamples[: self.split]:
             x = stage(x, cache, first_chunk)
-        return run_layers(self.head, x, cache)
+        return x
+
+    def spatial(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
+        """The rest: per-frame and causal layers, so any split of the frames gives the same result."""
+        for stage in self.upsamples[self.split :]:
+            x = stage(x, cache, first_chunk)
+        return self.head(x, cache)
+
+    def forward(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
+        return self.spatial(self.temporal(x, cache, first_chunk), cache, first_chunk)
 
 
 class Wan22VAE(ChunkedVAE):
@@ -250,5 +288,6 @@ class Wan22VAE(ChunkedVAE):
     def _encoder_input(self, videos: Tensor) -> Tensor:
         return patchify(videos)
 
-    def _decode_chunk(self, x: Tensor, cache: Cache, first_chunk: bool) -> Tensor:
-        return unpatchify(self.decoder(x, cache, first_chunk))
+    def _decode_chunk(self, x: Tensor, cache: Cache, first_chunk: bool) -> Iterator[Tensor]:
+        for piece in self._pieces(self.decoder.temporal(x, cache, first_chunk)):
+            yield unpatchify(self.decoder.spatial(piece, cache, first_chunk))
