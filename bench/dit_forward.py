@@ -193,6 +193,7 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         info["ours_first_call_s"] = time.perf_counter() - begin
+        info["ours_compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         out_ours, sec_ours, peak_ours = timed(lambda: ours(x, t, context), args.runs, device, warmup=False)
     state = ours.state_dict()  # the same tensors; kept for the fp32 reference
     del ours
