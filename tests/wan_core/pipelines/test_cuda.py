@@ -34,7 +34,7 @@ def test_default_bf16_map_and_offload(tiny_ckpts: dict[str, Path]) -> None:
     pipe = load_pipeline("t2v-A14B", tiny_ckpts["t2v-A14B"])
     assert pipe.device.type == "cuda" and pipe.dtype == torch.bfloat16 and pipe.offload_model
     assert next(pipe.text_encoder.parameters()).dtype == torch.bfloat16 and where(pipe.text_encoder) == "cpu"
-    assert next(pipe.vae.parameters()).dtype == torch.float32 and where(pipe.vae) == "cuda"
+    assert next(pipe.vae.parameters()).dtype == torch.bfloat16 and pipe.vae.fast and where(pipe.vae) == "cuda"
     assert all(next(m.parameters()).dtype == torch.float32 and where(m) == "cpu" for m in pipe.experts.values())
 
     latent, seen = run_tracking(pipe)
