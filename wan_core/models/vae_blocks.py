@@ -19,8 +19,7 @@ Fast path (`ChunkedVAE.set_fast`, used by the pipelines in bf16 mode). The exact
 reference and stays as the official code computes it. The fast path computes the same function
 with different kernels and layouts, so it agrees with the exact path to rounding only (bf16:
 PSNR ≥ 40 dB against the fp32 decode at full size, `bench/vae_decode.py --fast`):
-- activations and conv weights in channels-last layout (what cuDNN's Hopper kernels run natively),
-  with cuDNN's autotuner on during encode/decode;
+- activations and conv weights in channels-last layout (what cuDNN's Hopper kernels run natively);
 - RMS-norm + SiLU fused into one Triton kernel (`vae_kernels.py`) that writes straight into the
   next causal conv's padded input buffer: the cache frames are copied in front, the spatial zero
   padding is the convolution's own, so neither `torch.cat` nor `F.pad` copies the activation;
@@ -324,17 +323,19 @@ class ChunkedVAE(nn.Module):
     latent_std: ClassVar[tuple[float, ...]]
     # Fast path (module docstring), switched on by `set_fast`.
     fast: bool = False
-    autotune: bool = True
+    autotune: bool = False
     frames_per_piece: int | None = None
 
     def set_fast(
-        self, dtype: torch.dtype = torch.bfloat16, *, autotune: bool = True, frames_per_piece: int | None = 2
+        self, dtype: torch.dtype = torch.bfloat16, *, autotune: bool = False, frames_per_piece: int | None = 2
     ) -> Self:
         """Run encode/decode on the fast path: weights cast to `dtype`, conv weights channels-last.
 
         autotune: cuDNN's benchmark mode during encode/decode (the first call at each new shape
-        times the candidate algorithms, a few seconds). frames_per_piece: frames per step of the
-        decoder stages after the last temporal upsample (None: the whole 4-frame chunk).
+        times the candidate algorithms); off by default: at 720P it gained nothing (H100, both
+        VAEs, within 0.2%). frames_per_piece: frames per step of the decoder stages after the last
+        temporal upsample; 2 costs 3–4% of the time of whole 4-frame chunks (None) and saves
+        1.1–1.3 GiB of peak (bench/results/2026-11-25-h100-vae-fast.jsonl).
         """
         self.to(dtype)
         for module in self.modules():
@@ -346,7 +347,7 @@ class ChunkedVAE(nn.Module):
 
     @contextmanager
     def _backend(self) -> Iterator[None]:
-        """cuDNN's autotuner on for the fast path's encode/decode; the global flag is put back after."""
+        """cuDNN's autotuner on for encode/decode if asked (`set_fast`); the global flag is put back after."""
         before = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = before or (self.fast and self.autotune)
         try:
