@@ -183,6 +183,7 @@ def main() -> int:
     gen = torch.Generator(device).manual_seed(1)
     latents = torch.randn(shape, device=device, generator=gen)  # normalised latents, fp32 as the sampler hands them
     if args.fast:
+        info["fast_variants"] = FAST_VARIANTS  # `set_fast` options of each variant below
         info.update(fast_bench(args, model_cls, config, latents, device))
         for name in ("fp32_exact", "diffusers_bf16", "diffusers_bf16_autotune", *FAST_VARIANTS):
             r = info[name]
