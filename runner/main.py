@@ -170,6 +170,10 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
             f"{e}; put the official {cfg.resolved.task} folder at spec.checkpoint.path in the claim",
         ) from e
 
+    image = None
+    if cfg.resolved.spec.input_image is not None:
+        image = fetch_image(cfg.resolved.spec.input_image, store, work_dir / "input.png")
+
     # Not before: runner.worker imports the pipelines (transformers and all), seconds of CPU that
     # input refused above should not wait for.
     from runner.worker import IMAGE_ENV, LATENTS, LOG_FILE_ENV, OUTCOME_DIR_ENV, WORK_DIR_ENV
@@ -181,8 +185,7 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
         return
 
     worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir)}
-    if cfg.resolved.spec.input_image is not None:
-        image = fetch_image(cfg.resolved.spec.input_image, store, work_dir / "input.png")
+    if image is not None:
         worker_env[IMAGE_ENV] = str(image)
     master = resolve_master(
         env.get("PET_MASTER_ADDR", "127.0.0.1"),
