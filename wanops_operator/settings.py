@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from wanops_operator.handlers import config, priority
+from wanops_operator.handlers import WORKERS, config, priority
 
 PREFIX = "wanops.io"
 CONNECT_TIMEOUT_S = 30
@@ -15,7 +15,7 @@ CONNECT_TIMEOUT_S = 30
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Watch timeouts, where kopf keeps its records, event posting and peering.
+    """Handler threads, watch timeouts, where kopf keeps its records, event posting and peering.
 
     - Watches end server-side after `watch_server_timeout` and are renewed; the client gives up a
       little later, so a stream that silently died (kopf#1276) is noticed instead of waiting
@@ -30,6 +30,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
       replica's keep-alive counts for `WANOPS_PEERING_LIFETIME` seconds, then another takes over.
     """
     cfg = config()
+    settings.execution.max_workers = WORKERS
     settings.watching.server_timeout = cfg.watch_server_timeout
     settings.watching.client_timeout = cfg.watch_server_timeout + CONNECT_TIMEOUT_S
     settings.watching.connect_timeout = CONNECT_TIMEOUT_S
