@@ -21,14 +21,19 @@ EXIT_CODE = 124  # as `timeout(1)`: the command ran out of time
 class StepWatchdog:
     """`with StepWatchdog(timeout_s, rank) as dog:` … `dog.beat()` after every unit of progress.
 
-    If `timeout_s` passes without a beat the process prints why to stderr and exits with 124.
+    If `timeout_s` passes without a beat the process prints why to stderr, hands the same words to
+    `on_timeout` (if given: a launcher that turns them into the run's failure reason), and exits
+    with 124.
     """
 
-    def __init__(self, timeout_s: float, rank: int = 0) -> None:
+    def __init__(
+        self, timeout_s: float, rank: int = 0, on_timeout: Callable[[str], None] | None = None
+    ) -> None:
         if not timeout_s > 0:
             raise ValueError(f"watchdog timeout must be > 0 seconds, got {timeout_s}")
         self.timeout_s = timeout_s
         self.rank = rank
+        self.on_timeout = on_timeout
         self._deadline = time.monotonic() + timeout_s
         self._what = "start"
         self._stop = threading.Event()
@@ -52,9 +57,14 @@ class StepWatchdog:
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout_s / 4)):
             if time.monotonic() > self._deadline:
-                print(f"rank {self.rank}: no progress for {self.timeout_s:.0f} s after {self._what}; aborting "
-                      f"(set WANOPS_COLLECTIVE_TIMEOUT_S to allow longer)", file=sys.stderr, flush=True)
-                os._exit(EXIT_CODE)
+                why = (f"rank {self.rank}: no progress for {self.timeout_s:.0f} s after {self._what}; aborting "
+                       f"(set WANOPS_COLLECTIVE_TIMEOUT_S to allow longer)")
+                print(why, file=sys.stderr, flush=True)
+                try:
+                    if self.on_timeout is not None:
+                        self.on_timeout(why)
+                finally:
+                    os._exit(EXIT_CODE)
 
     def __enter__(self) -> StepWatchdog:
         self.beat("start")

@@ -94,3 +94,13 @@ def test_watchdog_ends_a_stalled_process_and_spares_a_beating_one() -> None:
     beating = subprocess.run([sys.executable, "-c", WATCHDOG.format(timeout=1, beats=10, stall=0)],
                              capture_output=True, text=True, timeout=30)
     assert beating.returncode == 0, beating.stderr  # 2 s of beats every 0.2 s: never stalled for 1 s
+
+
+def test_watchdog_hands_its_words_to_on_timeout_before_it_ends_the_process(tmp_path) -> None:
+    said = tmp_path / "said"
+    code = (f"import time, pathlib\nfrom wan_core.parallel.watchdog import StepWatchdog\n"
+            f"with StepWatchdog(1, rank=2, on_timeout=pathlib.Path({str(said)!r}).write_text):\n"
+            f"    time.sleep(60)\n")
+    stalled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert stalled.returncode == 124
+    assert said.read_text().startswith("rank 2: no progress for 1 s after start")
