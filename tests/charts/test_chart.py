@@ -187,8 +187,9 @@ def test_deployment_env_parses_to_the_chosen_settings() -> None:
     objects = render({
         "operator.watchNamespaces": "{team-a,team-b}", "operator.replicas": "2",
         "operator.probePort": "9090", "operator.metricsPort": "9091",
+        "operator.nodeLostSeconds": "30", "operator.peeringLifetime": "45",
         "store.endpoint": "https://s3.example.com", "store.bucket": "vids",
-        "runner.command": "{python,-m,runner}", "runner.image.tag": "9.9",
+        "runner.command": "{sh,-c,exec python -m runner \"$0\" 'it''s'}", "runner.image.tag": "9.9",
     })
     deployment = find(objects, "Deployment", OPERATOR)[0]
     config = OperatorConfig.from_env(_env(deployment))
@@ -196,8 +197,9 @@ def test_deployment_env_parses_to_the_chosen_settings() -> None:
     assert config.peering == "wanops"
     assert config.liveness_endpoint == "http://0.0.0.0:9090/healthz"
     assert config.metrics_port == 9091
+    assert (config.node_lost_seconds, config.peering_lifetime) == (30, 45)
     assert (config.store_endpoint, config.store_bucket) == ("https://s3.example.com", "vids")
-    assert config.runner_command == ("python", "-m", "runner")
+    assert config.runner_command == ("sh", "-c", "exec python -m runner \"$0\" 'it''s'")
     assert config.runner_image == "ghcr.io/wanops/runner:9.9"
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probe"}

@@ -114,3 +114,12 @@ app.kubernetes.io/component: demo-store
   verbs: [get, list, watch, patch]
 {{- end }}
 {{- end -}}
+
+{{/* A list of words as one POSIX-shell-quoted string (what shlex.split reads back). */}}
+{{- define "wanops.shellWords" -}}
+{{- $words := list -}}
+{{- range . -}}
+{{- $words = append $words (printf "'%s'" (replace "'" "'\"'\"'" .)) -}}
+{{- end -}}
+{{- join " " $words -}}
+{{- end }}
