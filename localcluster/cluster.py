@@ -46,7 +46,17 @@ CONTROLLERS = (
     "persistentvolume-binder-controller",
     # the Helm chart's operator (and demo store) are Deployments: their pods come from these two
     "deployment-controller", "replicaset-controller",
-)  # no node-lifecycle/taint-eviction: they would evict pods from nodes without kubelet leases
+    # a node whose agent stops renewing its Lease goes NotReady and gets the unreachable taints;
+    # pods that do not tolerate them are evicted (the node agent renews Leases, see below)
+    "node-lifecycle-controller", "taint-eviction-controller",
+)
+#: How long a node may miss Lease renewals before it is NotReady (production default: 50 s). The
+#: node agent renews every 4 s (nodeagent.LEASE_RENEW_S), so 20 s allows 4 missed renewals on a
+#: busy machine; the controller looks every NODE_MONITOR_PERIOD. While every node is NotReady at
+#: once (an API server restart, the one agent stopped) the controller evicts nothing ("full
+#: disruption"), as on a real cluster.
+NODE_MONITOR_GRACE_PERIOD = "20s"
+NODE_MONITOR_PERIOD = "2s"
 STATE_FILE = "state.json"
 #: Directories and files a start recreates; anything else in the state dir is left alone.
 OWNED = ("pki", "etcd", "s3", "logs", "nodeagent", "kube-controller-manager", "kube-scheduler",
@@ -251,6 +261,80 @@ class LocalCluster:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    # -- faults (tests/reliability) ---------------------------------------------------------------
+    # A component is stopped and started again with its recorded command, port and data, so
+    # clients see what they would see when a real one restarts: refused connections, then the
+    # same endpoint again.
+
+    def components(self) -> list[str]:
+        """Names of the recorded components: etcd, kube-apiserver, kube-controller-manager,
+        kube-scheduler, versitygw, nodeagent (and agents added by ``add_node_agent``)."""
+        return [p["name"] for p in self._load().get("processes", [])]
+
+    def stop_component(self, name: str, grace: float = 15.0) -> None:
+        """Stop one component (SIGTERM to its group, SIGKILL after ``grace``); a stopped node
+        agent first stops its pods' processes, as a node that is switched off."""
+        proc = self._record(name)
+        if _start_time(proc["pid"]) != proc["start_time"]:
+            return  # already stopped
+        self._signal_group(proc["pid"], signal.SIGTERM)
+        if not self._wait_gone(proc["pid"], grace):
+            self._signal_group(proc["pid"], signal.SIGKILL)
+            self._wait_gone(proc["pid"], 5.0)
+        self._signal_group(proc["pid"], signal.SIGKILL)
+        self._reap(proc["pid"])
+
+    def start_component(self, name: str) -> float:
+        """Start a stopped component again as it was started; returns once it is ready (the API
+        server answers /readyz, the S3 server its health check, an agent's nodes are Ready), with
+        the seconds that took."""
+        proc = self._record(name)
+        if _start_time(proc["pid"]) == proc["start_time"]:
+            raise ClusterError(f"{name} is running; stop it first")
+        t0 = time.monotonic()
+        self._state = self._load()
+        self._spawn(name, proc["argv"], proc.get("env"))
+        self._wait(name, self._ready_check(name, proc["argv"]))
+        return time.monotonic() - t0
+
+    def add_node_agent(self, name: str, nodes: list[str], gpus_per_node: int = 8) -> None:
+        """Another node agent process serving ``nodes`` (state under ``<state dir>/<name>``), so
+        one node can be lost while the others stay; returns once its nodes are Ready. Stopped
+        with the cluster, or alone with ``stop_component(name)``."""
+        if name in self.components():
+            self.stop_component(name)  # left running by an interrupted test: start it afresh
+        self._state = self._load()
+        self._spawn_node_agent(name, nodes, gpus_per_node)
+        self._wait(name, lambda: self._nodes_ready(nodes))
+
+    def _record(self, name: str) -> dict:
+        for proc in self._load().get("processes", []):
+            if proc["name"] == name:
+                return proc
+        raise ClusterError(f"no component {name!r} in {self.state_dir}")
+
+    def _admin_context(self) -> ssl.SSLContext:
+        """TLS with the admin client certificate, also on a handle from ``attach``."""
+        if self._admin_ctx is None:
+            pki = self.state_dir / "pki"
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            ctx.load_cert_chain(pki / "admin.crt", pki / "admin.key")
+            self._admin_ctx = ctx
+        return self._admin_ctx
+
+    def _ready_check(self, name: str, argv: list[str]) -> Callable[[], bool]:
+        if name == "versitygw":
+            return lambda: s3.answers(self.s3)
+        if name == "kube-apiserver":
+            return lambda: self._http_ok(f"{self.api_server}/readyz", self._admin_context())
+        if name == "etcd":
+            url = next(a for a in argv if a.startswith("http://")) + "/health"
+            return lambda: self._http_ok(url)
+        if "localcluster.nodeagent" in argv:
+            nodes = argv[argv.index("--nodes") + 1].split(",")
+            return lambda: self._nodes_ready(nodes)
+        return lambda: True  # controller-manager, scheduler: running is all a test can ask
+
     # -- start-up ---------------------------------------------------------------------------------
 
     def _start(self) -> None:
@@ -276,7 +360,7 @@ class LocalCluster:
             str(tools.find("versitygw")), "--port", f"127.0.0.1:{s3_port}", "--region", s3.REGION,
             "--health", s3.HEALTH_PATH,
             "posix", "--sidecar", str(sd / "s3" / "meta"), str(sd / "s3" / "data"),
-        ], env={**os.environ, "ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret})
+        ], env={"ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret})
 
         if self.kubernetes:
             self._start_kubernetes()
@@ -341,6 +425,8 @@ class LocalCluster:
                 f"--controllers={','.join(CONTROLLERS)}", "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.sa_private}",
                 f"--root-ca-file={pki.ca_cert}",
+                f"--node-monitor-grace-period={NODE_MONITOR_GRACE_PERIOD}",
+                f"--node-monitor-period={NODE_MONITOR_PERIOD}",
             ]),
             ("kube-scheduler", []),
         ):
@@ -356,14 +442,7 @@ class LocalCluster:
                 "--leader-elect=false", *extra,
             ])
         if self.node_agent:
-            self._spawn("nodeagent", [
-                sys.executable, "-m", "localcluster.nodeagent", "--kubeconfig", str(self.kubeconfig),
-                "--state-dir", str(sd / "nodeagent"), "--nodes", ",".join(self.nodes),
-                "--gpus-per-node", str(self.gpus_per_node),
-                *(["--cpu", self.node_cpu] if self.node_cpu else []),
-                *(["--memory", self.node_memory] if self.node_memory else []),
-            ], env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(tools.REPO_ROOT), os.environ.get("PYTHONPATH")]))})
+            self._spawn_node_agent("nodeagent", self.nodes, self.gpus_per_node)
         for name, url in health.items():
             self._wait(name, lambda url=url: self._http_ok(url, insecure))
             self.timings[name] = time.monotonic() - t
@@ -371,17 +450,27 @@ class LocalCluster:
             self._wait("nodeagent", self._nodes_ready)
             self.timings["nodes"] = time.monotonic() - t
 
-    def _nodes_ready(self) -> bool:
+    def _spawn_node_agent(self, name: str, nodes: list[str], gpus_per_node: int) -> None:
+        self._spawn(name, [
+            sys.executable, "-m", "localcluster.nodeagent", "--kubeconfig", str(self.kubeconfig),
+            "--state-dir", str(self.state_dir / name), "--nodes", ",".join(nodes),
+            "--gpus-per-node", str(gpus_per_node),
+            *(["--cpu", self.node_cpu] if self.node_cpu else []),
+            *(["--memory", self.node_memory] if self.node_memory else []),
+        ], env={"PYTHONPATH": os.pathsep.join(
+            filter(None, [str(tools.REPO_ROOT), os.environ.get("PYTHONPATH")]))})
+
+    def _nodes_ready(self, nodes: list[str] | None = None) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.api_server}/api/v1/nodes", context=self._admin_ctx,
-                                        timeout=5) as resp:
+            with urllib.request.urlopen(f"{self.api_server}/api/v1/nodes",
+                                        context=self._admin_context(), timeout=5) as resp:
                 items = json.load(resp)["items"]
         except (OSError, urllib.error.URLError):
             return False
         ready = {n["metadata"]["name"] for n in items
                  if any(c["type"] == "Ready" and c["status"] == "True"
                         for c in n.get("status", {}).get("conditions", []))}
-        return ready >= set(self.nodes)
+        return ready >= set(self.nodes if nodes is None else nodes)
 
     @staticmethod
     def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
@@ -407,15 +496,23 @@ class LocalCluster:
     # -- processes and state ----------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        """Start a component; ``env`` holds what it needs beyond this process's environment. The
+        record keeps both, so ``start_component`` can start it again the same way."""
         log = self.state_dir / "logs" / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=self.state_dir, env=env,
-                                    start_new_session=True)
+                                    stderr=subprocess.STDOUT, cwd=self.state_dir,
+                                    env={**os.environ, **(env or {})}, start_new_session=True)
         self._children[proc.pid] = proc
         start_time = _start_time(proc.pid)
-        self._state["processes"].append(
-            {"name": name, "pid": proc.pid, "start_time": start_time, "log": str(log)})
+        record = {"name": name, "pid": proc.pid, "start_time": start_time, "log": str(log),
+                  "argv": argv, "env": env or {}}
+        processes = self._state["processes"]
+        at = next((i for i, p in enumerate(processes) if p["name"] == name), None)
+        if at is None:
+            processes.append(record)
+        else:
+            processes[at] = record  # a restart keeps the component's place in the stop order
         self._save()
         if start_time is None:
             raise ClusterError(f"{name} exited immediately; see {log}:\n" + _log_tail(log))

@@ -14,9 +14,10 @@ What it implements, as the kubelet does:
 - Nodes: registers each --nodes name with capacity/allocatable for cpu, memory, pods,
   ephemeral-storage and `nvidia.com/gpu`, labels `kubernetes.io/hostname`, `kubernetes.io/os`,
   `kubernetes.io/arch`, `nvidia.com/gpu.present=true`, `nvidia.com/gpu.count`, a Ready condition,
-  and keeps them alive by renewing their Leases in `kube-node-lease` every 10 s and the Ready
-  heartbeat every 60 s. It also removes the not-ready taint admission puts on new Nodes (the
-  node-lifecycle controller's job, which the local control plane does not run).
+  and keeps them alive by renewing their Leases in `kube-node-lease` every 4 s and the Ready
+  heartbeat every 60 s; once it stops, the node-lifecycle controller marks the nodes NotReady and
+  taints them unreachable. It also removes the not-ready taint admission puts on new Nodes (as the
+  node-lifecycle controller would once the node is Ready), so pods schedule at once.
 - Pods bound to those nodes (spec.nodeName, by the real scheduler or by hand), watched with
   list+watch that re-lists after a 410 Gone. Per pod (podrun.py): init containers in order, then the
   containers, each container's `command`+`args` run as a local process with `$(VAR)` expansion,
@@ -98,7 +99,10 @@ log = logging.getLogger("nodeagent")
 HOST_IP = "127.0.0.1"
 LEASE_NAMESPACE = "kube-node-lease"
 LEASE_DURATION_S = 40  # the kubelet's default
-LEASE_RENEW_S = 10.0  # the kubelet renews at a quarter of the duration
+# The kubelet renews every 10 s (a quarter of the duration); the agent renews more often, so the
+# local controller-manager can declare a node lost after a short grace (cluster.py,
+# NODE_MONITOR_GRACE_PERIOD) without a busy machine making healthy nodes flap.
+LEASE_RENEW_S = 4.0
 STATUS_REPORT_S = 60.0  # Ready heartbeat; the kubelet reports unchanged status every 5 min
 WATCH_TIMEOUT_S = (
     300  # server-side end of each watch request; then the watch resumes at its resourceVersion

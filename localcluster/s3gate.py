@@ -10,7 +10,8 @@ Fault injection for tests, driven by what the client actually sends rather than 
   until it is killed or the gate closes. Deterministic "stop right after step k was saved".
 - `refuse_at(method, path)`: a matching request is not relayed; the store goes down at that moment:
   every open connection is closed, and every later one is closed as soon as it is accepted
-  (counted in `dropped`, so a test can see the client's retries).
+  (counted in `dropped`, so a test can see the client's retries) until `recover()` brings the
+  store back (requests are relayed again, the rule is spent).
 
 The relay parses only request framing (request line, headers, Content-Length); bytes pass through
 unchanged, so SigV4 signatures (which cover the Host header the client sent) stay valid. Requests
@@ -67,6 +68,11 @@ class S3Gate:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def recover(self) -> None:
+        """The store is back: relay every request from now on (the refuse rule is spent)."""
+        self.refuse_at = None
+        self.tripped.clear()
 
     def close(self) -> None:
         self._closed.set()

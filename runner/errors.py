@@ -26,6 +26,7 @@ STATUS_UPDATE_FAILED = "StatusUpdateFailed"
 RENDEZVOUS_UNRESOLVED = "RendezvousUnresolved"
 IMAGE_UNAVAILABLE = "ImageUnavailable"  # the image host answered 5xx or timed out: try later
 WORKER_FAILED = "WorkerFailed"
+NO_PROGRESS = "NoProgress"  # the step watchdog: no denoising step within the collective timeout
 PROMPT_EXTENSION_MODEL_INVALID = (
     "PromptExtensionModelInvalid"  # local_qwen: the model does not load
 )

@@ -157,6 +157,7 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
 
             reporter = report.StatusReporter(cfg.resource, report.api_client())
             reporter.output(done, cfg.resolved.steps, store.uri(cfg.output.log_key))
+            store.discard_work(run_id)  # what the publishing attempt could not remove
         return
 
     from wan_core.checkpoint.errors import CheckpointError

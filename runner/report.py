@@ -4,9 +4,12 @@ Written through the status subresource with the pod's ServiceAccount (the chart'
 `patch` on `videogenerations/status` and nothing else), as JSON merge patches that touch only
 these two fields; the operator owns the rest of the status (k8s-notes §1.3). Progress is
 throttled to about one patch a second, so a fast tiny model cannot flood the API server, but the
-first and the last step always go out. Progress is best effort (a lost patch is logged); the
-output is retried, and not getting it into the status fails the attempt (retriable: the retry
-finds the published object and reports it without generating again).
+first and the last step always go out. Progress is best effort: a lost patch is logged and the
+next progress event goes out whatever the throttle says, so the status catches up as soon as the
+API server answers again (a restart, a network blip). The output is retried with backoff for up to
+`OUTPUT_RETRY_S` (an API server restart takes seconds to tens of seconds), and not getting it into
+the status fails the attempt (retriable: the retry finds the published object and reports it
+without generating again).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_S = 10.0
+OUTPUT_RETRY_S = 120.0  # how long the output report is retried before the attempt fails
 
 # Share of the whole run each stage starts at (denoising fills 5 → 90 step by step), so `percent`
 # moves through loading and upload too; rough, but never backwards.
@@ -51,6 +55,10 @@ class Throttle:
         self.interval_s = interval_s
         self.clock = clock
         self._last: float | None = None
+
+    def reset(self) -> None:
+        """Let the next event through whatever the interval."""
+        self._last = None
 
     def ready(self, force: bool = False) -> bool:
         now = self.clock()
@@ -101,6 +109,7 @@ class StatusReporter:
             )
         except (ApiException, HTTPError, OSError) as e:
             log.warning("status: progress patch failed: %s", e)
+            self.throttle.reset()  # the next event goes out at once, and catches the status up
         return True
 
     def stage(self, stage: str, total_steps: int, step: int = 0) -> None:
@@ -134,10 +143,14 @@ class StatusReporter:
         return self._progress(progress, force=step in (1, total))
 
     def output(
-        self, published: Published, total_steps: int, log_uri: str | None, attempts: int = 5
+        self,
+        published: Published,
+        total_steps: int,
+        log_uri: str | None,
+        retry_s: float = OUTPUT_RETRY_S,
     ) -> None:
-        """The finished video in `status.output` (and progress at 100 %); retried, then a
-        temporary failure."""
+        """The finished video in `status.output` (and progress at 100 %); retried with backoff
+        (0.5 s doubling to 8 s) for up to `retry_s`, then a temporary failure."""
         status = {
             "progress": Progress(step=total_steps, total_steps=total_steps, percent=100).model_dump(
                 by_alias=True, exclude_none=True
@@ -146,19 +159,26 @@ class StatusReporter:
                 uri=published.uri, sha256=published.sha256, bytes=published.bytes, log_uri=log_uri
             ).model_dump(by_alias=True, exclude_none=True),
         }
-        for attempt in range(attempts):
+        deadline = time.monotonic() + retry_s
+        tries = 0
+        while True:
+            tries += 1
             try:
                 self._patch(status)
                 return
             except (ApiException, HTTPError, OSError) as e:
+                problem: Exception = e
                 if isinstance(e, ApiException) and e.status in (401, 403, 404):
-                    problem: Exception = e
                     break  # no retry turns a refusal or a deleted resource into a success
-                problem = e
-                time.sleep(min(8.0, 0.5 * 2**attempt))
+                delay = min(8.0, 0.5 * 2 ** (tries - 1))
+                if time.monotonic() + delay > deadline:
+                    break
+                log.warning("status: output patch failed (%s); retry %d in %.1f s", e, tries, delay)
+                time.sleep(delay)
         raise errors.temporary(
             errors.STATUS_UPDATE_FAILED,
             f"the video is at {published.uri} but status.output of {self.resource.namespace}/"
-            f"{self.resource.name} could not be written: {problem}; check the runner ServiceAccount "
-            "may patch videogenerations/status",
+            f"{self.resource.name} could not be written after {tries} tries: {problem}; check the "
+            "API server is reachable and the runner ServiceAccount may patch "
+            "videogenerations/status",
         )

@@ -14,7 +14,10 @@ deleted and created again under the same name) is replaced.
 
 Work in progress (the final latent before the VAE decode, the sampling loop's state every
 `checkpointEverySteps`) lives under `<dir of key>/.wanops/<name>-<run>/` and is deleted once the
-video is published. Plain PUTs suffice there: S3 makes an object visible only when its PUT
+video is published. A failed attempt keeps it there on purpose (its retry resumes from it); a run
+that fails for good may leave it (a bucket lifecycle rule on `.wanops/` expires it), but never
+anything under the final key. A temporary upload whose copy failed is removed at once if the store
+allows, else with the rest of the work prefix at the run's next success. Plain PUTs suffice there: S3 makes an object visible only when its PUT
 completed, and only this run reads them.
 
 Every call is retried with exponential backoff on connection errors and 5xx answers, then fails
@@ -218,18 +221,34 @@ class Store:
         tmp = f"{self.work_prefix(run_id)}upload-{uuid.uuid4().hex[:12]}.mp4"
         meta = {META_SHA256: sha, META_RUN: run_id}
         bucket, key = self.output.bucket, self.output.key
-        self._call(
-            f"upload {self.uri(tmp)}",
-            lambda: self.client.fput_object(bucket, tmp, str(path), CONTENT_TYPE, metadata=meta),
-        )
-        # Server-side copy keeps the metadata (directive COPY): the final object is born complete.
-        self._call(
-            f"publish {self.uri(key)}",
-            lambda: self.client.copy_object(bucket, key, CopySource(bucket, tmp)),
-        )
-        self._call(f"remove {self.uri(tmp)}", lambda: self.client.remove_object(bucket, tmp))
+        try:
+            self._call(
+                f"upload {self.uri(tmp)}",
+                lambda: self.client.fput_object(
+                    bucket, tmp, str(path), CONTENT_TYPE, metadata=meta
+                ),
+            )
+            # Server-side copy keeps the metadata (directive COPY): the final object is born
+            # complete.
+            self._call(
+                f"publish {self.uri(key)}",
+                lambda: self.client.copy_object(bucket, key, CopySource(bucket, tmp)),
+            )
+        except errors.RunnerError:
+            self._discard(tmp)  # a part-written or orphaned temporary object
+            raise
+        self._discard(tmp)
         log.info("store: published %s (%d bytes, sha256 %s)", self.uri(key), size, sha)
         return Published(self.uri(key), sha, size)
+
+    def _discard(self, key: str) -> None:
+        """Remove a temporary object once, if the store lets us; what stays behind is swept by
+        `clear_work` of the run's next success (it lives under the work prefix)."""
+        try:
+            self.client.remove_object(self.output.bucket, key)
+        except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError,
+                OSError) as e:
+            log.warning("store: %s left behind (%s); the next success removes it", key, e)
 
     def upload_log(self, path: str | Path) -> str:
         """The runner's log beside the video, so it outlives the pods."""
@@ -254,6 +273,14 @@ class Store:
     def get_work(self, run_id: str, name: str) -> bytes | None:
         key = self.work_prefix(run_id) + name
         return self.read(self.output.bucket, key, missing_ok=True)
+
+    def discard_work(self, run_id: str) -> None:
+        """`clear_work` once the video is out and reported: a store that fails now costs only
+        stray work objects (the next success of the run removes them), not the finished run."""
+        try:
+            self.clear_work(run_id)
+        except errors.RunnerError as e:
+            log.warning("store: work objects of run %s not removed: %s", run_id, e)
 
     def clear_work(self, run_id: str) -> None:
         """Remove the run's work objects (and stray temporary uploads) once the video is out."""

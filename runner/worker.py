@@ -207,7 +207,7 @@ def finish(
     with metrics.phase("upload"):
         published = store.publish(path, run_id)
     reporter.output(published, steps, store.uri(cfg.output.log_key))
-    store.clear_work(run_id)
+    store.discard_work(run_id)
     return published
 
 
@@ -298,7 +298,9 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
             reporter.step(step, total, expert)
 
     watchdog = (
-        StepWatchdog(collective_timeout(), layout.rank) if layout.distributed else nullcontext()
+        StepWatchdog(collective_timeout(), layout.rank, on_timeout=stalled)
+        if layout.distributed
+        else nullcontext()
     )
     with watchdog as dog:
         metrics.start_steps()
@@ -312,6 +314,18 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         if dog is not None:
             dog.beat("finished")
     shutdown(layout)
+
+
+def stalled(why: str) -> None:
+    """The step watchdog's words as this rank's outcome; it ends the process right after, so the
+    pod's failure says a rank stalled instead of "torchrun exited 1"."""
+    record_outcome(
+        errors.temporary(
+            errors.NO_PROGRESS,
+            f"{why}; a rank is stuck (a deadlock, a hung kernel, a frozen or lost peer) or waits "
+            "for one that is",
+        )
+    )
 
 
 def record_outcome(err: errors.RunnerError) -> None:
