@@ -42,7 +42,7 @@ def private_node(kube, namespace: str):
     core.create_node(client.V1Node(
         metadata=client.V1ObjectMeta(name=name, labels={"wanops.test/node": namespace})))
     # Admission (TaintNodesByCondition) taints every new node not-ready; the node lifecycle
-    # controller that would lift it is deliberately off, so replace the taints with ours.
+    # controller lifts it only once a kubelet reports, and none will, so replace the taints.
     core.patch_node(name, {"spec": {"taints": [private]}})
     capacity = {"cpu": "4", "memory": "8Gi", "pods": "10", GPU: "8"}
     core.patch_node_status(name, {"status": {
