@@ -223,13 +223,6 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # (B, L, N, D)
 
 
-def heads_major(x: Tensor) -> Tensor:
-    """[B, L, N, D] values laid out as (B, N, L, D) in memory: what SDPA's kernels read, so the
-    attention call copies nothing (under torch.compile the layout comes free with the producer;
-    a copy of q, k and v at 720P A14B is 2.2 GB of extra peak memory)."""
-    return x.transpose(1, 2).contiguous().transpose(1, 2)
-
-
 def per_token(rows: Tensor, token_rows: Tensor | None) -> Tensor:
     """The time-embedding rows each token uses: [B, 1, ...] (row b for sample b) or [B, L, ...].
 
@@ -300,12 +293,12 @@ class WanSelfAttention(_Projections):
     """Self-attention with RMS-normed q/k and 3-D RoPE (`blocks.N.self_attn`, §3.5 step 2)."""
 
     def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype, head-major."""
+        """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
         q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
         k = self.norm_k(_linear(self.k, x)).unflatten(-1, (self.num_heads, -1))
         v = _linear(self.v, x).unflatten(-1, (self.num_heads, -1))
         dtype = self.q.weight.dtype
-        return heads_major(apply_rope(q, freqs).to(dtype)), heads_major(apply_rope(k, freqs).to(dtype)), heads_major(v)
+        return apply_rope(q, freqs).to(dtype), apply_rope(k, freqs).to(dtype), v
 
     def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
@@ -317,7 +310,7 @@ class WanCrossAttention(_Projections):
     """Cross-attention to the embedded text (`blocks.N.cross_attn`): no RoPE, no key mask (§3.6)."""
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        q = heads_major(self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1)))  # (B, L, N, D)
+        q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
         k = self.norm_k(_linear(self.k, context)).unflatten(-1, (self.num_heads, -1))  # (B, 512, N, D)
         v = _linear(self.v, context).unflatten(-1, (self.num_heads, -1))
         return _linear(self.o, attention(q, k, v).flatten(2))
@@ -345,20 +338,26 @@ class WanAttentionBlock(nn.Module):
         k_lens: Tensor | None = None,
     ) -> Tensor:
         """x [B, L, dim] fp32; e0 [R, 6, dim] fp32 rows picked by `token_rows` (see `per_token`);
-        context [B, text_len, dim]; freqs [L, D/2, 2]."""
+        context [B, text_len, dim]; freqs [L, D/2, 2].
+
+        The residual stream is updated in place and returned (the caller's x is consumed): a new
+        stream per residual would hold two or three [L, dim] fp32 copies at once (1.4 GB each at
+        720P A14B). Inference only; nothing here keeps the input for a backward pass.
+        """
         mod = self.modulation.float()[0] + e0  # (R, 6, dim): the official per-token sum, per row
         shift1, scale1, gate1, shift2, scale2, gate2 = per_token(mod, token_rows).unbind(2)  # (B, L|1, dim)
         # 1. self-attention on the modulated, normalised stream
         y = self.self_attn(_layer_norm(x, self.eps) * (1 + scale1) + shift1, freqs, k_lens)
-        x = x + y.float() * gate1
+        x.add_(y.float() * gate1)
         # 2. cross-attention to the text: affine LayerNorm (fp32), no gate
         normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
-        x = x + self.cross_attn(normed, context).float()
+        y = self.cross_attn(normed, context)  # its own statement: Dynamo resumes here after attention
+        x.add_(y.float())
         # 3. feed-forward in the weights' dtype over token chunks (rows are independent, so this
         #    is exact; it caps the [L, ffn_dim] hidden activation), gated residual in fp32
         h = (_layer_norm(x, self.eps) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype)
         y = torch.cat([self.ffn(chunk) for chunk in h.split(FFN_CHUNK_TOKENS, dim=1)], dim=1)
-        return x + y.float() * gate2
+        return x.add_(y.float() * gate2)
 
 
 class Head(nn.Module):
