@@ -481,9 +481,8 @@ def test_bad_image_url_fails_at_once_with_the_reason(kube, s3, space, operator) 
     )
     assert any("no-such-image.png" in (e.message or "") for e in events), events
     assert vg.seconds < 180  # failed in the pods' checks, before any model was loaded
-    assert _objects(s3, bucket, f"{ns}/{vg.name}") == [
-        f"{ns}/{vg.name}.log"
-    ]  # the log, no MP4
+    # Bad input leaves nothing in the store, not even the log (the reason is in the status).
+    assert _objects(s3, bucket, f"{ns}/{vg.name}") == []
 
 
 def test_store_down_at_upload_is_retried_then_fails_cleanly(
