@@ -246,8 +246,13 @@ class Store:
         `clear_work` of the run's next success (it lives under the work prefix)."""
         try:
             self.client.remove_object(self.output.bucket, key)
-        except (S3Error, ServerError, InvalidResponseError, urllib3.exceptions.HTTPError,
-                OSError) as e:
+        except (
+            S3Error,
+            ServerError,
+            InvalidResponseError,
+            urllib3.exceptions.HTTPError,
+            OSError,
+        ) as e:
             log.warning("store: %s left behind (%s); the next success removes it", key, e)
 
     def upload_log(self, path: str | Path) -> str:
