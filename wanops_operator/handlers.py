@@ -8,7 +8,8 @@
   running) would only repeat the last pass, so they are skipped: under load they were most of the
   operator's API calls.
 - Time: a start timeout passes without any event, so `resync_forever` re-checks every
-  unfinished resource every `resync_seconds`; it also covers events a dead watch lost.
+  unfinished resource every `resync_seconds`; it also covers events a dead watch lost. Resource
+  handlers (create, resume, `suspend` edits) also repair drift of ConfigMap and Service.
 
 Several replicas (kopf peering): kopf pauses the handlers of every replica but the one with the
 highest priority, and each replica draws its priority at random when it starts (with equal
@@ -91,6 +92,7 @@ def priority() -> int:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec.suspend")
 def videogeneration(namespace: str, name: str, **_: Any) -> None:
     reconcile(api(), namespace, name, config=config())
+    _passed[(namespace, name)] = time.monotonic()
 
 
 def job_mark(job: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -150,7 +152,12 @@ def _quietly(namespace: str, name: str, *, repair: bool = True) -> bool:
     except (kopf.PermanentError, kopf.TemporaryError, ApiException, HTTPError) as e:
         log.warning("videogeneration %s/%s: %s", namespace, name, e)
         return False
+    _passed[(namespace, name)] = time.monotonic()
     return True
+
+
+# (namespace, name) -> when its last pass succeeded (monotonic), so resync skips fresh ones
+_passed: dict[tuple[str, str], float] = {}
 
 
 class Resync:
@@ -224,19 +231,25 @@ def active() -> bool:
 
 async def resync_forever() -> None:
     """Re-check unfinished resources periodically (start timeouts, missed events), while this
-    replica is the active one; a paused round still counts for the liveness probe."""
+    replica is the active one; a paused round still counts for the liveness probe. A resource
+    with a pass in the last interval is skipped, and the passes re-read, not repair: with 200
+    resources waiting for GPUs, full passes every round kept the operator busy on its own."""
     interval = config().resync_seconds
     while True:
         await asyncio.sleep(interval)
         try:
             keys = await asyncio.to_thread(_unfinished) if await asyncio.to_thread(active) else []
+            for gone in _passed.keys() - set(keys):  # finished or deleted: the memo stays small
+                _passed.pop(gone, None)
             checked = time.monotonic()
-            for namespace, name in keys:
+            for key in keys:
+                if time.monotonic() - _passed.get(key, -interval) < interval:
+                    continue
                 if time.monotonic() - checked > PEERING_RECHECK_S:  # paused during a long round?
                     if not await asyncio.to_thread(active):
                         break
                     checked = time.monotonic()
-                await asyncio.to_thread(_quietly, namespace, name)
+                await asyncio.to_thread(_quietly, *key, repair=False)
         except (ApiException, HTTPError) as e:
             log.warning("resync: cannot list videogenerations: %s", e)
             continue
