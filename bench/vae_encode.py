@@ -37,7 +37,8 @@ MAX_REL_L2 = 0.02  # bf16 activations: ~1e-2 is expected, more means a wrong fas
 
 def score(latents: Tensor, reference: Tensor) -> dict[str, float]:
     a, b = latents.double().flatten(), reference.double().flatten()
-    return {"rel_l2": float((a - b).norm() / b.norm()), "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0))}
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0)
+    return {"rel_l2": float((a - b).norm() / b.norm()), "cosine": float(cosine)}
 
 
 def main() -> int:
@@ -76,7 +77,8 @@ def main() -> int:
         print(f"{key:>17}: {value}")
 
     video = torch.zeros(1, 3, frames, height, width, device=device)  # the image, then zero frames
-    video[:, :, 0] = torch.rand(1, 3, height, width, device=device, generator=torch.Generator(device).manual_seed(1)) * 2 - 1
+    gen = torch.Generator(device).manual_seed(1)
+    video[:, :, 0] = torch.rand(1, 3, height, width, device=device, generator=gen) * 2 - 1
 
     ours = random_vae(model_cls, config, device, torch.float32, seed=0)
     with torch.inference_mode():

@@ -70,7 +70,9 @@ def test_fast_path_in_bf16_tracks_fp32(case: dict[str, object]) -> None:
 @pytest.mark.parametrize(("in_dim", "out_dim", "factor_t", "factor_s"),
                          [(8, 8, 2, 2), (8, 4, 1, 2), (4, 4, 1, 2), (4, 2, 2, 2), (16, 2, 2, 2), (3, 1, 2, 3)])
 @pytest.mark.parametrize("first_chunk", [False, True])
-def test_dupup_add_to_is_the_same_sum(in_dim: int, out_dim: int, factor_t: int, factor_s: int, first_chunk: bool) -> None:
+def test_dupup_add_to_is_the_same_sum(
+    in_dim: int, out_dim: int, factor_t: int, factor_s: int, first_chunk: bool
+) -> None:
     """Broadcast adds (repeats 8 and 2 as published; 4; 1) and the fallback (repeats 6 over a
     2×3×3 cell: no product of whole trailing digits) give bitwise the forward's sum, in place."""
     up = DupUp3D(in_dim, out_dim, factor_t=factor_t, factor_s=factor_s)
@@ -101,5 +103,7 @@ def test_triton_kernel_in_the_interpreter() -> None:
     """)
     root = Path(__file__).resolve().parents[3]
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
