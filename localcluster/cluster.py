@@ -307,6 +307,15 @@ class LocalCluster:
         self._spawn_node_agent(name, nodes, gpus_per_node)
         self._wait(name, lambda: self._nodes_ready(nodes))
 
+    def remove_node_agent(self, name: str) -> None:
+        """Stop an agent added by ``add_node_agent`` and forget it (the cluster counts as running
+        again for ``attach``); its Node objects stay for the caller to delete."""
+        self.stop_component(name)
+        state = self._load()
+        state["processes"] = [p for p in state.get("processes", []) if p["name"] != name]
+        self._write_state(state)
+        self._state = state
+
     def _record(self, name: str) -> dict:
         for proc in self._load().get("processes", []):
             if proc["name"] == name:

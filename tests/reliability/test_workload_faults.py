@@ -94,7 +94,7 @@ def lost_node(cluster, kube) -> Iterator[str]:
         core.patch_node(LOST_NODE, {"spec": {"taints": [LOST_TAINT]}})
         yield LOST_NODE
     finally:
-        cluster.stop_component(LOST_AGENT)
+        cluster.remove_node_agent(LOST_AGENT)
         on_node = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={LOST_NODE}")
         for pod in on_node.items:  # no kubelet will end them: what PodGC does for a gone node
             core.delete_namespaced_pod(
