@@ -61,7 +61,7 @@ def random_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: i
     """Weights drawn on the device (meta → to_empty → normal_), ~100× faster than default init."""
     with torch.device("meta"):
         model = WanModel(cfg)
-    model = model.to_empty(device=device).to(dtype).eval().requires_grad_(False)
+    model = model.to(dtype).to_empty(device=device).eval().requires_grad_(False)  # no fp32 copy on the device
     gen = torch.Generator(device).manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
