@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -216,6 +217,11 @@ class Operator:
                 return int(line.split()[1]) / 1024
         raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far; it must still run."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
@@ -280,7 +286,7 @@ class Recorder:
 
     def __init__(self, list_fn: Callable[..., Any]) -> None:
         self.list_fn = list_fn
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[float, str, dict[str, Any]]] = []  # (monotonic time, type, object)
         self.error: BaseException | None = None
         self._stop = threading.Event()
         first = json.loads(list_fn(_preload_content=False).data)
@@ -302,11 +308,11 @@ class Recorder:
                         raise RuntimeError(f"watch error: {obj}")
                     self._version = obj["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
-                        self.events.append((event["type"], obj))
+                        self.events.append((time.monotonic(), event["type"], obj))
         except Exception as e:  # noqa: BLE001  (stop() raises it: a lost watch would hide duplicates)
             self.error = e
 
-    def stop(self) -> list[tuple[str, dict[str, Any]]]:
+    def stop(self) -> list[tuple[float, str, dict[str, Any]]]:
         """Stop after the current watch request (≤ 5 s) and return the events."""
         self._stop.set()
         self._thread.join(15)
