@@ -8,11 +8,13 @@ enough, and `kubectl auth can-i` proves it is not more than intended.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,12 @@ from kubernetes import client
 from localcluster import tools, wait_for
 from tests.charts.chart import CHART, KUBE_VERSION, ROOT, run_helm, set_args
 from wanops_operator import reasons
+from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.cluster
 TIMEOUT = 120  # seconds, for a busy 2-core machine
+RUN_TIMEOUT = 600  # a runner pod loading torch, sampling and decoding on that machine
 
 
 def _free_port() -> int:
@@ -43,31 +47,41 @@ class Release:
         self.operator_sa = f"{name}-wanops"  # the chart's fullname for a release name without it
 
 
-@pytest.fixture
-def release(cluster, kube, namespace: str) -> Iterator[Release]:
-    """The chart installed in its own namespace, serving only the test's namespace (the session's
-    cluster is shared with other operators' tests). Probe and metrics ports are free ones: pods
-    share this machine's port space."""
+@contextmanager
+def _installed(cluster, kube, served: str, **values: str) -> Iterator[Release]:
+    """The chart installed in its own namespace, serving only `served` (the session's cluster is
+    shared with other operators' tests); `values` add to or override the test defaults. Probe and
+    metrics ports are free ones: pods share this machine's port space."""
     if not cluster.runs_pods:
         pytest.skip("no node agent: the operator's pod would never run")
-    rel = Release(f"w{uuid.uuid4().hex[:6]}", f"wanops-{uuid.uuid4().hex[:6]}", namespace,
+    rel = Release(f"w{uuid.uuid4().hex[:6]}", f"wanops-{uuid.uuid4().hex[:6]}", served,
                   _free_port(), _free_port())
     values = {
-        "operator.watchNamespaces": f"{{{namespace}}}",
+        "operator.watchNamespaces": f"{{{served}}}",
         "operator.probePort": str(rel.probe_port),
         "operator.metricsPort": str(rel.metrics_port),
         "operator.resyncSeconds": "3",
         "store.endpoint": cluster.s3_endpoint,
         "store.bucket": "videos",
+        **values,
     }
     env = {"KUBECONFIG": str(cluster.kubeconfig), "PATH": "/usr/bin:/bin",
            "HOME": str(Path.home())}
     done = run_helm("install", rel.name, str(CHART), "--namespace", rel.namespace,
                     "--create-namespace", *set_args(values), env=env)
     assert "is installed" in done.stdout  # NOTES.txt rendered
-    yield rel
-    run_helm("uninstall", rel.name, "--namespace", rel.namespace, env=env, check=False)
-    client.CoreV1Api(kube).delete_namespace(rel.namespace, propagation_policy="Background")
+    try:
+        yield rel
+    finally:
+        run_helm("uninstall", rel.name, "--namespace", rel.namespace, env=env, check=False)
+        client.CoreV1Api(kube).delete_namespace(rel.namespace, propagation_policy="Background")
+
+
+@pytest.fixture
+def release(cluster, kube, namespace: str) -> Iterator[Release]:
+    """The chart with the test defaults, serving the test's namespace."""
+    with _installed(cluster, kube, namespace) as rel:
+        yield rel
 
 
 def _can_i(cluster, account: str, verb: str, resource: str, namespace: str) -> bool:
@@ -104,19 +118,24 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def test_installed_operator_fails_a_resource_without_its_claim(cluster, kube, release: Release,
-                                                                namespace: str) -> None:
-    pod = wait_for(lambda: _operator_pod(kube, release), timeout=TIMEOUT,
+def _running_operator(cluster, kube, rel: Release) -> dict:
+    """Wait for the operator pod the node agent runs and for kopf's probe endpoint (what the
+    kubelet would probe); the pod."""
+    pod = wait_for(lambda: _operator_pod(kube, rel), timeout=TIMEOUT,
                    what="the operator pod Running", interval=0.5)
-    assert pod["spec"]["serviceAccountName"] == release.operator_sa
-    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "wanops_operator"]
-
-    # kopf's probe endpoint (what the kubelet would probe) and the metrics port answer.
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{release.probe_port}/healthz")[0] == 200,
+        wait_for(lambda: _get(f"http://127.0.0.1:{rel.probe_port}/healthz")[0] == 200,
                  timeout=TIMEOUT, what="kopf's /healthz")
     except TimeoutError:
         pytest.fail(f"no /healthz; operator log:\n{_operator_log(cluster, pod)}")
+    return pod
+
+
+def test_installed_operator_fails_a_resource_without_its_claim(cluster, kube, release: Release,
+                                                                namespace: str) -> None:
+    pod = _running_operator(cluster, kube, release)
+    assert pod["spec"]["serviceAccountName"] == release.operator_sa
+    assert pod["spec"]["containers"][0]["command"] == ["python", "-m", "wanops_operator"]
     assert "wanops_reconciles_total" in _get(f"http://127.0.0.1:{release.metrics_port}/metrics")[1]
 
     # An example resource whose checkpoint claim does not exist in this namespace.
@@ -155,6 +174,8 @@ def test_rbac_grants_what_each_account_needs_and_no_more(cluster, release: Relea
         (operator, "list", "secrets", namespace, False),
         (operator, "delete", f"{PLURAL}.{GROUP}", namespace, False),
         (operator, "create", "pods", namespace, False),
+        (operator, "watch", "namespaces", other, True),  # kopf resolves watchNamespaces
+        (operator, "get", "namespaces", other, False),
         (runner, "patch", f"{PLURAL}.{GROUP}/status", namespace, True),
         (runner, "get", f"{PLURAL}.{GROUP}/status", namespace, True),
         (runner, "patch", f"{PLURAL}.{GROUP}", namespace, False),  # never the spec
@@ -188,3 +209,67 @@ def test_rendered_chart_passes_server_side_dry_run(cluster, release: Release, na
         input=manifest, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "deployment.apps/dry-wanops-operator serverside-applied (server dry run)" in done.stdout
+
+
+def test_installed_chart_runs_the_ti2v_example_to_an_mp4(cluster, kube, s3, namespace: str,
+                                                         bucket: str, tmp_path: Path,
+                                                         request: pytest.FixtureRequest) -> None:
+    """What a platform team does after `helm install` (README): the store Secret and a checkpoint
+    volume for the chart's claim; then the shipped ti2v-5B example, with frames and steps lowered
+    for a tiny checkpoint on a CPU, goes through the installed operator to an MP4 in the store.
+    Everything the runner pod needs comes from the chart: its ServiceAccount and Role, the claim,
+    the runner image and the store endpoint, bucket and Secret name in the operator's env."""
+    from runner.encode import probe
+    from wan_core.testing.tiny_checkpoint import write_tiny_checkpoint
+
+    body = yaml.safe_load((ROOT / "examples" / "ti2v-5b.yaml").read_text())
+    spec = body["spec"]
+    claim, folder = spec["checkpoint"]["claimName"], spec["checkpoint"]["path"]
+    write_tiny_checkpoint(spec["task"], tmp_path / "claim" / folder)
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_secret(namespace, {
+        "metadata": {"name": "wanops-store"},
+        "stringData": {contract.ACCESS_KEY_ENV: cluster.s3_access_key,
+                       contract.SECRET_KEY_ENV: cluster.s3_secret_key}})
+    pv = f"{namespace}-{claim}"
+    core.create_persistent_volume({"metadata": {"name": pv}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+        "hostPath": {"path": str(tmp_path / "claim")},
+        "claimRef": {"namespace": namespace, "name": claim}}})
+    try:
+        with _installed(cluster, kube, namespace, **{
+            "store.bucket": bucket, "checkpoint.pvc.create": "true", "checkpoint.pvc.size": "1Gi",
+        }) as rel:
+            _running_operator(cluster, kube, rel)
+            # The example as shipped, but 5 frames and 2 steps: a real VAE decode at the task's
+            # only size (1280*704) is what a CPU can afford.
+            spec["frames"] = 5
+            spec["sampling"]["steps"] = 2
+            request.getfixturevalue("rendezvous_port")  # the runner pod's torchrun takes its turn
+            custom = client.CustomObjectsApi(kube)
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+            name = body["metadata"]["name"]
+
+            def ended() -> dict | None:
+                status = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                             name).get("status") or {}
+                return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+            status = wait_for(ended, timeout=RUN_TIMEOUT, what=f"{name} finished", interval=1)
+            assert status["phase"] == "Succeeded", status
+            job = client.BatchV1Api(kube).read_namespaced_job(status["jobName"], namespace)
+    finally:
+        core.delete_persistent_volume(pv)
+
+    pod = job.spec.template.spec
+    assert pod.service_account_name == "wanops-runner"  # the chart's runner account
+    assert pod.containers[0].image == "ghcr.io/wanops/runner:0.1.0"  # the chart's appVersion
+    assert [v.persistent_volume_claim.claim_name for v in pod.volumes
+            if v.persistent_volume_claim] == [claim]  # the claim the chart made
+    out = status["output"]
+    assert out["uri"] == f"s3://{bucket}/{namespace}/{name}.mp4" and status["attempt"] == 0
+    video = tmp_path / "video.mp4"
+    s3.fget_object(bucket, f"{namespace}/{name}.mp4", str(video))
+    assert probe(video) == (5, 1280, 704)
+    assert out["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
+    assert out["bytes"] == video.stat().st_size
