@@ -12,7 +12,8 @@ Layers, cheapest first:
   message `<expect>: ...<text>...`, which the operator copies into status.failure.
 
 Every admitted case carries HOSTILE_PROMPT, shell metacharacters that would create CANARY if any
-layer handed the prompt to a shell; the tests check it never appears.
+layer handed the prompt to a shell; the tests check it never appears. A missing s3:// image is not
+a row: tests/e2e/test_videogeneration.py runs that one through the operator and runner pods.
 """
 
 from __future__ import annotations
@@ -143,9 +144,6 @@ CASES: list[Case] = [
          prepare="s3 huge.png"),
     Case("decompression bomb", RUNNER, _runner(inputImage="s3://{bucket}/inputs/bomb.png"),
          contract.IMAGE_NOT_READABLE, "pixels is more than 64000000", prepare="s3 bomb.png"),
-    Case("image that does not exist", RUNNER,
-         _runner(inputImage="s3://{bucket}/inputs/never-uploaded.png"),
-         contract.IMAGE_NOT_READABLE, "NoSuchKey; upload the image there or fix spec.inputImage"),
     Case("image URL of a web page", RUNNER, _runner(inputImage="https://{https}/fox.html"),
          contract.IMAGE_NOT_READABLE, "spec.inputImage must point at a JPEG, PNG or WebP"),
     Case("image URL of 1 GiB", RUNNER, _runner(inputImage="https://{https}/huge.png"),

@@ -49,7 +49,7 @@ pytestmark = pytest.mark.cluster
 BY_LAYER = {
     layer: [c for c in CASES if c.layer == layer] for layer in (ADMISSION, OPERATOR, RUNNER)
 }
-RUN_TIMEOUT_S = 300  # ten interpreters importing torch at once on a shared 2-core machine
+RUN_TIMEOUT_S = 300  # nine interpreters importing torch at once on a shared 2-core machine
 
 
 def _body(case: Case, spec: dict[str, Any] | None = None) -> dict[str, Any]:
