@@ -107,15 +107,15 @@ def decode_saved(
     from runner.metrics import Metrics
     from runner.worker import finish, from_bytes
     from wan_core.checkpoint.folder import inspect_folder
-    from wan_core.checkpoint.vae import load_vae
+    from wan_core.pipelines.common import load_task_vae
     from wanspec.tasks import get_task
 
     task = get_task(cfg.resolved.task)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
     folder = inspect_folder(cfg.checkpoint_dir, task.name)
-    vae = load_vae(
-        folder.vae, kind="2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2", device=device
-    )
+    # the pipelines' default precision (bf16 on CUDA), so the retried decode equals the first one's
+    vae = load_task_vae(task, folder.vae, device, torch.bfloat16 if cuda else torch.float32)
     latent = from_bytes(latent_bytes, device)
     log.info("decoding the saved final latent of run %s (sampling is not repeated)", run_id)
     reporter = report.StatusReporter(cfg.resource, report.api_client())

@@ -49,11 +49,12 @@ from PIL import Image
 from torch import Tensor
 
 from wan_core.checkpoint.dit import load_dit_experts
-from wan_core.ops.compile import compile_blocks, compile_wanted
 from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
 from wan_core.checkpoint.vae import load_vae
 from wan_core.models.dit import WanModel
+from wan_core.models.vae_blocks import ChunkedVAE
+from wan_core.ops.compile import compile_blocks, compile_wanted
 from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
 
@@ -205,6 +206,17 @@ class FirstFrame:
         return (self.mask[0][:, :: PATCH_SIZE[1], :: PATCH_SIZE[2]] * t).flatten()[None]
 
 
+def load_task_vae(task: TaskSpec, path: str | Path, device: torch.device, dtype: torch.dtype) -> ChunkedVAE:
+    """The task's VAE as the pipelines run it: exact fp32 (§5.5) in fp32 mode; in bf16 mode its
+    fast path on whole frames, without spatial tiles (lossy at their seams; 720P fits in ≤ 8 GiB).
+    The runner's decode-only retry loads it here too, so a retried decode equals the first one."""
+    kind = "2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2"
+    vae = load_vae(path, kind=kind, device=device, dtype=dtype)
+    if dtype == torch.bfloat16:
+        vae.set_fast()
+    return vae
+
+
 class WanPipeline:
     """A loaded task checkpoint (umT5, VAE, DiT or A14B experts) and the steps every pipeline shares.
 
@@ -241,12 +253,8 @@ class WanPipeline:
         folder = inspect_folder(ckpt_dir, self.task.name)
         # umT5 is created on the CPU and visits the device only to encode (§4.4).
         self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
-        # The VAE lives on the device for the whole run: exact fp32 (§5.5) in fp32 mode; in bf16 mode
-        # its fast path on whole frames, without spatial tiles (lossy at their seams; 720P fits in ≤ 8 GiB).
-        kind = "2.1" if self.task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2"
-        self.vae = load_vae(folder.vae, kind=kind, device=self.device, dtype=self.dtype)
-        if self.dtype == torch.bfloat16:
-            self.vae.set_fast()
+        # The VAE lives on the device for the whole run.
+        self.vae = load_task_vae(self.task, folder.vae, self.device, self.dtype)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted.
         stored = self.dtype if convert_model_dtype else None
         compile = compile_wanted(self.device)

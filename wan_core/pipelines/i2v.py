@@ -122,7 +122,7 @@ class ImageToVideo(WanPipeline):
         # 3. prompt and negative prompt → padded umT5 contexts
         context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model)
 
-        # 4. conditioning y = [mask (4), VAE latent of image + zero frames (16)], fp32 VAE
+        # 4. conditioning y = [mask (4), VAE latent of image + zero frames (16)]
         video = conditioning_video(image, opts.frame_num, height, width).to(self.device)
         latent_cond = self.vae.encode(video[None])[0]  # (16, F_lat, lat_h, lat_w)
         mask = first_frame_mask(opts.frame_num, lat_h, lat_w).to(self.device)
