@@ -262,6 +262,7 @@ def test_pod_deleted_mid_run_is_replaced_by_a_fresh_attempt(kube, s3, sp: Space,
 # ---- a rank that hangs (the real runner) --------------------------------------------------
 
 
+@pytest.mark.timeout(1500)  # may wait up to 420 s for the rendezvous port
 def test_hung_rank_ends_the_attempt_within_the_collective_timeout(
     cluster, kube, s3, sp: Space, started
 ) -> None:
