@@ -7,7 +7,7 @@ reason `InsufficientGPUMemory`) and the runner (a log line) share it.
 What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/common.py`,
 `wan_core/parallel/`). The peak is the largest phase; rank 0 decodes, so it is rank 0's peak.
 
-- encode: VAE weights (the VAE lives on the GPU for the whole run, fp32, §5.5); umT5 (bf16) while
+- encode: VAE weights (the VAE lives on the GPU for the whole run; sized as fp32); umT5 (bf16) while
   it encodes, unless `t5_cpu`, 1/N of it with `t5_fsdp`; FSDP shards of every DiT (loaded onto the
   GPUs at load time with `dit_fsdp`).
 - image encode (i2v-A14B only: the image plus F−1 zero frames go through the VAE encoder):
@@ -18,11 +18,12 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
   4 as stored (§2.1: the DiT shards are fp32). umT5 stays if it was not offloaded. Activations of
   one DiT forward (one CFG branch at a time) for the S = L/ulysses tokens of this rank:
       S · c_arch                                   (calibrated: see below)
-    + per-token time embedding, only where the timestep is per token (TI2V with an image; the
-      official code always): L · dim · 28 B (e and e0 in fp32, whole on every Ulysses rank) +
-      S · dim · 24 B (modulation + e0 in each block)
+    + per-token time embedding, only where it is expanded to every token (the official code
+      always; ours never: one row per distinct timestep, gathered inside the fused kernels):
+      L · dim · 28 B (e and e0 in fp32, whole on every Ulysses rank) + S · dim · 24 B
+      (modulation + e0 in each block)
     + with ulysses > 1: S · dim · 12 B (q/k/v bf16 all-to-all send and receive buffers).
-- decode (rank 0): VAE weights + fp32 output video (F·H·W·3·4 B) + a working set per output pixel
+- decode (rank 0): VAE weights + output video sized as fp32 (F·H·W·3·4 B) + a working set per output pixel
   of one frame (the causal decode goes chunk by chunk, so it scales with H·W, not F); plus what is
   left: FSDP shards, umT5 unless offloaded, the last expert in one process without offload
   (with torchrun, replicated DiTs are moved off the GPU before rank 0 decodes).
@@ -31,15 +32,16 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
 
 Calibrated vs extrapolated, honestly:
 - c_arch (bytes per token of one forward beyond the per-token time embedding) is fitted so that
-  the formula reproduces exactly the two forwards we measured on an H100 (BENCHMARKS.md: A14B
-  1280×720×81 → 36.38 GiB, TI2V-5B 1280×704×121 → 16.16 GiB, both incl. bf16 weights). Linearity
+  the formula reproduces exactly the two forwards we measured on an H100 with the compiled blocks
+  the pipelines run on CUDA (BENCHMARKS.md, issue 10: A14B 1280×720×81 → 33.91 GiB, TI2V-5B
+  1280×704×121 → 12.84 GiB, both incl. bf16 weights). Linearity
   in tokens (no quadratic attention term: cuDNN/flash attention keep no L×L matrix) is checked by
   the official code's 720P and 480P A14B peaks of issue 10 (464 KB/token both). Other sizes and
   frame counts are extrapolated along it.
-- The VAE working set per pixel is fitted on our fp32 decodes (Wan2.1 720P×81 19.45 GiB, Wan2.2
-  1280×704×121 22.01 GiB); the two VAEs land within 0.3% of each other (≈20.2 KB/pixel), which
-  supports the per-pixel form. The bench held the previous output while decoding the next
-  (`out = fn()` in a loop), so one extra output is taken off the measured peak.
+- The VAE working set per pixel is fitted on our bf16 fast-path decodes, what the pipelines run
+  on CUDA (Wan2.1 720P×81 7.18 GiB, Wan2.2 1280×704×121 7.95 GiB; the fp32 decodes were 19.45 and
+  22.01 GiB). One extra fp32 output is taken off the measured peak, as the first bench held the
+  previous output; with weights and outputs sized as fp32 this only overestimates.
 - The Ulysses all-to-all buffers, the FSDP gathered blocks, the i2v encode working set, the CUDA
   context (0.75 GiB) and NCCL (0.5 GiB) are first-principles or assumed, not measured here.
   Everything under torchrun is extrapolated: no multi-GPU peak of ours has been measured yet.
@@ -124,21 +126,22 @@ def _out_video_bytes(width: int, height: int, frames: int) -> float:
 # ----------------------------------------------------------------------------- calibration
 
 # Measured one-forward peaks: (task, W, H, frames, per-token timesteps, peak GiB incl. bf16 weights).
-# Ours: BENCHMARKS.md "DiT forward", bench/results/2026-11-25-h100-dit.jsonl (H100, torch 2.11).
+# Ours: BENCHMARKS.md "Exact-mode speed", bench/results/2026-11-25-h100-dit-fast.jsonl (H100,
+# torch 2.11, compiled blocks). The 5B bench passes per-token timesteps; ours keeps them compact.
 MEASURED_FORWARD = {
-    "A14B": ("t2v-A14B", 1280, 720, 81, False, 36.382),
-    "5B": ("ti2v-5B", 1280, 704, 121, True, 16.162),  # the bench passes per-token timesteps
+    "A14B": ("t2v-A14B", 1280, 720, 81, False, 33.912),
+    "5B": ("ti2v-5B", 1280, 704, 121, False, 12.844),
 }
 # The official code on the same kind of GPU, issue 10's table (A14B 720P and 5B; 480P is held out).
 OFFICIAL_FORWARD = {
     "A14B": ("t2v-A14B", 1280, 720, 81, True, 59.3),
     "5B": ("ti2v-5B", 1280, 704, 121, True, 16.4),
 }
-# fp32 VAE decode peaks: (W, H, frames, GiB). Ours: BENCHMARKS.md "VAE decode",
-# bench/results/2026-11-25-h100-vae.jsonl; official: issue 10's table.
+# VAE decode peaks: (W, H, frames, GiB). Ours, the bf16 fast path: BENCHMARKS.md "Exact-mode speed",
+# bench/results/2026-11-25-h100-vae-fast.jsonl; official (fp32): issue 10's table.
 MEASURED_DECODE = {
-    "Wan2.1_VAE.pth": (1280, 720, 81, 19.451),
-    "Wan2.2_VAE.pth": (1280, 704, 121, 22.014),
+    "Wan2.1_VAE.pth": (1280, 720, 81, 7.181),
+    "Wan2.2_VAE.pth": (1280, 704, 121, 7.951),
 }
 OFFICIAL_DECODE = {
     "Wan2.1_VAE.pth": (1280, 720, 81, 19.4),
@@ -167,7 +170,7 @@ class Profile:
     name: str
     forward_bytes_per_token: Mapping[str, float]  # c_arch by DiTArch.key
     decode_bytes_per_pixel: Mapping[str, float]  # by VAE checkpoint
-    per_token_time_always: bool  # official Wan2.2 expands t to [B, L] for every task
+    per_token_time_always: bool  # the time embedding is expanded to every token (official Wan2.2); ours never
     convert_under_fsdp: bool  # ours stores bf16 shards; upstream ignores the flag under FSDP
     replicas_on_gpu: bool  # upstream puts whole DiTs on every GPU under Ulysses without FSDP
 
@@ -345,7 +348,7 @@ def estimate_peak(
     )
 
     # activations of one DiT forward on this rank
-    per_token = profile.per_token_time_always or (spec.name == "ti2v-5B" and image)
+    per_token = profile.per_token_time_always
     acts = local * profile.forward_bytes_per_token[arch.key]
     acts += _time_embedding_bytes(arch.dim, padded, local) if per_token else 0.0
     acts += local * arch.dim * ULYSSES_A2A_BYTES_PER_DIM if sp > 1 else 0.0

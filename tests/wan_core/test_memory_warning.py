@@ -44,7 +44,7 @@ def test_flags_map_to_the_spec_as_the_cli_runs_them() -> None:
 
 def test_nothing_fits_says_so() -> None:
     args = _args("--task", "ti2v-5B", "--size", "1280*704")
-    warning = memory_warning(args, 1, 16)
+    warning = memory_warning(args, 1, 8)
     assert warning is not None and "No layout fits" in warning
 
 

@@ -24,6 +24,7 @@ from wanspec.memory import (
     OFFICIAL,
     SAFETY_FRACTION,
     T5_BYTES,
+    WANOPS,
     GpuLayout,
     Modes,
     apply_suggestion,
@@ -62,8 +63,8 @@ def _rel(got: float, want: float) -> float:
 @pytest.mark.parametrize(
     ("task", "size", "frames", "image", "measured"),
     [
-        ("t2v-A14B", "1280*720", 81, False, 36.382),  # BENCHMARKS.md, one A14B expert forward
-        ("ti2v-5B", "1280*704", 121, True, 16.162),  # BENCHMARKS.md, 5B forward (per-token t)
+        ("t2v-A14B", "1280*720", 81, False, 33.912),  # BENCHMARKS.md, one A14B expert forward, compiled
+        ("ti2v-5B", "1280*704", 121, True, 12.844),  # BENCHMARKS.md, 5B forward (per-token t), compiled
     ],
 )
 def test_reproduces_our_measured_forward_peaks(task, size, frames, image, measured):
@@ -74,8 +75,8 @@ def test_reproduces_our_measured_forward_peaks(task, size, frames, image, measur
 @pytest.mark.parametrize(
     ("task", "size", "frames", "measured"),
     [
-        ("t2v-A14B", "1280*720", 81, 19.451),  # Wan2.1 VAE fp32 decode, BENCHMARKS.md
-        ("ti2v-5B", "1280*704", 121, 22.014),  # Wan2.2 VAE fp32 decode, BENCHMARKS.md
+        ("t2v-A14B", "1280*720", 81, 7.181),  # Wan2.1 VAE bf16 fast decode, BENCHMARKS.md
+        ("ti2v-5B", "1280*704", 121, 7.951),  # Wan2.2 VAE bf16 fast decode, BENCHMARKS.md
     ],
 )
 def test_reproduces_our_measured_decode_peaks(task, size, frames, measured):
@@ -122,12 +123,13 @@ def test_official_profile_matches_upstreams_published_end_to_end_peaks(
 
 
 def test_ours_needs_less_than_upstream_on_one_gpu():
-    """The per-token fp32 time embedding we do not materialise (issue 10: ≈18 GB at 720P)."""
+    """Upstream's per-token fp32 time embedding (issue 10: ≈18 GB at 720P), which we do not
+    materialise, plus its fp32 decode (≈19 GiB against our bf16 fast path's ≈7)."""
     ours = estimate_peak("t2v-A14B", "1280*720", 81, GpuLayout(), ONE_GPU_README)
     upstream = estimate_peak(
         "t2v-A14B", "1280*720", 81, GpuLayout(), ONE_GPU_README, profile=OFFICIAL
     )
-    assert 15 < upstream.allocated_gib - ours.allocated_gib < 25
+    assert 20 < upstream.allocated_gib - ours.allocated_gib < 30
 
 
 # ---------------------------------------------------------------------------- shape
@@ -194,27 +196,33 @@ def test_memory_modes_each_save_what_they_should():
     assert _part(_phase(bf16, "denoise"), "DiT") * 2 == _part(_phase(offload, "denoise"), "DiT")
 
 
-def test_image_mode_of_ti2v_costs_the_per_token_time_embedding():
-    text = estimate_peak("ti2v-5B", "1280*704", 121, GpuLayout(), ONE_GPU_README)
-    image = estimate_peak("ti2v-5B", "1280*704", 121, GpuLayout(), ONE_GPU_README, image=True)
-    extra = _part(_phase(image, "denoise"), "activations") - _part(
-        _phase(text, "denoise"), "activations"
-    )
-    assert extra == pytest.approx(27_280 * 3072 * 52)  # e, e0 and the per-block sum, fp32
+def test_per_token_time_embedding_costs_only_where_it_is_expanded():
+    """Ours keeps one row per distinct timestep (TI2V image mode costs nothing extra); the
+    official code expands e and e0 to every token, for every task."""
+    def extra(profile):
+        text = estimate_peak("ti2v-5B", "1280*704", 121, GpuLayout(), ONE_GPU_README, profile=profile)
+        image = estimate_peak("ti2v-5B", "1280*704", 121, GpuLayout(), ONE_GPU_README, image=True, profile=profile)
+        return _part(_phase(image, "denoise"), "activations") - _part(_phase(text, "denoise"), "activations")
+
+    assert extra(WANOPS) == 0
+    assert extra(OFFICIAL) == 0  # already paid in text mode: always expanded
+    official = estimate_peak("ti2v-5B", "1280*704", 121, GpuLayout(), ONE_GPU_README, profile=OFFICIAL)
+    expanded = _part(_phase(official, "denoise"), "activations") - 27_280 * OFFICIAL.forward_bytes_per_token["5B"]
+    assert expanded == pytest.approx(27_280 * 3072 * 52)  # e, e0 and the per-block sum, fp32
 
 
 # -------------------------------------------------------------------------------- planner
 
 IMPOSSIBLE = [
     # (spec, GPU GiB): each cannot fit as given, but something can
-    (spec("t2v-A14B", memory={"offloadModel": False, "convertModelDtype": False}), 80),
-    (spec("t2v-A14B", gpus=2, parallelism={"ditFsdp": False, "t5Fsdp": False}), 48),
+    (spec("t2v-A14B", memory={"offloadModel": False, "convertModelDtype": False}), 64),
+    (spec("t2v-A14B", gpus=2, parallelism={"ditFsdp": False, "t5Fsdp": False}), 40),
     (spec("t2v-A14B", gpus=4, parallelism={"ditFsdp": False}), 40),
     (spec("t2v-A14B"), 24),
     (spec("i2v-A14B", size="1280*720"), 32),
-    (spec("i2v-A14B", size="1280*720", gpus=8), 24),
+    (spec("i2v-A14B", size="1280*720", gpus=8), 16),
     (spec("i2v-A14B", gpus=2, memory={"t5Cpu": True}), 32),
-    (spec("ti2v-5B", memory={"offloadModel": False}), 32),
+    (spec("ti2v-5B", memory={"offloadModel": False}), 24),
 ]
 
 
@@ -236,11 +244,12 @@ def test_impossible_layouts_get_suggestions_that_themselves_pass(vg, gib):
 
 def test_nothing_fits_names_the_gpu_size_that_would():
     vg = spec("ti2v-5B")
-    result = plan(resolve(vg), 16)
+    result = plan(resolve(vg), 8)
     assert not result.fits and not result.suggestions
     need = int(result.message.rsplit("at least ", 1)[1].split()[0])
-    assert plan(resolve(vg), need).fits
-    assert not plan(resolve(vg), need - 1).fits or need - 1 >= 16
+    at_need = plan(resolve(vg), need)  # the smallest GPU on which some layout fits
+    assert at_need.fits or at_need.suggestions
+    assert not plan(resolve(vg), need - 1).fits or need - 1 >= 8
 
 
 def test_a_fitting_spec_has_no_problems():
