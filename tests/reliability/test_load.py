@@ -2,9 +2,10 @@
 plane and node agent, with the operator as the chart runs it (resync 30 s).
 
 What is measured and printed: the time from the first apply until all 200 Jobs exist (target
-≤ 20 s), the operator's peak RSS (VmHWM of its process; target ≤ 250 MiB) and the time until all
-200 are terminal. The asserted bounds are looser (a shared, busy CI machine) but still catch a
-regression of several times. Pods run a short shell command that checks the runner's config is
+≤ 20 s), the operator's peak RSS (VmHWM of its process; target ≤ 250 MiB), its CPU time, and the
+time until all 200 are terminal. The asserted bounds are looser (60 s on a quiet machine, scaled
+by the load average per core found at the start; 400 MiB; 45 s of operator CPU) but still catch
+a regression of a few times. Pods run a short shell command that checks the runner's config is
 mounted; the runner contract itself is tested with the stand-in elsewhere, and here the pods
 would only measure the node agent.
 
@@ -44,6 +45,7 @@ pytestmark = pytest.mark.cluster
 COUNT = 200
 JOBS_TARGET_S, JOBS_BOUND_S = 20.0, 60.0
 RSS_TARGET_MIB, RSS_BOUND_MIB = 250.0, 400.0
+CPU_BOUND_S = 45.0  # operator CPU until all Jobs exist; measured 17-19 s
 # A pod's whole work: the rendered config is where the runner expects it.
 SHORT_COMMAND = f"sh -c 'test -s {contract.CONFIG_PATH}'"
 
@@ -69,6 +71,7 @@ def test_200_resources_at_once(cluster, kube, ns: str, tmp_path) -> None:
     jobs = Recorder(functools.partial(client.BatchV1Api(kube).list_namespaced_job, ns))
     try:
         names = [f"load-{i:03d}" for i in range(COUNT)]
+        busy = os.getloadavg()[0] / (os.cpu_count() or 1)  # other work's share of the machine
         t0 = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda n: vgs.create(n, gpus=1, gpusPerPod=None), names))
@@ -113,7 +116,10 @@ def test_200_resources_at_once(cluster, kube, ns: str, tmp_path) -> None:
     assert Counter(final.values()) == {SUCCEEDED: COUNT}
     created = Counter(o["metadata"]["name"] for _, kind, o in events if kind == "ADDED")
     assert created == {f"{n}-a0": 1 for n in names}  # exactly one Job each, never re-created
-    assert to_jobs <= JOBS_BOUND_S
+    # On a shared machine our processes get about 1/busy of it: the wall-clock bound grows with
+    # the load found at the start (60 s when quiet), so it catches a regression, not a neighbour.
+    assert to_jobs <= JOBS_BOUND_S * max(1.0, busy), f"machine load/cores at start: {busy:.1f}"
+    assert cpu_to_jobs <= CPU_BOUND_S  # the operator's own work, whatever the machine's load
     assert rss <= RSS_BOUND_MIB
 
 

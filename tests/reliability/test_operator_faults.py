@@ -244,6 +244,15 @@ def test_two_replicas_work_once_and_the_standby_takes_over(
         leader = next(op for op in ops if f"/{op.pid}/" in leader_id)
         standby = next(op for op in ops if op is not leader)
 
+        def paused() -> bool:  # kopf starts it paused; if it resumed first, it pauses again
+            text = standby.log.read_text()
+            return text.rfind("Resuming operations") < text.rfind("Pausing operations") or (
+                "Resuming operations" not in text
+            )
+
+        wait_for(paused, timeout=30, what="kopf to pause the standby")
+        time.sleep(1)  # a peering event still in flight is handled
+
         first = [f"before-{i}" for i in range(4)]
         for name in first:
             vgs.create(name, prompt="progress:6", gpus=1, gpusPerPod=None)
