@@ -2,7 +2,9 @@
 
 The binaries are pinned in tools/versions.env and live outside the clone, in
 ``$WANOPS_CACHE/bin/<tool>-<version>-<go version>/<tool>`` with a ``STAMP`` file written after the
-binary; a directory without a matching stamp is an interrupted build and is ignored.
+binary ("<tool> <version> <go version> <module digest>"); a directory without a stamp naming the tool
+and version is an interrupted build and is ignored. Whether a build is stale for its go.mod/go.sum
+(the digest) is install-tools.sh's question, not this module's: a stale binary still runs.
 """
 
 from __future__ import annotations
