@@ -176,7 +176,7 @@ def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
     vgs: VGs, operator: Operator
 ) -> None:
     """spec.memory.gpuMemoryGiB 40: one A14B expert, activations and umT5 kept resident (no
-    offload) cannot fit; the planner names offload (and what else would fit)."""
+    offload) cannot fit; the planner names keeping umT5 on the CPU (and what else would fit)."""
     spec = {
         **SPEC,
         "task": "t2v-A14B",
@@ -190,7 +190,7 @@ def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
 
     assert status["failure"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
     message = status["failure"]["message"]
-    assert "40 GiB GPUs" in message and "would fit: memory.offloadModel=true" in message
+    assert "40 GiB GPUs" in message and "would fit: memory.t5Cpu=true" in message
     assert vgs.conditions("too-big")["Stalled"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
     assert vgs.jobs("too-big") == []
     events = vgs.core.list_namespaced_event(
@@ -202,11 +202,12 @@ def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
 def test_chart_default_gpu_memory_applies_when_the_spec_sets_none(
     vgs: VGs, operator: Operator
 ) -> None:
-    """fp32 weights and nothing offloaded: about 83 GiB at the decode, over the 80 GiB default."""
+    """fp32 weights, nothing offloaded, 201 frames: about 83 GiB, over the 80 GiB default."""
     spec = {
         **SPEC,
         "task": "t2v-A14B",
         "size": "1280*720",
+        "frames": 201,
         "gpus": 1,
         "gpusPerPod": None,
         "memory": {"offloadModel": False, "convertModelDtype": False},
