@@ -17,8 +17,8 @@ Work in progress (the final latent before the VAE decode, the sampling loop's st
 video is published. A failed attempt keeps it there on purpose (its retry resumes from it); a run
 that fails for good may leave it (a bucket lifecycle rule on `.wanops/` expires it), but never
 anything under the final key. A temporary upload whose copy failed is removed at once if the store
-allows, else with the rest of the work prefix at the run's next success. Plain PUTs suffice there: S3 makes an object visible only when its PUT
-completed, and only this run reads them.
+allows, else with the rest of the work prefix at the run's next success. Plain PUTs suffice
+there: S3 makes an object visible only when its PUT completed, and only this run reads them.
 
 Every call is retried with exponential backoff on connection errors and 5xx answers, then fails
 with a temporary `StoreUnavailable` (the operator retries the attempt); refused credentials and a
