@@ -11,10 +11,7 @@ reason and fail in CI (``CI=true``), so a broken install can never turn into a g
 
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import tools, wait_for
+from localcluster import tools
 from localcluster.cluster import LocalCluster
-from wanspec import contract
+from localcluster.rendezvous import rendezvous_turn
 
 LOCAL_TOOLS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "versitygw")
 
@@ -118,40 +115,8 @@ def crd(kube) -> dict:
                      field_manager="wanops-tests")
 
 
-RENDEZVOUS_LOCK = Path(tempfile.gettempdir()) / f"wanops-e2e-rendezvous-{contract.MASTER_PORT}.lock"
-
-
 @pytest.fixture
 def rendezvous_port() -> Iterator[None]:
-    """The machine's rendezvous port for this test's runner pods.
-
-    The node agent gives pods no network namespace, so every pod on this machine shares one port
-    space, and torchrun's store listens on port 29500 of every address: two runs at once (another
-    session's tests, the demo) make one fail with EADDRINUSE and burn its retries. Tests whose
-    runner pods rendezvous take turns through a lock file; anything else holding the port is
-    waited out before the resource is created. (A real cluster gives each pod its own port space.)"""
-    with open(RENDEZVOUS_LOCK, "a") as lock:
-        wait_for(lambda: _try_lock(lock), timeout=420, what=f"{RENDEZVOUS_LOCK} (another run)")
-        wait_for(_port_free, timeout=420, what=f"port {contract.MASTER_PORT} free")
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _try_lock(lock) -> bool:
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-
-
-def _port_free() -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", contract.MASTER_PORT))
-            return True
-        except OSError:
-            return False
+    """The machine's rendezvous port for this test's runner pods (`localcluster.rendezvous`)."""
+    with rendezvous_turn():
+        yield

@@ -5,12 +5,8 @@ processes."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import socket
 import sys
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +30,6 @@ REAL = {**SPEC, "frames": 5, "seed": 3, "sampling": {"steps": 4}}
 
 # tests/e2e's lock: pods of the node agent share the machine's port space and torchrun listens on
 # port 29500 of every address, so runs of the real runner on this machine take turns.
-LOCK_FILE = Path(tempfile.gettempdir()) / f"wanops-e2e-rendezvous-{contract.MASTER_PORT}.lock"
 
 
 @dataclass
@@ -156,33 +151,3 @@ def pod_log(cluster: Any, ns: str, pod: Any, agent: str = "nodeagent") -> str:
         return (folder / f"{contract.RUNNER_CONTAINER}.log").read_text(errors="replace")
     except OSError:
         return ""
-
-
-def _port_free() -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", contract.MASTER_PORT))
-            return True
-        except OSError:
-            return False
-
-
-@contextmanager
-def rendezvous_turn(timeout: float = 420) -> Iterator[None]:
-    """This machine's rendezvous port for one real run (tests/e2e's lock file, then the port)."""
-    with open(LOCK_FILE, "a") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{LOCK_FILE} held by another run for {timeout} s") from None
-                time.sleep(1)
-        try:
-            wait_for(_port_free, timeout=timeout, what=f"port {contract.MASTER_PORT} free")
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -26,13 +26,13 @@ from faults import (
     objects_of,
     pod_log,
     pods_of,
-    rendezvous_turn,
     space,
     terminal,
     wait_status,
 )
 
 from localcluster import wait_for
+from localcluster.rendezvous import rendezvous_turn
 from localcluster.s3gate import S3Gate
 
 pytestmark = pytest.mark.cluster

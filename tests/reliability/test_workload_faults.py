@@ -27,7 +27,6 @@ from faults import (
     pod_log,
     pods_of,
     processes,
-    rendezvous_turn,
     space,
     terminal,
     wait_status,
@@ -36,6 +35,7 @@ from kubernetes import client
 
 from localcluster import wait_for
 from localcluster.cluster import NODE_MONITOR_GRACE_PERIOD, NODE_MONITOR_PERIOD
+from localcluster.rendezvous import rendezvous_turn
 from wanops_operator import reasons
 from wanspec import contract
 
