@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -194,6 +195,14 @@ class Operator:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """Whether its liveness endpoint answers (kopf is up and serving)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, as when a node dies under the operator."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import os
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +66,7 @@ def test_200_resources_at_once(cluster, kube, ns: str, tmp_path) -> None:
         WANOPS_RUNNER_COMMAND=SHORT_COMMAND,
     )
     op.start()
-    wait_for(lambda: _healthy(op), timeout=60, what="the operator's liveness endpoint")
+    wait_for(op.healthy, timeout=60, what="the operator's liveness endpoint")
     jobs = Recorder(functools.partial(client.BatchV1Api(kube).list_namespaced_job, ns))
     try:
         names = [f"load-{i:03d}" for i in range(COUNT)]
@@ -121,11 +120,3 @@ def test_200_resources_at_once(cluster, kube, ns: str, tmp_path) -> None:
     assert to_jobs <= JOBS_BOUND_S * max(1.0, busy), f"machine load/cores at start: {busy:.1f}"
     assert cpu_to_jobs <= CPU_BOUND_S  # the operator's own work, whatever the machine's load
     assert rss <= RSS_BOUND_MIB
-
-
-def _healthy(op: Operator) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{op.liveness_port}/healthz", timeout=2):
-            return True
-    except OSError:
-        return False

@@ -65,14 +65,6 @@ def ns(cluster, kube, crd, tmp_path_factory) -> Iterator[str]:
     yield from operator_namespace(kube, tmp_path_factory.mktemp("claim"))
 
 
-def _healthy(op: Operator) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{op.liveness_port}/healthz", timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def _recorders(kube, ns: str) -> tuple[Recorder, Recorder]:
     jobs = Recorder(functools.partial(client.BatchV1Api(kube).list_namespaced_job, ns))
     custom = client.CustomObjectsApi(kube)
@@ -167,7 +159,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(
     try:
         pending = list(cases.items())
         for _ in range(KILLS):
-            wait_for(lambda: _healthy(op), timeout=90, what="the operator up", interval=0.1)
+            wait_for(op.healthy, timeout=90, what="the operator up", interval=0.1)
             if pending:
                 name, (changes, _, _) = pending.pop(0)
                 vgs.create(name, **changes)
