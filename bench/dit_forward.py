@@ -11,6 +11,10 @@ under the same SDPA kernel, cuDNN where it works.
     python bench/dit_forward.py --model a14b --size 1280*720 --frames 81 --out bench.jsonl
     python bench/dit_forward.py --model 5b --size 1280*704 --frames 121 --out bench.jsonl
     python bench/dit_forward.py --model 5b --tiny            # CPU check that the script runs
+    python bench/dit_forward.py --model a14b --quant fp8     # also the lossy FP8 mode vs exact
+
+With `--quant`, ours is then rebuilt from the same weights in that lossy mode (`quantize_dit`,
+compiled) and timed too; its quality is the cosine / PSNR of its output against our exact output.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import math
 import statistics
 import sys
 import time
@@ -37,6 +42,7 @@ from timing import timed  # noqa: E402  (bench/timing.py)
 from wan_core.models.dit import DiTConfig, WanModel  # noqa: E402
 from wan_core.ops.compile import compile_blocks  # noqa: E402
 from wan_core.ops.attention import attention_backend  # noqa: E402
+from wan_core.ops.quant import QUANT_MODES, quantize_dit  # noqa: E402
 from wan_core.testing.diffusers_wan import diffusers_wan  # noqa: E402
 
 # model → (config flavor, tiny flavor, VAE z_dim, VAE stride (t, h, w), default size, default frames); spec §1.2, §1.4
@@ -126,6 +132,12 @@ def fp32_reference(cfg: DiTConfig, state: dict[str, Tensor], x: Tensor, t: Tenso
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
+def psnr(a: Tensor, reference: Tensor) -> float:
+    """PSNR in dB of `a` against `reference`, peak = the reference's max |value|."""
+    mse = float((a.double() - reference.double()).pow(2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(float(reference.double().abs().max()) ** 2 / mse)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), required=True)
@@ -135,11 +147,13 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny config and a few tokens on CPU: checks the script")
     parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
     parser.add_argument("--no-compile", action="store_true", help="run our blocks eagerly (default: compiled on CUDA)")
-    parser.add_argument(
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument(
         "--fp32-reference",
         action="store_true",
         help="also run ours with the same weights in fp32 (no TF32) and report each bf16 output's distance to it",
     )
+    reference.add_argument("--quant", choices=QUANT_MODES, help="also time ours in this lossy mode and measure its cost against exact")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3")
@@ -210,11 +224,32 @@ def main() -> int:
         out_ref, sec_ref, peak_ref = timed(lambda: ref(x, t, context, return_dict=False)[0], args.runs, device)
     del ref
 
-    if args.fp32_reference:
+    if args.quant:
+        with torch.device("meta"):
+            lossy = WanModel(cfg)
+        lossy.load_state_dict(state, assign=True)  # shares the bf16 tensors; quantizing replaces them
+        del state
+        quantize_dit(lossy, args.quant)
+        if compiled:
+            compile_blocks(lossy)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with torch.inference_mode(), attention_kernels(sdpa):
+            out_q, sec_q, peak_q = timed(lambda: lossy(x, t, context), args.runs, device)
+        del lossy
+        q_cos = float(torch.nn.functional.cosine_similarity(out_q.double().flatten(), out_ours.double().flatten(), dim=0))
+        info[args.quant] = {"median_s": statistics.median(sec_q), "runs_s": sec_q, "peak_gib": peak_q,
+                            "cosine_vs_exact": q_cos, "psnr_vs_exact_db": psnr(out_q, out_ours),
+                            "rel_l2_vs_exact": rel_l2(out_q, out_ours)}
+        r = info[args.quant]
+        print(f"{args.quant:>10}: median {r['median_s']:.4f} s, peak {r['peak_gib']}, cosine vs exact "
+              f"{q_cos:.6f}, PSNR {r['psnr_vs_exact_db']:.1f} dB, rel L2 {r['rel_l2_vs_exact']:.2e}")
+    elif args.fp32_reference:
         truth = fp32_reference(cfg, state, x, t, context, device)
         info["rel_l2_to_fp32"] = {"ours": rel_l2(out_ours, truth), "diffusers": rel_l2(out_ref, truth)}
         print(f"{'vs fp32':>10}: rel L2 ours {info['rel_l2_to_fp32']['ours']:.2e}, diffusers {info['rel_l2_to_fp32']['diffusers']:.2e}")
-    del state
+    else:
+        del state
 
     cosine = float(torch.nn.functional.cosine_similarity(out_ours.double().flatten(), out_ref.double().flatten(), dim=0))
     info.update(
