@@ -115,6 +115,28 @@ def _log_tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+# Pods run by the node agent see the host's file system through a private mount namespace in
+# which their volumes are mounted at their paths; the runner pods mount an emptyDir at /tmp.
+POD_SCRATCH_MOUNTS = ("/tmp",)
+
+
+def check_pod_visible_host_paths() -> None:
+    """Refuse to start when the pods' own volumes would hide the Python or the checkout they run.
+
+    The node agent runs pod commands with the host's interpreter and this checkout (the "image"
+    is the host); an emptyDir mounted at /tmp covers both if they live there, and every pod then
+    fails with "No such file or directory". Better one clear error up front.
+    """
+    repo = Path(__file__).resolve().parent.parent
+    for what, path in (("the Python environment", Path(sys.prefix).resolve()), ("the wanops checkout", repo)):
+        for mount in POD_SCRATCH_MOUNTS:
+            if path.is_relative_to(mount):
+                raise ClusterError(
+                    f"{what} is at {path}, under {mount}, which the runner pods mount an emptyDir over "
+                    f"(the node agent runs pods with the host's files): put it outside {mount} "
+                    "(e.g. clone into ~/wanops and create the venv there) and run again")
+
+
 class LocalCluster:
     """Start, attach to, and stop one local cluster living in ``state_dir``.
 
@@ -223,6 +245,8 @@ class LocalCluster:
             raise ClusterError(f"a cluster is already running in {self.state_dir}; "
                                "stop it first (python -m localcluster down)")
         self.stop()  # leftovers of a crashed or interrupted start
+        if self.node_agent:
+            check_pod_visible_host_paths()
         t0 = time.monotonic()
         try:
             self._start()
