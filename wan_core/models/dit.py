@@ -214,20 +214,26 @@ def rope_freqs(positions: Tensor, head_dim: int) -> Tensor:
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2k], x[2k+1]) of [B, L, N, D] by the [L, D/2, 2] (cos, sin).
 
-    The complex product (a + ib)(c + is) written out in fp32 (upstream uses complex128; the
-    difference is ~1e-7 relative, far below bf16 attention's); returned in fp32 like upstream,
-    the caller casts to the weights' dtype.
+    The complex product (a + ib)(c + is) = (ac - bs, bc + as) written out in fp32 (upstream
+    uses complex128; the difference is ~1e-7 relative, far below bf16 attention's); returned in
+    fp32 like upstream, the caller casts to the weights' dtype. Written as one elementwise
+    expression over the pairs and their swap (b, a), not a stack of the two halves: under
+    torch.compile a stack is a concatenation, which Inductor materialises in fp32 before the
+    cast (1.4 GiB per q or k at 720P A14B); this form fuses into one kernel writing the cast.
     """
-    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, N, D/2) each
-    cos, sin = freqs[None, :, None].unbind(-1)  # (1, L, 1, D/2) each
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)  # (B, L, N, D)
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, N, D/2, 2): (a, b)
+    cos, sin = freqs[None, :, None, :, :, None].unbind(-2)  # (1, L, 1, D/2, 1) each
+    signed_sin = sin * sin.new_tensor([-1.0, 1.0])  # (-s, s)
+    return (pairs * cos + pairs.flip(-1) * signed_sin).flatten(-2)  # (B, L, N, D)
 
 
 def per_token(rows: Tensor, token_rows: Tensor | None) -> Tensor:
     """The time-embedding rows each token uses: [B, 1, ...] (row b for sample b) or [B, L, ...].
 
-    Under torch.compile the gather fuses into its consumers, so per-token modulation never
-    exists as a [B, L, 6, dim] tensor (the official code keeps one: 2 GB per 5B 720P forward).
+    Call it where the rows are consumed, one modulation vector at a time: under torch.compile
+    the gather then fuses into its consumer, so per-token modulation never exists as a
+    [B, L, 6, dim] tensor (the official code keeps one: 2 GB per 5B 720P forward). Gathered up
+    front, the rows used after the attention's graph break would be materialised.
     """
     return rows[:, None] if token_rows is None else rows[token_rows]
 
@@ -345,19 +351,22 @@ class WanAttentionBlock(nn.Module):
         720P A14B). Inference only; nothing here keeps the input for a backward pass.
         """
         mod = self.modulation.float()[0] + e0  # (R, 6, dim): the official per-token sum, per row
-        shift1, scale1, gate1, shift2, scale2, gate2 = per_token(mod, token_rows).unbind(2)  # (B, L|1, dim)
-        # 1. self-attention on the modulated, normalised stream
-        y = self.self_attn(_layer_norm(x, self.eps) * (1 + scale1) + shift1, freqs, k_lens)
-        x.add_(y.float() * gate1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)  # (R, dim) each; per_token at use
+        dtype = self.ffn[0].weight.dtype
+        # 1. self-attention on the modulated, normalised stream, handed over in the weights' dtype
+        #    (the projections round to it first anyway; an fp32 handover is 1.4 GiB at 720P A14B)
+        normed = _layer_norm(x, self.eps) * (1 + per_token(scale1, token_rows)) + per_token(shift1, token_rows)
+        y = self.self_attn(normed.to(dtype), freqs, k_lens)
+        x.add_(y.float() * per_token(gate1, token_rows))
         # 2. cross-attention to the text: affine LayerNorm (fp32), no gate
         normed = F.layer_norm(x, (x.shape[-1],), self.norm3.weight.float(), self.norm3.bias.float(), self.eps)
-        y = self.cross_attn(normed, context)  # its own statement: Dynamo resumes here after attention
+        y = self.cross_attn(normed.to(dtype), context)  # its own statement: Dynamo resumes here after attention
         x.add_(y.float())
         # 3. feed-forward in the weights' dtype over token chunks (rows are independent, so this
         #    is exact; it caps the [L, ffn_dim] hidden activation), gated residual in fp32
-        h = (_layer_norm(x, self.eps) * (1 + scale2) + shift2).to(self.ffn[0].weight.dtype)
+        h = (_layer_norm(x, self.eps) * (1 + per_token(scale2, token_rows)) + per_token(shift2, token_rows)).to(dtype)
         y = torch.cat([self.ffn(chunk) for chunk in h.split(FFN_CHUNK_TOKENS, dim=1)], dim=1)
-        return x.add_(y.float() * gate2)
+        return x.add_(y.float() * per_token(gate2, token_rows))
 
 
 class Head(nn.Module):
@@ -372,8 +381,9 @@ class Head(nn.Module):
     def forward(self, x: Tensor, e: Tensor, token_rows: Tensor | None = None) -> Tensor:
         """x [B, L, dim] fp32, e [R, dim] fp32 rows (see `per_token`) → [B, L, out_dim·prod(patch)] fp32."""
         mod = self.modulation.float()[0] + e[:, None, :]  # (R, 2, dim)
-        shift, scale = per_token(mod, token_rows).unbind(2)  # (B, L|1, dim)
-        return _fp32_linear(self.head, _layer_norm(x, self.eps) * (1 + scale) + shift)
+        shift, scale = mod.unbind(1)  # (R, dim) each
+        normed = _layer_norm(x, self.eps) * (1 + per_token(scale, token_rows)) + per_token(shift, token_rows)
+        return _fp32_linear(self.head, normed)
 
 
 # ---------------------------------------------------------------------------------------------
