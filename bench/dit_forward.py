@@ -242,7 +242,7 @@ def main() -> int:
                             "cosine_vs_exact": q_cos, "psnr_vs_exact_db": psnr(out_q, out_ours),
                             "rel_l2_vs_exact": rel_l2(out_q, out_ours)}
         r = info[args.quant]
-        print(f"{args.quant:>10}: median {r['median_s']:.4f} s, peak {r['peak_gib']}, cosine vs exact "
+        print(f"{args.quant:>10}: median {r['median_s']:.4f} s, peak {r['peak_gib']:.2f} GiB, cosine vs exact "
               f"{q_cos:.6f}, PSNR {r['psnr_vs_exact_db']:.1f} dB, rel L2 {r['rel_l2_vs_exact']:.2e}")
     elif args.fp32_reference:
         truth = fp32_reference(cfg, state, x, t, context, device)

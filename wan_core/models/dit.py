@@ -211,20 +211,26 @@ def rope_freqs(positions: Tensor, head_dim: int) -> Tensor:
     return torch.cat([table[positions[:, axis]] for axis, table in enumerate(tables)], dim=1)  # (L, D/2, 2)
 
 
-def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+def swap_pairs(x: Tensor) -> Tensor:
+    """(x[2k], x[2k+1]) → (x[2k+1], x[2k]) along the last dim."""
+    return x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+
+
+def apply_rope(x: Tensor, freqs: Tensor, swapped: Tensor | None = None) -> Tensor:
     """Rotate interleaved pairs (x[2k], x[2k+1]) of [B, L, N, D] by the [L, D/2, 2] (cos, sin).
 
     The complex product (a + ib)(c + is) = (ac - bs, bc + as) written out in fp32 (upstream
     uses complex128; the difference is ~1e-7 relative, far below bf16 attention's); returned in
-    fp32 like upstream, the caller casts to the weights' dtype. Written as one elementwise
-    expression over the pairs and their swap (b, a), not a stack of the two halves: under
-    torch.compile a stack is a concatenation, which Inductor materialises in fp32 before the
-    cast (1.4 GiB per q or k at 720P A14B); this form fuses into one kernel writing the cast.
+    fp32 like upstream, the caller casts to the weights' dtype. Written as x·(c, c) + swap(x)·(-s, s),
+    one element-wise expression, not a stack of the two halves: under torch.compile a stack is a
+    concatenation, which Inductor materialises in fp32 before the cast (1.4 GiB per q or k at
+    720P A14B). `swapped`: `swap_pairs(x)` when the caller has a cheaper expression for it.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, L, N, D/2, 2): (a, b)
-    cos, sin = freqs[None, :, None, :, :, None].unbind(-2)  # (1, L, 1, D/2, 1) each
-    signed_sin = sin * sin.new_tensor([-1.0, 1.0])  # (-s, s)
-    return (pairs * cos + pairs.flip(-1) * signed_sin).flatten(-2)  # (B, L, N, D)
+    cos, sin = freqs[None, :, None].unbind(-1)  # (1, L, 1, D/2) each
+    cos2 = torch.stack([cos, cos], dim=-1).flatten(-2)  # (1, L, 1, D)
+    signed_sin = torch.stack([-sin, sin], dim=-1).flatten(-2)
+    swapped = swap_pairs(x) if swapped is None else swapped
+    return x.float() * cos2 + swapped.float() * signed_sin  # (B, L, N, D)
 
 
 def per_token(rows: Tensor, token_rows: Tensor | None) -> Tensor:
@@ -280,6 +286,18 @@ class WanRMSNorm(nn.Module):
             normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return normed.type_as(x) * self.weight
 
+    def with_swapped_pairs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(x), swap_pairs(norm(x))), the second normalised again from swap_pairs(x).
+
+        For RoPE after the norm: read at swapped indices, the normalised value would have to be
+        written out (Inductor materialises it, 1.4 GiB per q or k at 720P A14B); as two
+        expressions of x and the row's 1/rms it fuses into the rotation's one kernel. The
+        official formula x·rsqrt(mean(x²) + eps), so both agree with `forward` to its rounding.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            inv_rms = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
+            return tuple((u.float() * inv_rms).type_as(u) * w for u, w in ((x, self.weight), (swap_pairs(x), swap_pairs(self.weight))))
+
 
 class _Projections(nn.Module):
     """The q/k/v/o projections and q/k RMSNorms both attentions of a block own (official names)."""
@@ -300,11 +318,12 @@ class WanSelfAttention(_Projections):
 
     def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
-        q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
-        k = self.norm_k(_linear(self.k, x)).unflatten(-1, (self.num_heads, -1))
+        def rotated(proj: nn.Linear, norm: WanRMSNorm) -> Tensor:
+            normed, swapped = (t.unflatten(-1, (self.num_heads, -1)) for t in norm.with_swapped_pairs(_linear(proj, x)))
+            return apply_rope(normed, freqs, swapped).to(self.q.weight.dtype)  # (B, L, N, D)
+
         v = _linear(self.v, x).unflatten(-1, (self.num_heads, -1))
-        dtype = self.q.weight.dtype
-        return apply_rope(q, freqs).to(dtype), apply_rope(k, freqs).to(dtype), v
+        return rotated(self.q, self.norm_q), rotated(self.k, self.norm_k), v
 
     def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
