@@ -33,8 +33,8 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
 Calibrated vs extrapolated, honestly:
 - c_arch (bytes per token of one forward beyond the per-token time embedding) is fitted so that
   the formula reproduces exactly the two forwards we measured on an H100 with the compiled blocks
-  the pipelines run on CUDA (BENCHMARKS.md, issue 10: A14B 1280×720×81 → 33.91 GiB, TI2V-5B
-  1280×704×121 → 12.84 GiB, both incl. bf16 weights). Linearity
+  the pipelines run on CUDA (BENCHMARKS.md, issue 10: A14B 1280×720×81 → 31.83 GiB, TI2V-5B
+  1280×704×121 → 10.66 GiB, both incl. bf16 weights). Linearity
   in tokens (no quadratic attention term: cuDNN/flash attention keep no L×L matrix) is checked by
   the official code's 720P and 480P A14B peaks of issue 10 (464 KB/token both). Other sizes and
   frame counts are extrapolated along it.
@@ -126,11 +126,11 @@ def _out_video_bytes(width: int, height: int, frames: int) -> float:
 # ----------------------------------------------------------------------------- calibration
 
 # Measured one-forward peaks: (task, W, H, frames, per-token timesteps, peak GiB incl. bf16 weights).
-# Ours: BENCHMARKS.md "Exact-mode speed", bench/results/2026-11-25-h100-dit-fast.jsonl (H100,
-# torch 2.11, compiled blocks). The 5B bench passes per-token timesteps; ours keeps them compact.
+# Ours: BENCHMARKS.md "Exact-mode speed", bench/results/2026-11-26-h100-dit-mem.jsonl (H100,
+# torch 2.11, compiled blocks, commit 028fe5f). The 5B bench passes per-token timesteps; ours keeps them compact.
 MEASURED_FORWARD = {
-    "A14B": ("t2v-A14B", 1280, 720, 81, False, 33.912),
-    "5B": ("ti2v-5B", 1280, 704, 121, False, 12.844),
+    "A14B": ("t2v-A14B", 1280, 720, 81, False, 31.83),
+    "5B": ("ti2v-5B", 1280, 704, 121, False, 10.66),
 }
 # The official code on the same kind of GPU, issue 10's table (A14B 720P and 5B; 480P is held out).
 OFFICIAL_FORWARD = {
