@@ -235,6 +235,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         init_distributed,
         shutdown,
     )
+    from wan_core.ops.quant import check_quantization
     from wan_core.pipelines import load_pipeline
 
     r = cfg.resolved
@@ -263,6 +264,10 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     with metrics.phase("prompt"):
         prompt = extended_prompt(cfg, layout, image, store, run_id)
 
+    try:
+        check_quantization(r.precision, layout.device, r.dit_fsdp)
+    except ValueError as e:
+        raise errors.bad_input(contract.PRECISION_UNSUPPORTED, f"spec.precision: {e}") from e
     with metrics.phase("load"):
         try:
             pipe = load_pipeline(
@@ -272,6 +277,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
                 convert_model_dtype=r.convert_model_dtype,
                 t5_cpu=r.t5_cpu,
                 parallel=layout,
+                precision=r.precision,
             )
         except CheckpointError as e:
             raise errors.bad_input(

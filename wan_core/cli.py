@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_core.parallel.rules import flag_problems
-from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, TASKS, Size, TaskSpec, check_frame_num
+from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, PRECISIONS, TASKS, Size, TaskSpec, check_frame_num
 
 if TYPE_CHECKING:
     from wan_core.parallel import ParallelLayout
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample_shift", type=float, default=None, help="schedule shift (default: 12 t2v, 5 i2v/ti2v)")
     p.add_argument("--sample_guide_scale", type=float, default=None, help="CFG scale for both experts (default: the task's)")
     p.add_argument("--convert_model_dtype", action="store_true", help="store the DiT weights in bf16")
+    p.add_argument("--precision", default="exact", choices=PRECISIONS,
+                   help="exact (default): the official numbers; fp8: opt-in, lossy FP8 GEMMs in the DiT blocks "
+                        "(GPUs with FP8 tensor cores; needs torchao: pip install 'wanops[fp8]'; cost in BENCHMARKS.md)")
     p.add_argument("--negative_prompt", default="", help="negative prompt (default: the task's, spec §1.3)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 16; 24 for ti2v-5B)")
     return p
@@ -128,6 +131,9 @@ def check_args(args: argparse.Namespace) -> list[str]:
         problems += flag_problems(task, int(os.environ.get("WORLD_SIZE", "1")), ulysses=args.ulysses_size,
                                   cfg_parallel=True if args.cfg_parallel else None, dit_fsdp=args.dit_fsdp,
                                   t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu)
+    if args.precision != "exact" and args.dit_fsdp:
+        problems.append(f"--precision {args.precision} cannot be combined with --dit_fsdp (FP8 weights are not "
+                        "sharded): drop --dit_fsdp or use --precision exact")
     if args.offload_model and (args.dit_fsdp or args.t5_fsdp):
         problems.append("--offload_model true cannot be combined with --dit_fsdp/--t5_fsdp: sharded weights stay on their GPUs")
     if args.use_prompt_extend and args.prompt_extend_method == "dashscope" and not os.environ.get("DASH_API_KEY"):
@@ -162,6 +168,7 @@ def memory_plan(args: argparse.Namespace, world: int, gpu_memory_gib: float):  #
                         "ditFsdp": args.dit_fsdp, "t5Fsdp": args.t5_fsdp},
         "memory": {"offloadModel": args.offload_model, "convertModelDtype": args.convert_model_dtype,
                    "t5Cpu": args.t5_cpu},
+        "precision": args.precision,
     }
     if args.frame_num is not None:
         spec["frames"] = args.frame_num
@@ -254,6 +261,7 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
     from PIL import Image, UnidentifiedImageError
 
     from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.ops.quant import check_quantization
     from wan_core.parallel import StepWatchdog, broadcast_seed
     from wan_core.pipelines import load_pipeline, resolve_seed
     from wan_core.video import save_video
@@ -290,8 +298,14 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
         if (warning := memory_warning(args, layout.world_size, total)) is not None:
             log.warning("%s", warning)
     try:
+        check_quantization(args.precision, layout.device, args.dit_fsdp)
+    except ValueError as err:
+        print(f"generate: error: --precision: {err}", file=sys.stderr)
+        return 2
+    try:
         pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
-                             convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout)
+                             convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout,
+                             precision=args.precision)
     except CheckpointError as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ EXIT_INVALID_INPUT = 42
 IMAGE_NOT_READABLE = "ImageNotReadable"  # spec.inputImage cannot be fetched or decoded
 CHECKPOINT_INVALID = "CheckpointInvalid"  # files missing or of the wrong task in the claim
 SECRET_INVALID = "SecretInvalid"  # a credential the store or DashScope refused
+PRECISION_UNSUPPORTED = "PrecisionUnsupported"  # spec.precision needs a GPU or package the pod lacks
 
 _MESSAGE = re.compile(r"^([A-Z][A-Za-z0-9]*): (.+)$", re.DOTALL)
 

@@ -142,6 +142,12 @@ def spec_rules() -> list[Schema]:
             ".parallelism.t5Fsdp",
         ),
         _rule(
+            "!(self.?precision.orValue('exact') == 'fp8' && self.?parallelism.?ditFsdp.orValue(false))",
+            "spec.precision fp8 cannot be combined with spec.parallelism.ditFsdp (FP8 weights "
+            "are not sharded): set ditFsdp false or precision exact",
+            ".precision",
+        ),
+        _rule(
             "!(self.?parallelism.?t5Fsdp.orValue(false) && self.?memory.?t5Cpu.orValue(false))",
             "spec.memory.t5Cpu cannot be combined with spec.parallelism.t5Fsdp",
             ".memory.t5Cpu",

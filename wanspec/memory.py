@@ -77,6 +77,11 @@ class DiTArch:
     num_layers: int
     params: int  # per DiT (per expert for A14B), [verified] counts of §1.2
 
+    @property
+    def block_linear_params(self) -> int:
+        """Weights of the blocks' Linear layers (q/k/v/o twice, the FFN): what `fp8` quantizes."""
+        return self.num_layers * (8 * self.dim * self.dim + 2 * self.dim * self.ffn_dim)
+
 
 DIT_ARCH: dict[str, DiTArch] = {
     "t2v-A14B": DiTArch("A14B", 5120, 13824, 40, 14_288_491_584),
@@ -213,6 +218,7 @@ class Modes:
     offload_model: bool = True
     convert_model_dtype: bool = True
     t5_cpu: bool = False
+    precision: str = "exact"  # spec.precision; fp8 stores the blocks' Linear weights in 1 byte
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,9 @@ def estimate_peak(
     bf16 = modes.convert_model_dtype and (profile.convert_under_fsdp or not layout.dit_fsdp)
     expert_bytes = arch.params * (2 if bf16 else 4)
     dtype = "bf16" if bf16 else "fp32"
+    if modes.precision == "fp8":  # weights in bf16 but the blocks' Linears (1 byte); scales are < 0.1%
+        expert_bytes = arch.params * 2 - arch.block_linear_params
+        dtype = "fp8"
     gathered = 0.0
     if layout.dit_fsdp:
         static = experts * expert_bytes / world
@@ -504,7 +513,7 @@ def estimate_resolved(resolved: Any, profile: Profile = WANOPS) -> MemoryEstimat
             resolved.dit_fsdp,
             resolved.t5_fsdp,
         ),
-        Modes(resolved.offload_model, resolved.convert_model_dtype, resolved.t5_cpu),
+        Modes(resolved.offload_model, resolved.convert_model_dtype, resolved.t5_cpu, resolved.precision),
         image=resolved.spec.input_image is not None,
         profile=profile,
     )

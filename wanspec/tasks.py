@@ -38,6 +38,9 @@ PATCH_SIZE = (1, 2, 2)  # §1.2 DiT patch (t, h, w)
 HEAD_DIM = 128  # §1.2: every Wan2.2 DiT has 128-wide heads
 HIGH_NOISE_EXPERT = "high_noise_model"  # §2.1 A14B subfolders
 LOW_NOISE_EXPERT = "low_noise_model"
+# DiT precision: "exact" matches the official numbers; the others are opt-in lossy modes
+# (wan_core.ops.quant; their measured quality cost is in BENCHMARKS.md).
+PRECISIONS = ("exact", "fp8")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ is the operator's job.
   * cfgParallel: on only if gpus does not divide the heads but gpus / 2 does, or if ulysses is set
     to gpus / 2; ulysses: gpus / (2 if cfgParallel else 1) — so every GPU is used, the heads split
     evenly, and CFG-parallel is used only where Ulysses alone cannot use all GPUs;
-  * ditFsdp: on for two-expert A14B tasks with gpus > 1; t5Fsdp: the same, unless t5Cpu;
+  * ditFsdp: on for two-expert A14B tasks with gpus > 1 (off with precision fp8); t5Fsdp: the same, unless t5Cpu;
 - memory modes: offloadModel on with one GPU only (as upstream), convertModelDtype on.
 """
 
@@ -149,7 +149,7 @@ def default_layout(spec: VideoGenerationSpec) -> Layout:
         if p.cfg_parallel is None
         else p.cfg_parallel
     )
-    dit_fsdp = (task.is_moe and spec.gpus > 1) if p.dit_fsdp is None else p.dit_fsdp
+    dit_fsdp = (task.is_moe and spec.gpus > 1 and spec.precision == "exact") if p.dit_fsdp is None else p.dit_fsdp
     t5_fsdp = (dit_fsdp and not spec.memory.t5_cpu) if p.t5_fsdp is None else p.t5_fsdp
     return Layout(
         gpus=spec.gpus,
@@ -300,6 +300,14 @@ def rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
                     "false, or gpus > 1",
                 )
             )
+    if _get(spec, "precision") == "fp8" and _get(spec, "parallelism.ditFsdp") is True:
+        problems.append(
+            Problem(
+                "spec.precision",
+                "fp8 cannot be combined with parallelism.ditFsdp (FP8 weights are not sharded)",
+                "ditFsdp false or precision exact",
+            )
+        )
     if _get(spec, "parallelism.t5Fsdp") is True and _get(spec, "memory.t5Cpu") is True:
         problems.append(
             Problem(
@@ -429,6 +437,7 @@ class ResolvedSpec(BaseModel):
     offload_model: bool
     convert_model_dtype: bool
     t5_cpu: bool
+    precision: str
 
 
 def resolve(spec: VideoGenerationSpec | Mapping[str, Any]) -> ResolvedSpec:
@@ -463,6 +472,7 @@ def resolve(spec: VideoGenerationSpec | Mapping[str, Any]) -> ResolvedSpec:
         offload_model=layout.gpus == 1 if mem.offload_model is None else mem.offload_model,
         convert_model_dtype=True if mem.convert_model_dtype is None else mem.convert_model_dtype,
         t5_cpu=mem.t5_cpu,
+        precision=spec.precision,
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+import torch
 from runner_cases import SPEC, kill_tree, log_events, poll
 
 from localcluster.s3gate import S3Gate
@@ -124,6 +125,19 @@ def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path
     reason, message = contract.parse_termination_message(termination.read_text())
     assert reason == contract.CHECKPOINT_INVALID
     assert str(empty) in message and "put the official ti2v-5B folder" in message
+    assert list(s3.list_objects(bucket, recursive=True, prefix=run.config.output.key)) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no FP8 GPU is")
+def test_fp8_without_an_fp8_gpu_is_fatal_with_the_reason(make_run, s3, bucket, tmp_path) -> None:
+    run = make_run({**SPEC, "precision": "fp8"})
+    termination = tmp_path / "termination-log"
+    termination.touch()
+    code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
+    assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
+    reason, message = contract.parse_termination_message(termination.read_text())
+    assert reason == contract.PRECISION_UNSUPPORTED
+    assert "needs a GPU with FP8 tensor cores" in message and "use precision 'exact'" in message
     assert list(s3.list_objects(bucket, recursive=True, prefix=run.config.output.key)) == []
 
 

@@ -93,6 +93,8 @@ REFUSALS = [
     (["--offload_model", "maybe"], "boolean value expected"),
     (["--sample_solver", "euler"], "invalid choice: 'euler'"),
     (["--audio", "x.wav"], "unrecognized arguments: --audio"),  # s2v's flags are out of scope (§8.2)
+    (["--precision", "fp8", "--dit_fsdp"], "--precision fp8 cannot be combined with --dit_fsdp"),
+    (["--precision", "int8"], "invalid choice: 'int8'"),
 ]
 
 
@@ -103,6 +105,15 @@ def test_refuses_with_what_to_fix(argv: list[str], message: str, capsys: pytest.
         main((ckpt if argv else []) + argv)
     assert exit_info.value.code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.usefixtures("tiny_sizes")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no FP8 GPU is")
+def test_fp8_without_an_fp8_gpu_is_refused_before_loading(tiny_ckpts: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--task", "t2v-A14B", "--size", "32*16", "--ckpt_dir", str(tiny_ckpts["t2v-A14B"]), "--precision", "fp8"]
+    assert main(argv) == 2
+    assert "--precision: precision 'fp8' needs a GPU with FP8 tensor cores" in capsys.readouterr().err
 
 
 def test_a_world_the_heads_cannot_use_is_refused_before_joining(monkeypatch: pytest.MonkeyPatch,

@@ -72,6 +72,14 @@ def test_reproduces_our_measured_forward_peaks(task, size, frames, image, measur
     assert _rel(_forward_gib(estimate), measured) < 0.01
 
 
+def test_fp8_forward_is_predicted_from_the_weight_bytes_alone():
+    """Held out: the FP8 forward measured 19.03 GiB (BENCHMARKS.md); only its weights differ."""
+    fp8 = Modes(offload_model=True, convert_model_dtype=True, t5_cpu=False, precision="fp8")
+    estimate = estimate_peak("t2v-A14B", "1280*720", 81, GpuLayout(), fp8)
+    assert _rel(_forward_gib(estimate), 19.03) < 0.03
+    assert "DiT (1×fp8)" in dict(_phase(estimate, "denoise").parts)
+
+
 @pytest.mark.parametrize(
     ("task", "size", "frames", "measured"),
     [

@@ -136,6 +136,8 @@ INVALID = [
     ("too many gpus", spec(gpus=81), "spec.gpus", "80"),
     ("ditFsdp on one gpu", spec(parallelism__ditFsdp=True), "spec.parallelism.ditFsdp", "gpus > 1"),
     ("t5Fsdp on one gpu", spec(parallelism__t5Fsdp=True), "spec.parallelism.t5Fsdp", "gpus > 1"),
+    ("fp8 with ditFsdp", spec(gpus=2, precision="fp8", parallelism__ditFsdp=True), "spec.precision", "ditFsdp"),
+    ("unknown precision", spec(precision="int4"), "spec.precision", "exact"),
     (
         "t5Fsdp with t5Cpu",
         spec(gpus=2, parallelism__t5Fsdp=True, memory__t5Cpu=True),

@@ -37,6 +37,7 @@ def load_pipeline(
     convert_model_dtype: bool = False,
     t5_cpu: bool = False,
     parallel: ParallelLayout | None = None,
+    precision: str = "exact",
 ) -> WanPipeline:
     """Load the official checkpoint folder of `task` into its pipeline.
 
@@ -45,11 +46,12 @@ def load_pipeline(
     offload_model: default for each `generate` (None → True in one process, as upstream).
     convert_model_dtype: store the DiT weights in bf16. t5_cpu: encode prompts on the CPU.
     parallel: the torchrun layout (`wan_core.parallel.init_distributed`); None runs on one device.
+    precision: "exact" (the official numbers) or an opt-in lossy mode ("fp8", `wan_core.ops.quant`).
     """
     spec = get_task(task)
     return PIPELINES[spec.name](
         spec.name, ckpt_dir, device=device, dtype=dtype, offload_model=offload_model,
-        convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu, parallel=parallel,
+        convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu, parallel=parallel, precision=precision,
     )
 
 

@@ -55,6 +55,7 @@ from wan_core.checkpoint.vae import load_vae
 from wan_core.models.dit import WanModel
 from wan_core.models.vae_blocks import ChunkedVAE
 from wan_core.ops.compile import compile_blocks, compile_wanted
+from wan_core.ops.quant import check_quantization, quantize_dit
 from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
 
@@ -234,6 +235,7 @@ class WanPipeline:
         convert_model_dtype: bool = False,
         t5_cpu: bool = False,
         parallel: ParallelLayout | None = None,
+        precision: str = "exact",
     ) -> None:
         self.task = get_task(task)
         # Under torchrun: the layout's device, DiT/umT5 built by wan_core.parallel (issue 7).
@@ -248,6 +250,10 @@ class WanPipeline:
         self.offload_model = default_offload_model() if offload_model is None else bool(offload_model)
         self.t5_cpu = t5_cpu
         self._check_offload(self.offload_model)
+        check_quantization(precision, self.device, self.parallel is not None and self.parallel.dit_fsdp)
+        if precision != "exact" and self.dtype != torch.bfloat16:
+            raise ValueError(f"precision {precision!r} runs the DiT in bfloat16; got dtype {self.dtype}")
+        self.precision = precision
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
         folder = inspect_folder(ckpt_dir, self.task.name)
@@ -255,22 +261,25 @@ class WanPipeline:
         self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
         # The VAE lives on the device for the whole run.
         self.vae = load_task_vae(self.task, folder.vae, self.device, self.dtype)
-        # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted.
-        stored = self.dtype if convert_model_dtype else None
+        # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted
+        # (quantized modes start from bf16).
+        stored = self.dtype if convert_model_dtype or precision != "exact" else None
         compile = compile_wanted(self.device)
         if self.parallel is None:
             self.experts: dict[str, WanModel] = load_dit_experts(
                 folder.root, device="cpu", dtype=stored, model_type=self.task.model_type,
             )
-            if compile:
-                for model in self.experts.values():
+            for model in self.experts.values():
+                if precision != "exact":
+                    quantize_dit(model, precision)
+                if compile:
                     compile_blocks(model)
             self._cfg_branches = sequential_branches
         else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
             from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5
 
             self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
-                                              model_type=self.task.model_type, compile=compile)
+                                              model_type=self.task.model_type, compile=compile, precision=precision)
             self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype

@@ -1,0 +1,69 @@
+"""Opt-in lossy precision (wan_core.ops.quant): refused up front where it cannot run, and on an
+FP8 GPU close to exact mode and movable between CPU and GPU (the pipeline's offload)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from wan_core.models.dit import DiTConfig, WanModel
+from wan_core.ops.quant import FP8_MIN_CAPABILITY, QUANT_MODES, check_quantization, quantize_dit
+from wanspec.tasks import PRECISIONS
+
+CPU = torch.device("cpu")
+
+
+def _fp8_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= FP8_MIN_CAPABILITY
+
+
+def test_modes_are_the_spec_precisions_but_exact() -> None:
+    assert ("exact", *QUANT_MODES) == PRECISIONS
+
+
+def test_exact_is_always_allowed() -> None:
+    check_quantization("exact", CPU, dit_fsdp=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "dit_fsdp", "message"),
+    [
+        ("int4", False, "unknown precision 'int4'; choose one of exact, fp8"),
+        ("fp8", False, "needs a GPU with FP8 tensor cores .* this run is on cpu: use precision 'exact'"),
+    ],
+)
+def test_what_cannot_run_is_refused_with_the_fix(mode: str, dit_fsdp: bool, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_quantization(mode, CPU, dit_fsdp)
+
+
+def test_quantize_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown DiT quantization 'exact'"):
+        quantize_dit(WanModel(DiTConfig.flavor("tiny-t2v")), "exact")
+
+
+@pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores (compute capability ≥ 8.9)")
+def test_fp8_follows_exact_mode_and_moves_between_devices() -> None:
+    check_quantization("fp8", torch.device("cuda"), dit_fsdp=False)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DiTConfig.flavor("tiny-t2v"), dim=256, ffn_dim=512, num_heads=2, text_len=16)
+    exact = WanModel(cfg).eval().to(torch.bfloat16)
+    fp8 = WanModel(cfg).eval().to(torch.bfloat16)
+    fp8.load_state_dict(exact.state_dict())
+    quantize_dit(fp8, "fp8")  # on the CPU, as the pipeline does before its first move
+    x = torch.randn(1, cfg.in_dim, 3, 16, 16, device="cuda")
+    context = torch.randn(1, cfg.text_len, cfg.text_dim, device="cuda")
+    t = torch.tensor([700.0], device="cuda")
+    exact.cuda()
+    fp8.cuda()
+    with torch.inference_mode():
+        want = exact(x, t, context)
+        got = fp8(x, t, context)
+    fp8.cpu().cuda()  # offloaded and back (between sampling runs, as the pipeline does)
+    with torch.inference_mode():
+        again = fp8(x, t, context)
+    cosine = torch.nn.functional.cosine_similarity(got.flatten().double(), want.flatten().double(), dim=0)
+    assert cosine > 0.99
+    torch.testing.assert_close(again, got, rtol=0, atol=0)
