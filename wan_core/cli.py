@@ -309,7 +309,8 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
     except CheckpointError as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return 1
-    log.info("loaded on %s (%s)", pipe.device, str(pipe.dtype).removeprefix("torch."))
+    log.info("loaded on %s (%s%s)", pipe.device, str(pipe.dtype).removeprefix("torch."),
+             "" if pipe.precision == "exact" else f", DiT blocks in {pipe.precision}")
     progress = _Progress() if layout.is_main else None
     watchdog = StepWatchdog(step_timeout, layout.rank) if step_timeout is not None else None
 

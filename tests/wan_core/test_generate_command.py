@@ -61,6 +61,7 @@ def test_defaults_are_upstreams() -> None:
         prompt_extend_method="local_qwen", prompt_extend_model=None, prompt_extend_target_lang="zh",
         base_seed=-1, image=None, sample_solver="unipc", sample_steps=None, sample_shift=None,
         sample_guide_scale=None, convert_model_dtype=False, negative_prompt="", fps=None,
+        precision="exact",  # ours: the official numbers unless an opt-in lossy mode is asked for
     )
 
 

@@ -296,7 +296,8 @@ class WanRMSNorm(nn.Module):
         """
         with torch.autocast(x.device.type, enabled=False):
             inv_rms = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)  # (..., 1)
-            return tuple((u.float() * inv_rms).type_as(u) * w for u, w in ((x, self.weight), (swap_pairs(x), swap_pairs(self.weight))))
+            pairs = ((x, self.weight), (swap_pairs(x), swap_pairs(self.weight)))
+            return tuple((u.float() * inv_rms).type_as(u) * w for u, w in pairs)
 
 
 class _Projections(nn.Module):
