@@ -38,7 +38,8 @@ def save_video(video: Tensor, path: str | Path, fps: int) -> Path:
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     frames = to_frames(video)
-    with imageio.get_writer(path, fps=fps, codec=CODEC, quality=QUALITY) as writer:
+    # format named: without imageio-ffmpeg, imageio says to install it instead of trying TIFF
+    with imageio.get_writer(path, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY) as writer:
         for frame in frames:
             writer.append_data(frame)
     return path
