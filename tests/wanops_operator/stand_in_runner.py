@@ -72,14 +72,13 @@ def main() -> int:
             )
 
     deadline = time.monotonic() + 30  # rank 0's name may appear late: retry, as the runner does
-    while True:
-        try:
-            socket.gethostbyname(master)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    _resolve(master, deadline)
+    if rank == 0 and cfg.resolved.pods > 1:
+        # torchrun's rendezvous holds rank 0 until every rank has joined; without that, a rank 0
+        # that finishes at once leaves before a later pod could resolve its name (a flaky attempt).
+        for index in range(1, cfg.resolved.pods):
+            _resolve(re.sub(r"-0\.", f"-{index}.", master, count=1), deadline)
+        time.sleep(2)  # the peers poll every 0.5 s
 
     if rank == 0:
         config.load_incluster_config()
@@ -94,6 +93,18 @@ def main() -> int:
         }
         _patch_status(cfg, status)
     return 0
+
+
+def _resolve(name: str, deadline: float) -> None:
+    """Resolve a pod's DNS name through the headless Service, retrying until `deadline`."""
+    while True:
+        try:
+            socket.gethostbyname(name)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _patch_status(cfg: contract.RunnerConfig, status: dict) -> None:
