@@ -29,6 +29,8 @@ from kubernetes import client, config
 from wanspec import contract
 from wanspec.spec import GROUP, PLURAL, VERSION
 
+LINGER_S = 3.0  # rank 0 of a multi-pod run stays up this long after its work (see main)
+
 
 def main() -> int:
     with open(os.environ[contract.CONFIG_ENV]) as f:
@@ -74,11 +76,11 @@ def main() -> int:
     deadline = time.monotonic() + 30  # rank 0's name may appear late: retry, as the runner does
     _resolve(master, deadline)
     if rank == 0 and cfg.resolved.pods > 1:
-        # torchrun's rendezvous holds rank 0 until every rank has joined; without that, a rank 0
-        # that finishes at once leaves before a later pod could resolve its name (a flaky attempt).
-        for index in range(1, cfg.resolved.pods):
-            _resolve(re.sub(r"-0\.", f"-{index}.", master, count=1), deadline)
-        time.sleep(2)  # the peers poll every 0.5 s
+        # A real rank 0 lives until every rank has joined its rendezvous; one that finished at
+        # once could leave before a peer had resolved its name (a flaky attempt 0). Waiting to
+        # resolve the peers instead races the other way (a peer that finished first is gone), so
+        # rank 0 lingers while the peers, polling every 0.5 s, find it.
+        time.sleep(LINGER_S)
 
     if rank == 0:
         config.load_incluster_config()
