@@ -114,15 +114,20 @@ def test_resume_after_interruption_gives_the_same_video(
     assert s3.get_object(bucket, run.config.output.key).read() == want
 
 
-def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path) -> None:
-    empty = tmp_path / "empty-claim"
-    empty.mkdir()
-    run = make_run(ckpt=empty)
+def _refused(run, tmp_path) -> tuple[str | None, str]:
+    """Run to its end; it must exit as invalid input. Returns its termination message's (reason, text)."""
     termination = tmp_path / "termination-log"
     termination.touch()
     code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
     assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
-    reason, message = contract.parse_termination_message(termination.read_text())
+    return contract.parse_termination_message(termination.read_text())
+
+
+def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path) -> None:
+    empty = tmp_path / "empty-claim"
+    empty.mkdir()
+    run = make_run(ckpt=empty)
+    reason, message = _refused(run, tmp_path)
     assert reason == contract.CHECKPOINT_INVALID
     assert str(empty) in message and "put the official ti2v-5B folder" in message
     assert list(s3.list_objects(bucket, recursive=True, prefix=run.config.output.key)) == []
@@ -131,11 +136,7 @@ def test_bad_checkpoint_is_fatal_with_what_to_fix(make_run, s3, bucket, tmp_path
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no FP8 GPU is")
 def test_fp8_without_an_fp8_gpu_is_fatal_with_the_reason(make_run, s3, bucket, tmp_path) -> None:
     run = make_run({**SPEC, "precision": "fp8"})
-    termination = tmp_path / "termination-log"
-    termination.touch()
-    code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
-    assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
-    reason, message = contract.parse_termination_message(termination.read_text())
+    reason, message = _refused(run, tmp_path)
     assert reason == contract.PRECISION_UNSUPPORTED
     assert "needs a GPU with FP8 tensor cores" in message and "use precision 'exact'" in message
     assert list(s3.list_objects(bucket, recursive=True, prefix=run.config.output.key)) == []
@@ -146,11 +147,7 @@ def test_unreadable_image_is_fatal(make_run, s3, bucket, tmp_path) -> None:
         bucket, "inputs/not-an-image.jpg", __import__("io").BytesIO(b"<html>nope</html>"), 17
     )
     run = make_run({**SPEC, "inputImage": f"s3://{bucket}/inputs/not-an-image.jpg"})
-    termination = tmp_path / "termination-log"
-    termination.touch()
-    code, out = run.run(**{TERMINATION_PATH_ENV: str(termination)})
-    assert code == contract.EXIT_INVALID_INPUT, out[-4000:]
-    reason, message = contract.parse_termination_message(termination.read_text())
+    reason, message = _refused(run, tmp_path)
     assert reason == contract.IMAGE_NOT_READABLE and "not a readable image" in message
 
 
