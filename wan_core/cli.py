@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convert_model_dtype", action="store_true", help="store the DiT weights in bf16")
     p.add_argument("--precision", default="exact", choices=PRECISIONS,
                    help="exact (default): the official numbers; fp8: opt-in, lossy FP8 GEMMs in the DiT blocks "
-                        "(GPUs with FP8 tensor cores; needs torchao: pip install 'wanops[fp8]'; cost in BENCHMARKS.md)")
+                        "(GPUs with FP8 tensor cores); fp8-full: also FP8 self-attention (Hopper GPUs); both need "
+                        "pip install 'wanops[fp8]'; their cost is in BENCHMARKS.md")
     p.add_argument("--negative_prompt", default="", help="negative prompt (default: the task's, spec §1.3)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 16; 24 for ti2v-5B)")
     return p

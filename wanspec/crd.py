@@ -142,9 +142,9 @@ def spec_rules() -> list[Schema]:
             ".parallelism.t5Fsdp",
         ),
         _rule(
-            "!(self.?precision.orValue('exact') == 'fp8' && self.?parallelism.?ditFsdp.orValue(false))",
-            "spec.precision fp8 cannot be combined with spec.parallelism.ditFsdp (FP8 weights "
-            "are not sharded): set ditFsdp false or precision exact",
+            "!(self.?precision.orValue('exact') != 'exact' && self.?parallelism.?ditFsdp.orValue(false))",
+            "spec.precision fp8 and fp8-full cannot be combined with spec.parallelism.ditFsdp (FP8 "
+            "weights are not sharded): set ditFsdp false or precision exact",
             ".precision",
         ),
         _rule(

@@ -218,7 +218,7 @@ class Modes:
     offload_model: bool = True
     convert_model_dtype: bool = True
     t5_cpu: bool = False
-    precision: str = "exact"  # spec.precision; fp8 stores the blocks' Linear weights in 1 byte
+    precision: str = "exact"  # spec.precision; fp8 and fp8-full store the blocks' Linear weights in 1 byte
 
 
 @dataclass(frozen=True)
@@ -326,7 +326,7 @@ def estimate_peak(
     bf16 = modes.convert_model_dtype and (profile.convert_under_fsdp or not layout.dit_fsdp)
     expert_bytes = arch.params * (2 if bf16 else 4)
     dtype = "bf16" if bf16 else "fp32"
-    if modes.precision == "fp8":  # weights in bf16 but the blocks' Linears (1 byte); scales are < 0.1%
+    if modes.precision != "exact":  # weights in bf16 but the blocks' Linears (1 byte); scales are < 0.1%
         expert_bytes = arch.params * 2 - arch.block_linear_params
         dtype = "fp8"
     gathered = 0.0

@@ -459,7 +459,9 @@ class VideoGenerationSpec(ApiModel):
         "stream). `fp8`: opt-in, lossy: the DiT blocks' linear layers run as FP8 GEMMs with "
         "per-row scales (needs GPUs with FP8 tensor cores: H100, H200, L40S, RTX 4090 and "
         "newer); about 10% faster and half the DiT weight memory at 720P A14B, at a measured "
-        "cosine of 0.9986 against exact (BENCHMARKS.md). Not with parallelism.ditFsdp.",
+        "cosine of 0.9986 against exact (BENCHMARKS.md). `fp8-full`: also the self-attention "
+        "in FP8 (cuDNN's FP8 attention; Hopper GPUs only: H100, H200), faster again at a larger "
+        "measured cost (BENCHMARKS.md). Neither with parallelism.ditFsdp.",
     )
     output: OutputLocation | None = Field(
         None,

@@ -39,8 +39,10 @@ HEAD_DIM = 128  # §1.2: every Wan2.2 DiT has 128-wide heads
 HIGH_NOISE_EXPERT = "high_noise_model"  # §2.1 A14B subfolders
 LOW_NOISE_EXPERT = "low_noise_model"
 # DiT precision: "exact" matches the official numbers; the others are opt-in lossy modes
-# (wan_core.ops.quant; their measured quality cost is in BENCHMARKS.md).
-PRECISIONS = ("exact", "fp8")
+# (wan_core.ops.quant; their measured quality cost is in BENCHMARKS.md): "fp8" runs the blocks'
+# Linear layers as FP8 GEMMs, "fp8-full" also their self-attention (cuDNN's FP8 kernel, Hopper).
+PRECISIONS = ("exact", "fp8", "fp8-full")
+FP8_ATTENTION_PRECISIONS = ("fp8-full",)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ is the operator's job.
   * cfgParallel: on only if gpus does not divide the heads but gpus / 2 does, or if ulysses is set
     to gpus / 2; ulysses: gpus / (2 if cfgParallel else 1) — so every GPU is used, the heads split
     evenly, and CFG-parallel is used only where Ulysses alone cannot use all GPUs;
-  * ditFsdp: on for two-expert A14B tasks with gpus > 1 (off with precision fp8); t5Fsdp: the same, unless t5Cpu;
+  * ditFsdp: on for two-expert A14B tasks with gpus > 1 (off with precision fp8 / fp8-full); t5Fsdp: the same, unless t5Cpu;
 - memory modes: offloadModel on with one GPU only (as upstream), convertModelDtype on.
 """
 
@@ -300,11 +300,11 @@ def rule_problems(spec: Mapping[str, Any]) -> list[Problem]:
                     "false, or gpus > 1",
                 )
             )
-    if _get(spec, "precision") == "fp8" and _get(spec, "parallelism.ditFsdp") is True:
+    if _get(spec, "precision") not in (None, "exact") and _get(spec, "parallelism.ditFsdp") is True:
         problems.append(
             Problem(
                 "spec.precision",
-                "fp8 cannot be combined with parallelism.ditFsdp (FP8 weights are not sharded)",
+                f"{_get(spec, 'precision')} cannot be combined with parallelism.ditFsdp (FP8 weights are not sharded)",
                 "ditFsdp false or precision exact",
             )
         )

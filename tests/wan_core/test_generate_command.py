@@ -95,6 +95,7 @@ REFUSALS = [
     (["--sample_solver", "euler"], "invalid choice: 'euler'"),
     (["--audio", "x.wav"], "unrecognized arguments: --audio"),  # s2v's flags are out of scope (§8.2)
     (["--precision", "fp8", "--dit_fsdp"], "--precision fp8 cannot be combined with --dit_fsdp"),
+    (["--precision", "fp8-full", "--dit_fsdp"], "--precision fp8-full cannot be combined with --dit_fsdp"),
     (["--precision", "int8"], "invalid choice: 'int8'"),
 ]
 

@@ -137,6 +137,7 @@ INVALID = [
     ("ditFsdp on one gpu", spec(parallelism__ditFsdp=True), "spec.parallelism.ditFsdp", "gpus > 1"),
     ("t5Fsdp on one gpu", spec(parallelism__t5Fsdp=True), "spec.parallelism.t5Fsdp", "gpus > 1"),
     ("fp8 with ditFsdp", spec(gpus=2, precision="fp8", parallelism__ditFsdp=True), "spec.precision", "ditFsdp"),
+    ("fp8-full with ditFsdp", spec(gpus=2, precision="fp8-full", parallelism__ditFsdp=True), "spec.precision", "ditFsdp"),
     ("unknown precision", spec(precision="int4"), "spec.precision", "exact"),
     (
         "t5Fsdp with t5Cpu",

@@ -317,6 +317,10 @@ class _Projections(nn.Module):
 class WanSelfAttention(_Projections):
     """Self-attention with RMS-normed q/k and 3-D RoPE (`blocks.N.self_attn`, §3.5 step 2)."""
 
+    # A `wan_core.ops.attention` backend to force (set from outside, e.g. by a lossy precision
+    # mode); None: the exact kernel the attention entry point picks.
+    attention_backend: str | None = None
+
     def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
         def rotated(proj: nn.Linear, norm: WanRMSNorm) -> Tensor:
@@ -328,7 +332,7 @@ class WanSelfAttention(_Projections):
 
     def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
-        out = attention(q, k, v, k_lens=k_lens)  # (B, L, N, D)
+        out = attention(q, k, v, k_lens=k_lens, backend=self.attention_backend)  # (B, L, N, D)
         return _linear(self.o, out.flatten(2))
 
 

@@ -9,6 +9,11 @@
             memory-efficient, math; an enclosing `torch.nn.attention.sdpa_kernel` overrides that.
 - `math`    exact reference on any device: SDPA's math kernel in fp32 (the CPU default).
 
+and one lossy backend, never chosen unless forced (the `fp8-full` precision forces it on the
+DiT's self-attention):
+
+- `cudnn_fp8`  cuDNN's FP8 flash attention on Hopper (`wan_core.ops.fp8_attention`).
+
 Force one with the `backend=` argument, `with attention_backend("sdpa"):`, or the environment
 variable `WANOPS_ATTENTION_BACKEND`; a forced backend that cannot run the request raises with
 one line saying why.
@@ -33,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from wan_core.ops import fp8_attention
+
 ENV_VAR = "WANOPS_ATTENTION_BACKEND"
 _HALF = (torch.float16, torch.bfloat16)
 _forced: list[str] = []  # stack of names set by `attention_backend`
@@ -45,6 +52,7 @@ class Backend:
     name: str
     check: Callable[[Tensor, Tensor, Tensor], str | None]
     run: Callable[[Tensor, Tensor, Tensor], Tensor]  # dense (B, L, N, D) → (B, Lq, N, D)
+    exact: bool = True  # False: changes the numbers; only ever run when forced
 
 
 @cache
@@ -122,6 +130,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
+        Backend("cudnn_fp8", fp8_attention.check, fp8_attention.run, exact=False),
     )
 }
 
@@ -148,7 +157,7 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) 
         if reason:
             raise RuntimeError(f"attention backend {name!r} cannot run this request: {reason}")
         return BACKENDS[name]
-    return next(b for b in BACKENDS.values() if b.check(q, k, v) is None)
+    return next(b for b in BACKENDS.values() if b.exact and b.check(q, k, v) is None)
 
 
 @torch.compiler.disable  # kernel choice reads the environment and imports; one opaque call in compiled blocks

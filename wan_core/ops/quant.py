@@ -5,8 +5,14 @@ the activations and per output channel of the weights, quantized on the fly (tor
 `Float8DynamicActivationFloat8WeightConfig(PerRow)`, Hopper/Ada `_scaled_mm`). GEMMs are ~29% of
 a 720P A14B forward's FLOPs and FP8 runs them at ~1.7× bf16's rate on an H100; the stored weights
 halve (an A14B expert: 26.6 → 13.3 GiB). The fp32 islands (time/text embeddings, modulation,
-head) and attention stay as in exact mode. Not bit-compatible with exact mode: its cost is
-measured in BENCHMARKS.md (cosine/PSNR against exact at the same seed).
+head) and attention stay as in exact mode.
+
+`fp8-full`: `fp8`, and the blocks' self-attention through cuDNN's FP8 attention on Hopper
+(`wan_core.ops.fp8_attention`): attention is ~74% of a 720P A14B forward, and FP8 runs it ~1.5×
+faster than cuDNN's bf16 kernel. Cross-attention (512 text keys) stays exact.
+
+Neither is bit-compatible with exact mode: their cost is measured in BENCHMARKS.md (cosine/PSNR
+against exact at the same seed).
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import importlib.util
 import torch
 from torch import nn
 
-from wanspec.tasks import PRECISIONS
+from wan_core.models.dit import WanSelfAttention
+from wan_core.ops import fp8_attention
+from wanspec.tasks import FP8_ATTENTION_PRECISIONS, PRECISIONS
 
 QUANT_MODES = tuple(p for p in PRECISIONS if p != "exact")
 FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: FP8 tensor cores, torch._scaled_mm
@@ -37,10 +45,15 @@ def check_quantization(mode: str, device: torch.device, dit_fsdp: bool) -> None:
                          "drop --dit_fsdp (Ulysses and CFG-parallel work) or use precision 'exact'")
     if importlib.util.find_spec("torchao") is None:
         raise ValueError(f"precision {mode!r} needs torchao: pip install 'wanops[fp8]' (the runner image has it)")
+    if mode in FP8_ATTENTION_PRECISIONS:
+        probe = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device=device)
+        if reason := fp8_attention.check(probe, probe, probe):
+            raise ValueError(f"precision {mode!r}: FP8 attention {reason}; use precision 'fp8' (FP8 GEMMs only) or 'exact'")
 
 
 def quantize_dit(model: nn.Module, mode: str) -> nn.Module:
-    """Quantize `model.blocks`' Linear layers in place for `mode`; returns model.
+    """Quantize `model.blocks`' Linear layers in place for `mode` (and, for `fp8-full`, point
+    their self-attention at the FP8 kernel); returns model.
 
     Call on the bf16 model (on the CPU or its GPU; the quantized weights move with `.to`, so
     offloading works) before `compile_blocks`, so the activation quantization fuses into the
@@ -52,11 +65,15 @@ def quantize_dit(model: nn.Module, mode: str) -> nn.Module:
     try:
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     except ImportError as e:
-        raise RuntimeError("quantization 'fp8' needs torchao: pip install 'wanops[fp8]'") from e
+        raise RuntimeError(f"precision {mode!r} needs torchao: pip install 'wanops[fp8]'") from e
     quantize_(
         model.blocks,
         # set_inductor_config=False: torchao would otherwise switch fp32 matmuls to TF32 process-wide
         Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
         filter_fn=lambda module, _name: isinstance(module, nn.Linear),
     )
+    if mode in FP8_ATTENTION_PRECISIONS:
+        for module in model.blocks.modules():
+            if isinstance(module, WanSelfAttention):
+                module.attention_backend = "cudnn_fp8"
     return model

@@ -138,7 +138,7 @@ class _Plan:
         q, k, v = attn.qkv(x, freqs)  # (B, S, N, D), rotated at true positions
         q, k, v = (self._sequence_to_heads(z) for z in (q, k, v))  # (B, L_pad, N/P, D)
         lens = None if shard.padded == shard.tokens else torch.full((q.shape[0],), shard.tokens)
-        out = self._heads_to_sequence(attention(q, k, v, k_lens=lens))  # (B, S, N, D)
+        out = self._heads_to_sequence(attention(q, k, v, k_lens=lens, backend=attn.attention_backend))  # (B, S, N, D)
         return attn.o(out.flatten(2).to(attn.o.weight.dtype))
 
     # head: per-token rows in, gathered sequence out

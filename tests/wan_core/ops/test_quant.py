@@ -9,14 +9,10 @@ import pytest
 import torch
 
 from wan_core.models.dit import DiTConfig, WanModel
-from wan_core.ops.quant import FP8_MIN_CAPABILITY, QUANT_MODES, check_quantization, quantize_dit
+from wan_core.ops.quant import QUANT_MODES, check_quantization, quantize_dit
 from wanspec.tasks import PRECISIONS
 
 CPU = torch.device("cpu")
-
-
-def _fp8_gpu() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= FP8_MIN_CAPABILITY
 
 
 def test_modes_are_the_spec_precisions_but_exact() -> None:
@@ -30,8 +26,9 @@ def test_exact_is_always_allowed() -> None:
 @pytest.mark.parametrize(
     ("mode", "dit_fsdp", "message"),
     [
-        ("int4", False, "unknown precision 'int4'; choose one of exact, fp8"),
+        ("int4", False, "unknown precision 'int4'; choose one of exact, fp8, fp8-full"),
         ("fp8", False, "needs a GPU with FP8 tensor cores .* this run is on cpu: use precision 'exact'"),
+        ("fp8-full", False, "precision 'fp8-full' needs a GPU with FP8 tensor cores"),
     ],
 )
 def test_what_cannot_run_is_refused_with_the_fix(mode: str, dit_fsdp: bool, message: str) -> None:
@@ -44,15 +41,28 @@ def test_quantize_refuses_an_unknown_mode() -> None:
         quantize_dit(WanModel(DiTConfig.flavor("tiny-t2v")), "exact")
 
 
-@pytest.mark.skipif(not _fp8_gpu(), reason="needs a GPU with FP8 tensor cores (compute capability ≥ 8.9)")
-def test_fp8_follows_exact_mode_and_moves_between_devices() -> None:
-    check_quantization("fp8", torch.device("cuda"), dit_fsdp=False)
+def _runnable(mode: str) -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        check_quantization(mode, torch.device("cuda"), dit_fsdp=False)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", QUANT_MODES)
+def test_lossy_modes_follow_exact_mode_and_move_between_devices(mode: str) -> None:
+    if not _runnable(mode):
+        pytest.skip(f"{mode} cannot run here (fp8: compute capability ≥ 8.9; fp8-full: Hopper and the cuDNN frontend)")
     torch.manual_seed(0)
     cfg = dataclasses.replace(DiTConfig.flavor("tiny-t2v"), dim=256, ffn_dim=512, num_heads=2, text_len=16)
     exact = WanModel(cfg).eval().to(torch.bfloat16)
     fp8 = WanModel(cfg).eval().to(torch.bfloat16)
     fp8.load_state_dict(exact.state_dict())
-    quantize_dit(fp8, "fp8")  # on the CPU, as the pipeline does before its first move
+    quantize_dit(fp8, mode)  # on the CPU, as the pipeline does before its first move
+    backends = {block.self_attn.attention_backend for block in fp8.blocks}
+    assert backends == ({"cudnn_fp8"} if mode == "fp8-full" else {None})
     x = torch.randn(1, cfg.in_dim, 3, 16, 16, device="cuda")
     context = torch.randn(1, cfg.text_len, cfg.text_dim, device="cuda")
     t = torch.tensor([700.0], device="cuda")

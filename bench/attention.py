@@ -1,0 +1,115 @@
+"""Attention kernels alone at Wan's self-attention shapes: time, TFLOP/s and error per backend.
+
+For each workload (batch 1, the DiT's heads × 128, its token count) every requested backend of
+`wan_core.ops.attention` runs the same random q/k/v (q/k RMS-normalised per token like the DiT's,
+times a gain; optionally a per-channel offset on k and v); the median of the warm runs (CUDA
+events) is reported with 4·L²·dim FLOPs, and each output's cosine / relative L2 / PSNR against the
+`sdpa` (cuDNN bf16, exact mode's kernel) output.
+
+    python bench/attention.py --backends sdpa cudnn_fp8 --out bench.jsonl
+    python bench/attention.py --workloads a14b-480p --offset 2   # keys and values with channel bias
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed  # noqa: E402  (bench/timing.py)
+
+from wan_core.ops.attention import BACKENDS, attention  # noqa: E402
+
+# workload → (heads, tokens): the DiT's self-attention at the issue's sizes (spec §1.2, §1.4)
+WORKLOADS = {
+    "a14b-720p": (40, 21 * 45 * 80),  # 1280×720×81
+    "a14b-480p": (40, 21 * 30 * 52),  # 832×480×81
+    "5b-720p": (24, 31 * 22 * 40),  # 1280×704×121
+}
+HEAD_DIM = 128
+
+
+def inputs(heads: int, tokens: int, device: torch.device, gain: float, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k RMS-normalised per token times `gain`; v standard normal; k and v plus a per-channel
+    offset of scale `offset` shared by all tokens (the channel bias real DiTs' keys carry)."""
+    gen = torch.Generator(device).manual_seed(0)
+
+    def randn() -> Tensor:
+        return torch.randn(1, tokens, heads, HEAD_DIM, device=device, generator=gen)
+
+    def normed() -> Tensor:
+        x = randn()
+        return x * torch.rsqrt(x.pow(2).mean((-2, -1), keepdim=True)) * gain
+
+    def channel_offset() -> Tensor:
+        return offset * torch.randn(1, 1, heads, HEAD_DIM, device=device, generator=gen)
+
+    q, k, v = normed(), normed() + channel_offset(), randn() + channel_offset()
+    return q.bfloat16(), k.bfloat16(), v.bfloat16()
+
+
+def compare(out: Tensor, ref: Tensor) -> dict[str, float]:
+    a, b = out.double().flatten(), ref.double().flatten()
+    mse = float((a - b).pow(2).mean())
+    return {
+        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+        "rel_l2": float((a - b).norm() / b.norm()),
+        "psnr_db": 10 * math.log10(float(b.abs().max()) ** 2 / mse) if mse else math.inf,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=["sdpa", "cudnn_fp8"])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--gain", type=float, default=2.0, help="q/k RMS; logits' spread grows as gain²")
+    parser.add_argument("--offset", type=float, default=0.0, help="scale of a per-channel offset added to k and v")
+    parser.add_argument("--out", type=Path, help="append one JSON line per workload here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    device = torch.device("cuda")
+    for workload in args.workloads:
+        heads, tokens = WORKLOADS[workload]
+        flops = 4 * tokens * tokens * heads * HEAD_DIM
+        q, k, v = inputs(heads, tokens, device, args.gain, args.offset)
+        info = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version(), "workload": workload, "heads": heads, "tokens": tokens,
+            "gain": args.gain, "offset": args.offset,
+        }
+        outputs = {}
+        for name in args.backends:
+            with torch.inference_mode():
+                out, seconds, peak = timed(lambda: attention(q, k, v, backend=name), args.runs, device)
+            median = statistics.median(seconds)
+            outputs[name] = out
+            info[name] = {"median_s": median, "runs_s": seconds, "tflops": flops / median / 1e12, "peak_gib": peak}
+        reference = outputs.get("sdpa")
+        for name, out in outputs.items():
+            if reference is not None and name != "sdpa":
+                info[name]["vs_sdpa"] = compare(out, reference)
+            r = info[name]
+            error = "".join(f", {key} {value:.5g}" for key, value in r.get("vs_sdpa", {}).items())
+            print(f"{workload:>10} {name:>10}: {r['median_s'] * 1e3:8.2f} ms  {r['tflops']:6.1f} TFLOP/s  peak {r['peak_gib']:.2f} GiB{error}")
+        if args.out:
+            with args.out.open("a") as f:
+                f.write(json.dumps(info) + "\n")
+        del q, k, v, outputs
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""FP8 attention (wan_core.ops.fp8_attention): never chosen unless forced, refused with the reason
+where it cannot run, its quantization exact in the ways the docstring claims, and on a Hopper GPU
+close to exact attention even where keys and values carry large channel offsets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wan_core.models.dit import DiTConfig, WanModel
+from wan_core.ops import fp8_attention
+from wan_core.ops.attention import BACKENDS, attention, select_backend
+
+quantize = fp8_attention._quantize._torchdynamo_orig_callable  # eager: same math, no CPU compile in tests
+
+
+def _inputs(offset: float, n: int = 96, heads: int = 2, dim: int = 128) -> tuple[torch.Tensor, ...]:
+    """q (scaled so the softmax is peaked), k and v; k and v plus per-channel offsets of scale `offset`."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, n, heads, dim, generator=gen) for _ in range(3))
+    bias = offset * torch.randn(2, 1, 1, heads, dim, generator=gen)
+    return 2 * q, k + bias[0], v + bias[1]
+
+
+def test_lossy_backends_are_never_picked_unless_forced() -> None:
+    assert [b.name for b in BACKENDS.values() if not b.exact] == ["cudnn_fp8"]
+    q = torch.randn(1, 4, 2, 128, dtype=torch.bfloat16)
+    assert select_backend(q, q, q).exact
+    with pytest.raises(RuntimeError, match="'cudnn_fp8' cannot run this request: needs CUDA tensors, got cpu"):
+        attention(q, q, q, backend="cudnn_fp8")
+
+
+def test_self_attention_takes_the_backend_set_on_it() -> None:
+    """The model's one hook for precision modes: `attention_backend` on each self-attention."""
+    model = WanModel(DiTConfig.flavor("tiny-t2v")).eval()
+    cfg = model.cfg
+    x = torch.randn(1, cfg.in_dim, 1, 4, 4)
+    t, context = torch.tensor([500.0]), torch.randn(1, cfg.text_len, cfg.text_dim)
+    with torch.no_grad():
+        exact = model(x, t, context)
+        for block in model.blocks:
+            block.self_attn.attention_backend = "math"
+        assert torch.equal(model(x, t, context), exact)  # math is what the CPU picks anyway
+        model.blocks[1].self_attn.attention_backend = "cudnn_fp8"
+        with pytest.raises(RuntimeError, match="'cudnn_fp8' cannot run this request"):
+            model(x, t, context)
+
+
+@pytest.mark.parametrize("offset", [0.0, 20.0])
+def test_quantization_uses_the_whole_e4m3_range_after_smoothing(offset: float) -> None:
+    _, k, _ = _inputs(offset)
+    k8, scale, descale, mean = quantize(k, True)
+    assert k8.dtype == torch.float8_e4m3fn and mean.shape == (1, 1, 2, 128)
+    assert torch.allclose(mean, k.mean(1, keepdim=True))
+    assert k8.float().abs().max() == fp8_attention.E4M3_MAX  # the largest |k − mean| maps to 448 exactly
+    assert torch.allclose(scale * descale, torch.ones(()))
+    back = k8.float() * descale + mean
+    # e4m3 keeps 3 mantissa bits: each element within 1/16 of its magnitude (or a subnormal step)
+    assert ((back - k).abs() <= (k - mean).abs() / 16 + descale * 2**-9).all()
+
+
+def test_quantization_without_smoothing_keeps_zero_as_the_centre() -> None:
+    q, _, _ = _inputs(0.0)
+    q8, _, descale, mean = quantize(q, False)
+    assert mean is None
+    assert torch.allclose(q8.float().abs().max() * descale, q.abs().max())
+
+
+def _hopper_with_frontend() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    probe = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
+    return fp8_attention.check(probe, probe, probe) is None
+
+
+@pytest.mark.skipif(not _hopper_with_frontend(), reason="needs a Hopper GPU and the cuDNN frontend (wanops[fp8])")
+@pytest.mark.parametrize("offset", [0.0, 4.0])
+def test_fp8_attention_follows_exact_attention_on_hopper(offset: float) -> None:
+    q, k, v = (x.cuda().bfloat16() for x in _inputs(offset, n=1000, heads=4))
+    exact = attention(q, k, v, backend="sdpa").float()
+    fp8 = attention(q, k, v, backend="cudnn_fp8").float()
+    assert fp8.shape == exact.shape and fp8.dtype == torch.float32
+    # Error against what varies between queries; an emulation of these numerics gives 0.08 / 0.09,
+    # and without smoothing offsets of 4 would leave e4m3 a quarter of its precision for it.
+    assert (fp8 - exact).norm() / (exact - exact.mean(1, keepdim=True)).norm() < 0.15
+    assert torch.nn.functional.cosine_similarity(fp8.flatten(), exact.flatten(), dim=0) > 0.99

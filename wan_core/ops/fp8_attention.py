@@ -1,0 +1,159 @@
+"""FP8 self-attention on Hopper: cuDNN's FP8 flash forward through the cuDNN frontend (lossy, opt-in).
+
+Attention is ~74% of a 720P A14B forward and already runs at cuDNN's bf16 ceiling (≈570 TFLOP/s
+on an H100); the same kernel family in FP8 runs near twice that. We call cuDNN's graph API
+(`nvidia-cudnn-frontend`, the `fp8` extra) rather than write the kernel: no FP8 attention for
+sm90 installs from PyPI otherwise (FA3 and SageAttention 2 need source builds).
+
+Numerics: Q, K and V are cast to e4m3 with one scale per tensor (largest magnitude → 448), K and
+V after subtracting their per-channel means over the tokens (SageAttention's smoothing; exact in
+real arithmetic, see `_quantize`); the softmax probabilities P (≤ 1 after the online softmax's
+running max) are cast with the fixed scale 448; products accumulate in fp32. On Hopper cuDNN
+writes O in e4m3 too: O's rows are convex combinations of V's, so |O| ≤ max|V| and O reuses V's
+scale. The cost against exact attention is measured in BENCHMARKS.md, never assumed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import torch
+from torch import Tensor
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+HOPPER = (9, 0)
+
+
+@cache
+def _frontend() -> Any | None:
+    try:
+        return importlib.import_module("cudnn")
+    except (ImportError, OSError):  # OSError: the frontend found no libcudnn
+        return None
+
+
+def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    """None when cuDNN's FP8 attention can run (B, L, N, D) q/k/v, else why not."""
+    if not q.is_cuda:
+        return f"needs CUDA tensors, got {q.device.type}"
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
+    if torch.cuda.get_device_capability(q.device) != HOPPER:
+        return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(q.device)}"
+    if q.shape[-1] not in (64, 128):
+        return f"head dim {q.shape[-1]} is not 64 or 128"
+    if _frontend() is None:
+        return "the cuDNN frontend is not importable: pip install 'wanops[fp8]' (nvidia-cudnn-frontend)"
+    return None
+
+
+# Compiled: the statistics are column reductions over the tokens that Inductor fuses into one
+# pass over x, and the cast is a second pass (eager: several kernels and full-size temporaries).
+@torch.compile(dynamic=False)
+def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """x (B, L, N, D) in e4m3 with its largest magnitude at E4M3_MAX: (x8, scale, descale, mean).
+
+    `smooth` first subtracts each channel's mean over the L tokens (returned as `mean`), which
+    e4m3's 3-bit mantissa then spends on what varies between tokens. For K it changes every
+    logit of a query by the same amount, which the softmax cancels; for V the output is shifted
+    by exactly that mean (the softmax weights sum to 1), which `run` adds back. max|x − mean|
+    comes from each channel's max and min, so no pass reads x − mean before the cast.
+    """
+    x = x.float()
+    high, low = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)
+    mean = x.mean(dim=1, keepdim=True) if smooth else None
+    centre = mean if mean is not None else torch.zeros_like(high)
+    amax = torch.maximum(high - centre, centre - low).amax().clamp(min=1e-12).reshape(1, 1, 1, 1)
+    scale = E4M3_MAX / amax
+    return ((x - centre) * scale).to(E4M3), scale, 1 / scale, mean
+
+
+@torch.compile(dynamic=False)
+def _dequantize(x: Tensor, descale: Tensor, mean: Tensor, dtype: torch.dtype) -> Tensor:
+    return (x.float() * descale.reshape(()) + mean).to(dtype)
+
+
+@dataclass
+class _Plan:
+    """A built cuDNN graph for one shape, with its tensor handles and workspace."""
+
+    graph: Any
+    ports: dict[str, Any]
+    workspace: Tensor
+
+
+_plans: dict[tuple, _Plan] = {}
+_handles: dict[int, Any] = {}
+_p_scales: dict[int, tuple[Tensor, Tensor]] = {}  # per device: P's (scale, descale)
+
+
+def _bhsd(t: Tensor) -> tuple[list[int], list[int]]:
+    """cuDNN's (B, N, L, D) view of a (B, L, N, D) tensor: dims and strides, no copy."""
+    b, s, h, d = t.shape
+    sb, ss, sh, sd = t.stride()
+    return [b, h, s, d], [sb, sh, ss, sd]
+
+
+def _plan(q: Tensor, k: Tensor, v: Tensor, o: Tensor) -> _Plan:
+    key = (q.device.index, q.shape, q.stride(), k.shape, k.stride(), v.stride(), o.stride())
+    if key in _plans:
+        return _plans[key]
+    cudnn = _frontend()
+    fp8, fp32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+    graph = cudnn.pygraph(io_data_type=fp8, intermediate_data_type=fp32, compute_data_type=fp32, handle=_handle(q.device))
+    ports = {}
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        dim, stride = _bhsd(t)
+        ports[name] = graph.tensor(name=name, dim=dim, stride=stride, data_type=fp8)
+    for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o"):
+        ports[name] = graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=fp32)
+    out, _stats, amax_s, amax_o = graph.sdpa_fp8(
+        q=ports["q"], k=ports["k"], v=ports["v"],
+        descale_q=ports["descale_q"], descale_k=ports["descale_k"], descale_v=ports["descale_v"],
+        descale_s=ports["descale_s"], scale_s=ports["scale_s"], scale_o=ports["scale_o"],
+        generate_stats=False, attn_scale=q.shape[-1] ** -0.5, use_causal_mask=False, name="wan_self_attention",
+    )
+    dim, stride = _bhsd(o)
+    out.set_output(True).set_dim(dim).set_stride(stride).set_data_type(fp8)
+    for amax in (amax_s, amax_o):
+        amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(fp32)
+    ports.update(o=out, amax_s=amax_s, amax_o=amax_o)
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    workspace = torch.empty(graph.get_workspace_size(), dtype=torch.uint8, device=q.device)
+    _plans[key] = _Plan(graph, ports, workspace)
+    return _plans[key]
+
+
+def _handle(device: torch.device) -> Any:
+    if device.index not in _handles:
+        _handles[device.index] = _frontend().create_handle()
+    return _handles[device.index]
+
+
+def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through cuDNN's FP8 kernel; (B, Lq, N, D) in q's dtype."""
+    (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = _quantize(q, False), _quantize(k, True), _quantize(v, True)
+    o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
+    plan = _plan(q8, k8, v8, o8)
+    if q.device.index not in _p_scales:
+        one = torch.ones(1, 1, 1, 1, dtype=torch.float32, device=q.device)
+        _p_scales[q.device.index] = (one * E4M3_MAX, one / E4M3_MAX)
+    scale_s, descale_s = _p_scales[q.device.index]
+    amax = torch.empty(2, 1, 1, 1, dtype=torch.float32, device=q.device)  # cuDNN reports max|P|, max|O|: unused
+    tensors = {
+        "q": q8, "k": k8, "v": v8, "descale_q": dq, "descale_k": dk, "descale_v": dv,
+        "descale_s": descale_s, "scale_s": scale_s, "scale_o": sv,
+        "o": o8, "amax_s": amax[0:1], "amax_o": amax[1:2],
+    }
+    handle = _handle(q.device)
+    _frontend().set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
+    plan.graph.execute({plan.ports[name]: t for name, t in tensors.items()}, plan.workspace, handle=handle)
+    return _dequantize(o8, dv, v_mean, q.dtype)
