@@ -40,6 +40,7 @@ log = logging.getLogger("runner")
 
 DNS_TIMEOUT_ENV = "WANOPS_RENDEZVOUS_DNS_TIMEOUT_S"
 DEFAULT_DNS_TIMEOUT_S = 300.0  # a busy API server can take minutes to publish a new pod's record
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # where torch.compile keeps compiled kernels and graphs
 
 
 def resolve_master(addr: str, timeout_s: float, interval_s: float = 1.0) -> str:
@@ -185,7 +186,7 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
             decode_saved(cfg, store, run_id, latent, work_dir)
         return
 
-    worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir)}
+    worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir), **compile_cache_env(env)}
     if image is not None:
         worker_env[IMAGE_ENV] = str(image)
     master = resolve_master(
@@ -200,6 +201,23 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
     failure = verdict(run_torchrun(cmd, worker_env), outcome_dir)
     if failure is not None:
         raise failure
+
+
+def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Inductor's cache dir on the installation's shared compile cache, when there is one and this
+    pod can write it; otherwise nothing (the run then compiles from scratch, with a warning)."""
+    where = env.get(contract.COMPILE_CACHE_ENV)
+    if not where or env.get(INDUCTOR_CACHE_ENV):
+        return {}
+    try:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where):
+            pass
+    except OSError as e:
+        log.warning("compile cache %s is not writable by uid %d (%s): compiling from scratch; "
+                    "make the claim of chart value runner.compileCache writable", where, os.getuid(), e)
+        return {}
+    return {INDUCTOR_CACHE_ENV: where}
 
 
 def upload_log(env: Mapping[str, str], log_file: Path) -> None:

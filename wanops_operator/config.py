@@ -43,6 +43,9 @@ class OperatorConfig:
     # Seconds a runner pod stays on a node that is NotReady or unreachable before it is evicted
     # (its tolerationSeconds; Kubernetes' default is 300). The attempt is then replaced whole.
     node_lost_seconds: int = 60
+    # PersistentVolumeClaim (in each runner namespace, writable by the runner) that keeps the
+    # runners' compile cache between runs; empty: each pod compiles from scratch.
+    compile_cache_claim: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -63,6 +66,7 @@ class OperatorConfig:
             ("STORE_SECRET", "store_secret"),
             ("PEERING", "peering"),
             ("LIVENESS_ENDPOINT", "liveness_endpoint"),
+            ("COMPILE_CACHE_CLAIM", "compile_cache_claim"),
         ):
             if (value := get(key)) is not None:
                 values[field] = value

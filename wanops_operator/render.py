@@ -43,6 +43,7 @@ COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 JOB_NAME_LIMIT = 59  # pod host name `<job>-<index>` must be a DNS label: 59 + "-79" ≤ 63
 NAME_LIMIT = 63
 CONFIG_VOLUME, CHECKPOINT_VOLUME, SHM_VOLUME, TMP_VOLUME = "config", "checkpoints", "dshm", "tmp"
+COMPILE_CACHE_VOLUME = "compile-cache"
 # The root filesystem is read-only: the runner's work dir, torchrun's and ffmpeg's files and any
 # cache under $HOME go to an emptyDir at /tmp (the runner image's WORKDIR).
 SCRATCH_DIR = "/tmp"
@@ -180,6 +181,8 @@ def _container(
         {"name": contract.CONFIG_ENV, "value": contract.CONFIG_PATH},
         {"name": "HOME", "value": SCRATCH_DIR},
     ]
+    if config.compile_cache_claim:
+        env.append({"name": contract.COMPILE_CACHE_ENV, "value": contract.COMPILE_CACHE_DIR})
     secret = store_secret(spec, config)
     env += [_secret_env(key, secret, key) for key in contract.STORE_SECRET_KEYS]
     ext = spec.prompt_extension
@@ -195,6 +198,15 @@ def _container(
     if requests:
         resources["requests"] = requests
 
+    mounts = [
+        {"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_DIR, "readOnly": True},
+        {"name": CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_DIR, "readOnly": True},
+        {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
+        {"name": TMP_VOLUME, "mountPath": SCRATCH_DIR},
+    ]
+    if config.compile_cache_claim:
+        mounts.append({"name": COMPILE_CACHE_VOLUME, "mountPath": contract.COMPILE_CACHE_DIR})
+
     return {
         "name": contract.RUNNER_CONTAINER,
         "image": spec.placement.runner_image or config.runner_image,
@@ -202,12 +214,7 @@ def _container(
         "env": env,
         "ports": [{"name": RENDEZVOUS_PORT_NAME, "containerPort": contract.MASTER_PORT}],
         "resources": resources,
-        "volumeMounts": [
-            {"name": CONFIG_VOLUME, "mountPath": contract.CONFIG_DIR, "readOnly": True},
-            {"name": CHECKPOINT_VOLUME, "mountPath": contract.CHECKPOINT_DIR, "readOnly": True},
-            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},
-            {"name": TMP_VOLUME, "mountPath": SCRATCH_DIR},
-        ],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Pod Security "restricted": the runner image must run as a non-root numeric USER.
         "securityContext": {
@@ -254,6 +261,9 @@ def _pod_spec(
         ],
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
+    if config.compile_cache_claim:
+        claim = {"claimName": config.compile_cache_claim}
+        pod["volumes"].append({"name": COMPILE_CACHE_VOLUME, "persistentVolumeClaim": claim})
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
     tolerations = [

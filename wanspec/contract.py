@@ -36,6 +36,11 @@ CONFIG_FILE = "config.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
 CONFIG_ENV = "WANOPS_CONFIG"
 CHECKPOINT_DIR = "/checkpoints"
+# Where an installation's shared compile cache is mounted (chart runner.compileCache), and the
+# variable that tells the runner so: Inductor's compiled blocks outlive the pod, and a later run of
+# the same image on the same GPU kind starts its first step without recompiling (5B: 23 s → 5 s).
+COMPILE_CACHE_DIR = "/var/cache/wanops/compile"
+COMPILE_CACHE_ENV = "WANOPS_COMPILE_CACHE"
 RUNNER_CONTAINER = "runner"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"  # the Kubernetes default, read on failure
 MASTER_PORT = 29500  # torchrun's default rendezvous port

@@ -41,6 +41,7 @@ def test_helm_lint(values: dict[str, str]) -> None:
     ({"operator.replica": "2"}, "'replica' not allowed"),
     ({"runner.namespaces": "{Team_A}"}, "/runner/namespaces"),
     ({"store.endpoint": "s3.example.com"}, "/store/endpoint"),
+    ({"runner.compileCache.create": "true"}, "runner.compileCache.create needs runner.compileCache.claimName"),
 ])
 def test_schema_refuses_bad_values(values: dict[str, str], complaint: str) -> None:
     done = run_helm("template", "t", str(CHART), "--kube-version", KUBE_VERSION,
@@ -262,6 +263,17 @@ def test_checkpoint_pvc_is_optional_and_kept_on_uninstall() -> None:
                   "PersistentVolumeClaim", "wan-models", "team-a")
     assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+
+
+def test_compile_cache_claim_reaches_the_operator_and_is_made_where_asked() -> None:
+    off = render({"runner.namespaces": "{team-a}"})
+    assert OperatorConfig.from_env(_env(find(off, "Deployment", OPERATOR)[0])).compile_cache_claim == ""
+    on = render({"runner.namespaces": "{team-a}", "runner.compileCache.claimName": "wan-compile",
+                 "runner.compileCache.create": "true"})
+    assert OperatorConfig.from_env(_env(find(on, "Deployment", OPERATOR)[0])).compile_cache_claim == "wan-compile"
+    (pvc,) = find(on, "PersistentVolumeClaim", "wan-compile", "team-a")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "helm.sh/resource-policy" not in pvc["metadata"].get("annotations", {})  # a cache: goes with the release
 
 
 def test_values_yaml_passes_its_own_schema() -> None:

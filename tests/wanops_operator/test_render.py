@@ -314,6 +314,21 @@ def test_pods_leave_a_lost_node_after_the_configured_time_unless_the_spec_says_o
     assert pod["tolerations"] == [mine, NODE_LOST_TOLERATIONS[0]]
 
 
+def test_compile_cache_claim_is_mounted_writable_and_named_to_the_runner() -> None:
+    pod = objects(make_vg())["Job"]["spec"]["template"]["spec"]
+    assert not any(m["mountPath"] == contract.COMPILE_CACHE_DIR for m in pod["containers"][0]["volumeMounts"])
+    assert contract.COMPILE_CACHE_ENV not in {e["name"] for e in pod["containers"][0]["env"]}
+
+    config = OperatorConfig.from_env({"WANOPS_COMPILE_CACHE_CLAIM": "wan-compile-cache"})
+    job = {o["kind"]: o for o in render(make_vg(), config=config)}["Job"]
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == contract.COMPILE_CACHE_DIR)
+    assert volumes[mount["name"]]["persistentVolumeClaim"] == {"claimName": "wan-compile-cache"}
+    assert not mount.get("readOnly")
+    assert env_of(job)[contract.COMPILE_CACHE_ENV]["value"] == contract.COMPILE_CACHE_DIR
+
+
 def test_runner_command_is_a_deployment_setting() -> None:
     config = OperatorConfig.from_env(
         {
