@@ -1,0 +1,90 @@
+"""End to end, process start → MP4, per precision mode, and each lossy video against the exact one.
+
+Runs `python -m wan_core` (the generate command users run) once per `--precision` on a checkpoint
+folder in the official layout (write a full-size random one with
+`python -m wan_core.testing.tiny_checkpoint --task ti2v-5B --full-size --out DIR`), with the same
+seed and prompt, each in a fresh process with a fresh Inductor cache (so every run pays its own
+compile, as a pod without `runner.compileCache` does). Reports each run's wall time and the
+moments its log names (loaded, sampling, saved), and the PSNR of each lossy run's decoded MP4
+frames against the exact run's (same seed, so the difference is the precision mode's cost).
+
+    python bench/end_to_end.py --ckpt_dir /tmp/ck5 --task ti2v-5B --size 1280*704 \\
+        --precision fp8-full exact --out bench.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] INFO: (loaded|saved)")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
+    video = out_dir / f"{precision}.mp4"
+    cmd = [sys.executable, "-m", "wan_core", "--task", args.task, "--size", args.size, "--ckpt_dir", str(args.ckpt_dir),
+           "--offload_model", "False", "--convert_model_dtype", "--base_seed", "1", "--precision", precision,
+           "--save_file", str(video)]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor-{precision}-")}
+    start = time.time()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    log = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise SystemExit(f"{precision}: exit {done.returncode}\n{log[-3000:]}")
+    moments = {}
+    for line in log.splitlines():
+        if m := STAMP.match(line):
+            stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            moments[m.group(2)] = round(stamp - start, 1)
+    bar = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)
+    sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
+    return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
+            "video": str(video), "command": " ".join(cmd)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_dir", type=Path, required=True)
+    parser.add_argument("--task", default="ti2v-5B")
+    parser.add_argument("--size", default="1280*704")
+    parser.add_argument("--precision", nargs="+", default=["exact"], help="modes to run, in order")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    out_dir = Path(tempfile.mkdtemp(prefix="e2e-"))
+    runs = [run(args, p, out_dir) for p in args.precision]
+    if "exact" in args.precision:
+        exact = np.stack(list(iio.imiter(out_dir / "exact.mp4", plugin="FFMPEG")))
+        for r in runs:
+            if r["precision"] != "exact":
+                frames = np.stack(list(iio.imiter(r["video"], plugin="FFMPEG")))
+                r["psnr_vs_exact_db"] = round(psnr(frames, exact), 2)
+    for r in runs:
+        print(json.dumps(r))
+    if args.out:
+        with args.out.open("a") as f:
+            for r in runs:
+                f.write(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                    "task": args.task, "size": args.size, **r}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
