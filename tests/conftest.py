@@ -35,15 +35,6 @@ def _unavailable_reason() -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`scripts/test.sh`: `-n 2 --dist loadgroup`), every cluster test goes to
-    one worker, which starts the one cluster; the other worker runs the CPU-bound unit tests in the
-    time the cluster tests spend waiting on pods."""
-    for item in items:
-        if item.get_closest_marker("cluster") is not None:
-            item.add_marker(pytest.mark.xdist_group("cluster"))
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("cluster") is None:
         return
