@@ -16,6 +16,7 @@ scale. The cost against exact attention is measured in BENCHMARKS.md, never assu
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -51,9 +52,14 @@ def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return None
 
 
-# Compiled: the statistics are column reductions over the tokens that Inductor fuses into one
-# pass over x, and the cast is a second pass (eager: several kernels and full-size temporaries).
-@torch.compile(dynamic=False)
+@cache
+def _compiled(fn: Callable) -> Callable:
+    """`fn` under torch.compile, made on first use: compiled, the statistics below are column
+    reductions Inductor fuses into one pass and the cast a second (eager: several kernels and
+    full-size temporaries). Not at import: that would load Dynamo into every process."""
+    return torch.compile(fn, dynamic=False)
+
+
 def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """x (B, L, N, D) in e4m3 with its largest magnitude at E4M3_MAX: (x8, scale, descale, mean).
 
@@ -72,7 +78,6 @@ def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor |
     return ((x - centre) * scale).to(E4M3), scale, 1 / scale, mean
 
 
-@torch.compile(dynamic=False)
 def _dequantize(x: Tensor, descale: Tensor, mean: Tensor, dtype: torch.dtype) -> Tensor:
     return (x.float() * descale.reshape(()) + mean).to(dtype)
 
@@ -140,7 +145,8 @@ def _handle(device: torch.device) -> Any:
 
 def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through cuDNN's FP8 kernel; (B, Lq, N, D) in q's dtype."""
-    (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = _quantize(q, False), _quantize(k, True), _quantize(v, True)
+    quantize = _compiled(_quantize)
+    (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = quantize(q, False), quantize(k, True), quantize(v, True)
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     plan = _plan(q8, k8, v8, o8)
     if q.device.index not in _p_scales:
@@ -156,4 +162,4 @@ def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     handle = _handle(q.device)
     _frontend().set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
     plan.graph.execute({plan.ports[name]: t for name, t in tensors.items()}, plan.workspace, handle=handle)
-    return _dequantize(o8, dv, v_mean, q.dtype)
+    return _compiled(_dequantize)(o8, dv, v_mean, q.dtype)
