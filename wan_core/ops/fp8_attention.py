@@ -1,9 +1,10 @@
 """FP8 self-attention on Hopper: cuDNN's FP8 flash forward through the cuDNN frontend (lossy, opt-in).
 
 Attention is ~74% of a 720P A14B forward and already runs at cuDNN's bf16 ceiling (≈570 TFLOP/s
-on an H100); the same kernel family in FP8 runs near twice that. We call cuDNN's graph API
-(`nvidia-cudnn-frontend`, the `fp8` extra) rather than write the kernel: no FP8 attention for
-sm90 installs from PyPI otherwise (FA3 and SageAttention 2 need source builds).
+on an H100); cuDNN's FP8 kernel runs it 1.5× faster (≈850 TFLOP/s, BENCHMARKS.md). We call it
+through the cuDNN frontend's graph API (`nvidia-cudnn-frontend`, the `fp8` extra) rather than
+write the kernel: no FP8 attention for sm90 installs from PyPI otherwise (FA3 and SageAttention 2
+need source builds).
 
 Numerics: Q, K and V are cast to e4m3 with one scale per tensor (largest magnitude → 448), K and
 V after subtracting their per-channel means over the tokens (SageAttention's smoothing; exact in
@@ -45,8 +46,8 @@ def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
     if torch.cuda.get_device_capability(q.device) != HOPPER:
         return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(q.device)}"
-    if q.shape[-1] not in (64, 128):
-        return f"head dim {q.shape[-1]} is not 64 or 128"
+    if q.shape[-1] != 128:
+        return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
     if _frontend() is None:
         return "the cuDNN frontend is not importable: pip install 'wanops[fp8]' (nvidia-cudnn-frontend)"
     return None
@@ -79,6 +80,7 @@ def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor |
 
 
 def _dequantize(x: Tensor, descale: Tensor, mean: Tensor, dtype: torch.dtype) -> Tensor:
+    """O back from e4m3: its scale undone and V's mean added back (see `_quantize`)."""
     return (x.float() * descale.reshape(()) + mean).to(dtype)
 
 
