@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import statistics
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dit_forward import psnr, rel_l2  # noqa: E402  (bench/dit_forward.py)
 from timing import timed  # noqa: E402  (bench/timing.py)
 
 from wan_core.ops.attention import BACKENDS, attention  # noqa: E402
@@ -58,13 +58,8 @@ def inputs(heads: int, tokens: int, device: torch.device, gain: float, offset: f
 
 
 def compare(out: Tensor, ref: Tensor) -> dict[str, float]:
-    a, b = out.double().flatten(), ref.double().flatten()
-    mse = float((a - b).pow(2).mean())
-    return {
-        "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
-        "rel_l2": float((a - b).norm() / b.norm()),
-        "psnr_db": 10 * math.log10(float(b.abs().max()) ** 2 / mse) if mse else math.inf,
-    }
+    cosine = torch.nn.functional.cosine_similarity(out.double().flatten(), ref.double().flatten(), dim=0)
+    return {"cosine": float(cosine), "rel_l2": rel_l2(out, ref), "psnr_db": psnr(out, ref)}
 
 
 def main() -> int:

@@ -38,19 +38,26 @@ def _frontend() -> Any | None:
         return None
 
 
-def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
-    """None when cuDNN's FP8 attention can run (B, L, N, D) q/k/v, else why not."""
-    if not q.is_cuda:
-        return f"needs CUDA tensors, got {q.device.type}"
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
-    if torch.cuda.get_device_capability(q.device) != HOPPER:
-        return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(q.device)}"
-    if q.shape[-1] != 128:
-        return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
+def device_problem(device: torch.device) -> str | None:
+    """None when cuDNN's FP8 attention can run on `device`, else why not."""
+    if device.type != "cuda":
+        return f"needs CUDA tensors, got {device.type}"
+    if torch.cuda.get_device_capability(device) != HOPPER:
+        return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(device)}"
     if _frontend() is None:
         return "the cuDNN frontend is not importable: pip install 'wanops[fp8]' (nvidia-cudnn-frontend)"
     return None
+
+
+def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
+    """None when cuDNN's FP8 attention can run (B, L, N, D) q/k/v, else why not."""
+    if not q.is_cuda:
+        return device_problem(q.device)
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
+    if q.shape[-1] != 128:
+        return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
+    return device_problem(q.device)
 
 
 @cache

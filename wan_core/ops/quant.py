@@ -46,8 +46,7 @@ def check_quantization(mode: str, device: torch.device, dit_fsdp: bool) -> None:
     if importlib.util.find_spec("torchao") is None:
         raise ValueError(f"precision {mode!r} needs torchao: pip install 'wanops[fp8]' (the runner image has it)")
     if mode in FP8_ATTENTION_PRECISIONS:
-        probe = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device=device)
-        if reason := fp8_attention.check(probe, probe, probe):
+        if reason := fp8_attention.device_problem(device):
             raise ValueError(f"precision {mode!r}: FP8 attention {reason}; use precision 'fp8' (FP8 GEMMs only) or 'exact'")
 
 

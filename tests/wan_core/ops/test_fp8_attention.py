@@ -66,14 +66,7 @@ def test_quantization_without_smoothing_keeps_zero_as_the_centre() -> None:
     assert torch.allclose(q8.float().abs().max() * descale, q.abs().max())
 
 
-def _hopper_with_frontend() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    probe = torch.empty(1, 1, 1, 128, dtype=torch.bfloat16, device="cuda")
-    return fp8_attention.check(probe, probe, probe) is None
-
-
-@pytest.mark.skipif(not _hopper_with_frontend(), reason="needs a Hopper GPU and the cuDNN frontend (wanops[fp8])")
+@pytest.mark.skipif(not torch.cuda.is_available() or fp8_attention.device_problem(torch.device("cuda")) is not None, reason="needs a Hopper GPU and the cuDNN frontend (wanops[fp8])")
 @pytest.mark.parametrize("offset", [0.0, 4.0])
 def test_fp8_attention_follows_exact_attention_on_hopper(offset: float) -> None:
     q, k, v = (x.cuda().bfloat16() for x in _inputs(offset, n=1000, heads=4))
