@@ -3,6 +3,7 @@
 #   docker build --target operator -t wanops/operator .   slim Python, no torch (wanops[operator])
 #   docker build --target runner   -t wanops/runner   .   CUDA runtime, torch, wanops[runner]
 #        --build-arg WITH_FLASH_ATTN=1                     also flash-attn (compiled in the builder)
+#        --build-arg WITH_FLASHINFER=0                     without FlashInfer's prebuilt FA3 kernels
 # Both install through docker/install.sh, which the test suite runs too, and end as a numeric
 # non-root user with no compilers or package caches in the final stage.
 #
@@ -37,6 +38,7 @@ ENTRYPOINT ["python", "-m", "wanops_operator"]
 # ---- runner ----------------------------------------------------------------------------------
 FROM ${CUDA_DEVEL_BASE} AS runner-build
 ARG WITH_FLASH_ATTN=0
+ARG WITH_FLASHINFER=1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 PYTHON=/opt/venv/bin/python DEBIAN_FRONTEND=noninteractive
 # Ubuntu 24.04's own Python (3.12): the runtime stage installs the same package, so the venv's
@@ -54,7 +56,7 @@ COPY localcluster /src/localcluster
 COPY runner /src/runner
 COPY wanops_operator /src/wanops_operator
 COPY docker/install.sh /src/docker/install.sh
-RUN SRC=/src WITH_FLASH_ATTN=${WITH_FLASH_ATTN} TORCH_INDEX_URL=${TORCH_INDEX_URL} \
+RUN SRC=/src WITH_FLASH_ATTN=${WITH_FLASH_ATTN} WITH_FLASHINFER=${WITH_FLASHINFER} TORCH_INDEX_URL=${TORCH_INDEX_URL} \
     /src/docker/install.sh runner
 
 FROM ${CUDA_RUNTIME_BASE} AS runner

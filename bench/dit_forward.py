@@ -5,8 +5,10 @@ forward (one CFG branch, batch 1, a random 512×4096 text context) with our `Wan
 pipelines run it (per-block torch.compile on CUDA; `--no-compile` for eager), then hands the very
 same tensors to diffusers' model (eager, its fastest lossless setting) and runs it; reports the
 median of the warm runs (CUDA events), the peak memory of each, our first-call (compile) time and
-the cosine similarity of the two outputs (≥ 0.9999 required; exit status 1 otherwise). Both run
-under the same SDPA kernel, cuDNN where it works.
+the cosine similarity of the two outputs (≥ 0.9999 required; exit status 1 otherwise). Diffusers
+runs torch SDPA with its fastest kernel (cuDNN where it works); ours runs the attention backend
+the pipelines pick (`--attention` forces one), and when that is not SDPA, ours is timed again
+under the same SDPA kernel as diffusers, so both kernels' figures come from one process.
 
     python bench/dit_forward.py --model a14b --size 1280*720 --frames 81 --out bench.jsonl
     python bench/dit_forward.py --model 5b --size 1280*704 --frames 121 --out bench.jsonl
@@ -41,7 +43,7 @@ from timing import timed  # noqa: E402  (bench/timing.py)
 
 from wan_core.models.dit import DiTConfig, WanModel  # noqa: E402
 from wan_core.ops.compile import compile_blocks  # noqa: E402
-from wan_core.ops.attention import attention_backend  # noqa: E402
+from wan_core.ops.attention import BACKENDS, attention_backend, select_backend  # noqa: E402
 from wan_core.ops.quant import QUANT_MODES, quantize_dit  # noqa: E402
 from wan_core.testing.diffusers_wan import diffusers_wan  # noqa: E402
 
@@ -99,12 +101,13 @@ def pick_sdpa(cfg: DiTConfig, tokens: int, device: torch.device, dtype: torch.dt
 
 
 @contextlib.contextmanager
-def attention_kernels(sdpa: SDPBackend | None) -> Iterator[None]:
-    """The same SDPA kernel for both models on CUDA; the exact math path on CPU."""
+def attention_kernels(sdpa: SDPBackend | None, ours: str | None = "sdpa") -> Iterator[None]:
+    """SDPA held to `sdpa` (diffusers calls it directly) and our backend forced to `ours` (None:
+    chosen as the pipelines choose it) on CUDA; the exact math path on CPU."""
     if sdpa is None:
         yield
         return
-    with sdpa_kernel(sdpa), attention_backend("sdpa"):
+    with sdpa_kernel(sdpa), (attention_backend(ours) if ours else contextlib.nullcontext()):
         yield
 
 
@@ -154,6 +157,8 @@ def main() -> int:
         help="also run ours with the same weights in fp32 (no TF32) and report each bf16 output's distance to it",
     )
     reference.add_argument("--quant", choices=QUANT_MODES, help="also time ours in this lossy mode and measure its cost against exact")
+    exact = sorted(name for name, b in BACKENDS.items() if b.exact)
+    parser.add_argument("--attention", choices=exact, help="force our exact attention backend (default: the pipelines' choice)")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3")
@@ -182,7 +187,14 @@ def main() -> int:
         "dtype": str(dtype).removeprefix("torch."),
     }
     sdpa = pick_sdpa(cfg, tokens, device, dtype)
-    info["attention"] = f"torch SDPA {sdpa.name} for both" if sdpa else "CPU: ours math (fp32), diffusers native SDPA"
+    if sdpa:
+        probe = torch.empty(1, tokens, cfg.num_heads, cfg.head_dim, device=device, dtype=dtype)
+        ours_attention = select_backend(probe, probe, probe, args.attention).name
+        del probe
+        info["attention"] = {"ours": ours_attention, "diffusers": f"torch SDPA {sdpa.name}"}
+    else:
+        ours_attention = None
+        info["attention"] = "CPU: ours math (fp32), diffusers native SDPA"
     for key, value in info.items():
         print(f"{key:>10}: {value}")
 
@@ -201,7 +213,7 @@ def main() -> int:
     info["ours_compiled"] = compiled
     if compiled:
         compile_blocks(ours)
-    with torch.inference_mode(), attention_kernels(sdpa):
+    with torch.inference_mode(), attention_kernels(sdpa, ours_attention):
         begin = time.perf_counter()
         ours(x, t, context)
         if device.type == "cuda":
@@ -209,6 +221,13 @@ def main() -> int:
         info["ours_first_call_s"] = time.perf_counter() - begin
         info["ours_compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         out_ours, sec_ours, peak_ours = timed(lambda: ours(x, t, context), args.runs, device, warmup=False)
+    if ours_attention not in (None, "sdpa"):  # the same compiled blocks: the attention call is outside the graphs
+        with torch.inference_mode(), attention_kernels(sdpa, "sdpa"):
+            out_sdpa, sec_sdpa, peak_sdpa = timed(lambda: ours(x, t, context), args.runs, device)
+        info["ours_sdpa"] = {"median_s": statistics.median(sec_sdpa), "runs_s": sec_sdpa, "peak_gib": peak_sdpa,
+                             "cosine_vs_ours": float(torch.nn.functional.cosine_similarity(
+                                 out_sdpa.double().flatten(), out_ours.double().flatten(), dim=0))}
+        del out_sdpa
     state = ours.state_dict()  # the same tensors; kept for the fp32 reference
     del ours
 
@@ -234,7 +253,7 @@ def main() -> int:
             compile_blocks(lossy)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        with torch.inference_mode(), attention_kernels(sdpa):
+        with torch.inference_mode(), attention_kernels(sdpa, ours_attention):
             out_q, sec_q, peak_q = timed(lambda: lossy(x, t, context), args.runs, device)
         del lossy
         q_cos = float(torch.nn.functional.cosine_similarity(out_q.double().flatten(), out_ours.double().flatten(), dim=0))
@@ -259,7 +278,9 @@ def main() -> int:
         rel_l2=rel_l2(out_ours, out_ref),
         ok=cosine >= MIN_COSINE,
     )
-    for name in ("ours", "diffusers"):
+    for name in ("ours", "ours_sdpa", "diffusers"):
+        if name not in info:
+            continue
         r = info[name]
         peak = "n/a on CPU" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB"
         print(f"{name:>10}: median {r['median_s']:.4f} s over {args.runs} runs, peak {peak}")

@@ -5,7 +5,9 @@
 #
 #   docker/install.sh operator   wanops[operator]; torch must NOT be importable afterwards
 #   docker/install.sh runner     torch (from $TORCH_INDEX_URL) and wanops[runner];
-#                                flash-attn too when WITH_FLASH_ATTN=1 (needs nvcc: devel base)
+#                                flash-attn too when WITH_FLASH_ATTN=1 (needs nvcc: devel base);
+#                                FlashInfer with its FA3 kernels built ahead of time for Hopper
+#                                when WITH_FLASHINFER=1 (needs nvcc, no GPU)
 #
 # Environment: PYTHON (default python3), SRC (the wanops source tree, default: this script's
 # checkout), TORCH_INDEX_URL (default: the PyTorch CUDA 12.8 wheels), PIP_NO_CACHE_DIR as usual.
@@ -34,6 +36,11 @@ runner)
   "${pip[@]}" "${SRC}[runner]"
   if [[ "${WITH_FLASH_ATTN:-0}" == 1 ]]; then
     "${pip[@]}" --no-build-isolation flash-attn
+  fi
+  if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
+    # Built here, where nvcc is, into FlashInfer's package: the runtime stage has no compiler.
+    "${pip[@]}" "${SRC}[runner,flashinfer]"
+    "$PYTHON" -m wan_core.ops.flashinfer_attention --dtype bfloat16 float16 --install
   fi
   "$PYTHON" - <<'PY'
 import torch, wanops_cli, runner.main, wan_core.cli  # noqa: F401

@@ -4,6 +4,8 @@
 (B, Lq, N, D) in q's dtype, softmax(q·kᵀ/√D)·v. Backends, tried in this order when none is forced:
 
 - `flash3`  FlashAttention-3 (`flash_attn_interface`), CUDA sm90, fp16/bf16 — what upstream runs.
+- `flashinfer`  FlashInfer's FA3-class sm90 kernel (`wan_core.ops.flashinfer_attention`): FA3's
+            speed where FA3 itself does not install (≈12% faster than cuDNN at Wan's shapes).
 - `flash2`  FlashAttention-2 (`flash_attn`), CUDA sm80+, fp16/bf16 — upstream's fallback.
 - `sdpa`    `torch.nn.functional.scaled_dot_product_attention` on CUDA, cuDNN first, then flash,
             memory-efficient, math; an enclosing `torch.nn.attention.sdpa_kernel` overrides that.
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from wan_core.ops import fp8_attention
+from wan_core.ops import flashinfer_attention, fp8_attention
 
 ENV_VAR = "WANOPS_ATTENTION_BACKEND"
 _HALF = (torch.float16, torch.bfloat16)
@@ -127,6 +129,7 @@ BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("flash3", _check_flash("flash_attn_interface", (9, 0), (9, 0)), _run_flash3),
+        Backend("flashinfer", flashinfer_attention.check, flashinfer_attention.run),
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
