@@ -6,7 +6,7 @@ times a gain; optionally a per-channel offset on k and v); the median of the war
 events) is reported with 4·L²·dim FLOPs, and each output's cosine / relative L2 / PSNR against the
 `sdpa` (cuDNN bf16, exact mode's kernel) output.
 
-    python bench/attention.py --backends sdpa cudnn_fp8 --out bench.jsonl
+    python bench/attention.py --backends sdpa fp8 --out bench.jsonl
     python bench/attention.py --workloads a14b-480p --offset 2   # keys and values with channel bias
 """
 
@@ -65,7 +65,7 @@ def compare(out: Tensor, ref: Tensor) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=["sdpa", "cudnn_fp8"])
+    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=["sdpa", "fp8"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--gain", type=float, default=2.0, help="q/k RMS; logits' spread grows as gain²")
     parser.add_argument("--offset", type=float, default=0.0, help="scale of a per-channel offset added to k and v")

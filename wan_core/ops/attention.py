@@ -14,7 +14,7 @@
 and one lossy backend, never chosen unless forced (the `fp8-full` precision forces it on the
 DiT's self-attention):
 
-- `cudnn_fp8`  cuDNN's FP8 flash attention on Hopper (`wan_core.ops.fp8_attention`).
+- `fp8`  FP8 flash attention on Hopper, FlashInfer's kernel or cuDNN's (`wan_core.ops.fp8_attention`).
 
 Force one with the `backend=` argument, `with attention_backend("sdpa"):`, or the environment
 variable `WANOPS_ATTENTION_BACKEND`; a forced backend that cannot run the request raises with
@@ -133,7 +133,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
-        Backend("cudnn_fp8", fp8_attention.check, fp8_attention.run, exact=False),
+        Backend("fp8", fp8_attention.check, fp8_attention.run, exact=False),
     )
 }
 

@@ -1,17 +1,19 @@
-"""FP8 self-attention on Hopper: cuDNN's FP8 flash forward through the cuDNN frontend (lossy, opt-in).
+"""FP8 self-attention on Hopper (lossy, opt-in): FlashInfer's FA3 FP8 kernel or cuDNN's.
 
-Attention is ~74% of a 720P A14B forward and already runs at cuDNN's bf16 ceiling (≈570 TFLOP/s
-on an H100); cuDNN's FP8 kernel runs it 1.5× faster (≈850 TFLOP/s, BENCHMARKS.md). We call it
-through the cuDNN frontend's graph API (`nvidia-cudnn-frontend`, the `fp8` extra) rather than
-write the kernel: no FP8 attention for sm90 installs from PyPI otherwise (FA3 and SageAttention 2
-need source builds).
+Attention is ~74% of a 720P A14B forward; FP8 runs it ≈1.5× faster than the bf16 kernels
+(BENCHMARKS.md). Two kernels take the same quantized inputs: FlashInfer's FA3-class FP8 prefill
+(`wan_core.ops.flashinfer_attention`, the `flashinfer` extra; ≈900 TFLOP/s at A14B 720P) where it
+loads, else cuDNN's FP8 flash forward through the cuDNN frontend's graph API
+(`nvidia-cudnn-frontend`, the `fp8` extra; ≈850). We call kernels rather than write one: no FP8
+attention for sm90 installs from PyPI otherwise (FA3 and SageAttention 2 need source builds).
 
 Numerics: Q, K and V are cast to e4m3 with one scale per tensor (largest magnitude → 448), K and
 V after subtracting their per-channel means over the tokens (SageAttention's smoothing; exact in
 real arithmetic, see `_quantize`); the softmax probabilities P (≤ 1 after the online softmax's
-running max) are cast with the fixed scale 448; products accumulate in fp32. On Hopper cuDNN
-writes O in e4m3 too: O's rows are convex combinations of V's, so |O| ≤ max|V| and O reuses V's
-scale. The cost against exact attention is measured in BENCHMARKS.md, never assumed.
+running max) go to e4m3 inside the kernel; products accumulate in fp32. FlashInfer writes O in
+the model's dtype; cuDNN on Hopper writes O in e4m3 (its rows are convex combinations of V's, so
+|O| ≤ max|V| and O reuses V's scale). The cost against exact attention is measured in
+BENCHMARKS.md, never assumed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from wan_core.ops import flashinfer_attention
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -38,14 +42,19 @@ def _frontend() -> Any | None:
         return None
 
 
-def device_problem(device: torch.device) -> str | None:
-    """None when cuDNN's FP8 attention can run on `device`, else why not."""
+def _flashinfer_problem(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when FlashInfer's FP8 kernel (O in `dtype`) runs here: then it is the one used."""
+    return flashinfer_attention.fp8_problem(device, 128, dtype)
+
+
+def device_problem(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """None when one of the FP8 attention kernels can run on `device` for a `dtype` model, else why not."""
     if device.type != "cuda":
         return f"needs CUDA tensors, got {device.type}"
     if torch.cuda.get_device_capability(device) != HOPPER:
         return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(device)}"
-    if _frontend() is None:
-        return "the cuDNN frontend is not importable: pip install 'wanops[fp8]' (nvidia-cudnn-frontend)"
+    if _frontend() is None and (why := _flashinfer_problem(device, dtype)):
+        return f"has no kernel: the cuDNN frontend is not importable (pip install 'wanops[fp8]') and {why}"
     return None
 
 
@@ -57,7 +66,7 @@ def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
     if q.shape[-1] != 128:
         return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
-    return device_problem(q.device)
+    return device_problem(q.device, q.dtype)
 
 
 @cache
@@ -89,6 +98,11 @@ def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor |
 def _dequantize(x: Tensor, descale: Tensor, mean: Tensor, dtype: torch.dtype) -> Tensor:
     """O back from e4m3: its scale undone and V's mean added back (see `_quantize`)."""
     return (x.float() * descale.reshape(()) + mean).to(dtype)
+
+
+def _add_mean(x: Tensor, mean: Tensor) -> Tensor:
+    """O from a kernel that dequantized it already: V's mean added back (see `_quantize`)."""
+    return (x.float() + mean).to(x.dtype)
 
 
 @dataclass
@@ -153,9 +167,12 @@ def _handle(device: torch.device) -> Any:
 
 
 def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through cuDNN's FP8 kernel; (B, Lq, N, D) in q's dtype."""
+    """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's dtype."""
     quantize = _compiled(_quantize)
     (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = quantize(q, False), quantize(k, True), quantize(v, True)
+    if _flashinfer_problem(q.device, q.dtype) is None:
+        out = flashinfer_attention.run_fp8(q8, k8, v8, (dq, dk, dv), q.dtype)
+        return _compiled(_add_mean)(out, v_mean)
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     plan = _plan(q8, k8, v8, o8)
     if q.device.index not in _p_scales:

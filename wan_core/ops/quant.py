@@ -7,9 +7,9 @@ a 720P A14B forward's FLOPs and FP8 runs them at ~1.7× bf16's rate on an H100; 
 halve (an A14B expert: 26.6 → 13.3 GiB). The fp32 islands (time/text embeddings, modulation,
 head) and attention stay as in exact mode.
 
-`fp8-full`: `fp8`, and the blocks' self-attention through cuDNN's FP8 attention on Hopper
-(`wan_core.ops.fp8_attention`): attention is ~74% of a 720P A14B forward, and FP8 runs it ~1.5×
-faster than cuDNN's bf16 kernel. Cross-attention (512 text keys) stays exact.
+`fp8-full`: `fp8`, and the blocks' self-attention through FP8 attention on Hopper
+(`wan_core.ops.fp8_attention`: FlashInfer's kernel, else cuDNN's): attention is ~74% of a 720P
+A14B forward, and FP8 runs it ~1.5× faster than bf16. Cross-attention (512 text keys) stays exact.
 
 Neither is bit-compatible with exact mode: their cost is measured in BENCHMARKS.md (cosine/PSNR
 against exact at the same seed).
@@ -74,5 +74,5 @@ def quantize_dit(model: nn.Module, mode: str) -> nn.Module:
     if mode in FP8_ATTENTION_PRECISIONS:
         for module in model.blocks.modules():
             if isinstance(module, WanSelfAttention):
-                module.attention_backend = "cudnn_fp8"
+                module.attention_backend = "fp8"
     return model
