@@ -66,7 +66,9 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=runner-build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# HOME: uid 65532 has none, and libraries keep caches under it (FlashInfer makes its cache dir at
+# import); /tmp is writable here, and the operator's pods set the same over an emptyDir.
+ENV PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOME=/tmp
 USER 65532:65532
 WORKDIR /tmp
 ENTRYPOINT ["python", "-m", "runner"]

@@ -35,11 +35,18 @@ DTYPES = (torch.float16, torch.bfloat16)
 
 
 @cache
-def _flashinfer() -> Any | None:
+def _import() -> tuple[Any | None, str | None]:
+    """(flashinfer.prefill, None), or (None, why it cannot be used)."""
     try:
-        return importlib.import_module("flashinfer.prefill")
-    except (ImportError, OSError, RuntimeError):  # RuntimeError: its import probes CUDA libraries
-        return None
+        return importlib.import_module("flashinfer.prefill"), None
+    except ImportError:
+        return None, "flashinfer is not importable: pip install 'wanops[flashinfer]' (flashinfer-python)"
+    except (OSError, RuntimeError) as e:  # its import makes its cache dir and probes CUDA libraries
+        return None, f"flashinfer failed to import ({type(e).__name__}: {e}; FLASHINFER_WORKSPACE_BASE must be writable)"
+
+
+def _flashinfer() -> Any | None:
+    return _import()[0]
 
 
 E4M3 = torch.float8_e4m3fn
@@ -55,9 +62,9 @@ def _module_args(dtype: torch.dtype, head_dim: int, out_dtype: torch.dtype | Non
 def _load(dtype: torch.dtype, head_dim: int, out_dtype: torch.dtype | None = None) -> str | None:
     """Load (building it first if it is not in FlashInfer's cache) the kernel module; None on
     success, else the reason in one line. Cached: a failed build is not retried every call."""
-    prefill = _flashinfer()
+    prefill, why = _import()
     if prefill is None:
-        return "flashinfer is not importable: pip install 'wanops[flashinfer]' (flashinfer-python)"
+        return why
     args = _module_args(dtype, head_dim, out_dtype)
     log.info("loading FlashInfer's FA3 kernel %s (the first use on a machine compiles it: 1-2 min on 16 cores)",
              prefill.get_single_prefill_uri(*args))

@@ -4,6 +4,7 @@ FlashInfer installed it is exact attention, key padding included."""
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -35,14 +36,18 @@ def test_cpu_tensors_are_refused_with_the_reason() -> None:
 
 @pytest.fixture
 def fresh_load_cache():
-    flashinfer_attention._load.cache_clear()
+    cached = (flashinfer_attention._load, flashinfer_attention._import)  # the originals, before any monkeypatch
+    for fn in cached:
+        fn.cache_clear()
     yield
-    flashinfer_attention._load.cache_clear()
+    for fn in cached:
+        fn.cache_clear()
 
 
 def test_missing_flashinfer_says_how_to_install(monkeypatch: pytest.MonkeyPatch, fresh_load_cache: None) -> None:
-    monkeypatch.setattr(flashinfer_attention, "_flashinfer", lambda: None)
-    assert "pip install 'wanops[flashinfer]'" in flashinfer_attention._load(torch.bfloat16, 128)
+    monkeypatch.setitem(sys.modules, "flashinfer.prefill", None)  # the import raises ImportError
+    assert flashinfer_attention._load(torch.bfloat16, 128) == (
+        "flashinfer is not importable: pip install 'wanops[flashinfer]' (flashinfer-python)")
 
 
 def test_a_failed_build_is_a_reason_tried_once(monkeypatch: pytest.MonkeyPatch, fresh_load_cache: None) -> None:
@@ -54,7 +59,7 @@ def test_a_failed_build_is_a_reason_tried_once(monkeypatch: pytest.MonkeyPatch, 
         raise RuntimeError("\nNinja build failed: nvcc not found\nmore detail")
 
     stand_in = types.SimpleNamespace(get_single_prefill_uri=lambda *a: "uri", get_single_prefill_module=build)
-    monkeypatch.setattr(flashinfer_attention, "_flashinfer", lambda: stand_in)
+    monkeypatch.setattr(flashinfer_attention, "_import", lambda: (stand_in, None))
     reason = flashinfer_attention._load(torch.bfloat16, 128)
     assert reason == "FlashInfer could not build or load its FA3 kernel (RuntimeError: Ninja build failed: nvcc not found)"
     assert flashinfer_attention._load(torch.bfloat16, 128) == reason and len(calls) == 1
