@@ -4,9 +4,10 @@ For each workload (batch 1, the DiT's heads × 128, its token count) every reque
 `wan_core.ops.attention` runs the same random q/k/v (q/k RMS-normalised per token like the DiT's,
 times a gain; optionally a per-channel offset on k and v); the median of the warm runs (CUDA
 events) is reported with 4·L²·dim FLOPs, and each output's cosine / relative L2 / PSNR against the
-`sdpa` (cuDNN bf16, exact mode's kernel) output.
+`sdpa` (cuDNN bf16) output. `fp8:cudnn` and `fp8:flashinfer` run the `fp8` backend with its
+kernel forced (by default it takes FlashInfer's where that loads).
 
-    python bench/attention.py --backends sdpa fp8 --out bench.jsonl
+    python bench/attention.py --backends sdpa flashinfer fp8:cudnn fp8:flashinfer --out bench.jsonl
     python bench/attention.py --workloads a14b-480p --offset 2   # keys and values with channel bias
 """
 
@@ -17,6 +18,7 @@ import datetime
 import json
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dit_forward import psnr, rel_l2  # noqa: E402  (bench/dit_forward.py)
 from timing import timed  # noqa: E402  (bench/timing.py)
 
+from wan_core.ops import fp8_attention  # noqa: E402
 from wan_core.ops.attention import BACKENDS, attention  # noqa: E402
 
 # workload → (heads, tokens): the DiT's self-attention at the issue's sizes (spec §1.2, §1.4)
@@ -65,7 +68,8 @@ def compare(out: Tensor, ref: Tensor) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=["sdpa", "fp8"])
+    fp8_kernels = [f"fp8:{kernel}" for kernel in fp8_attention.KERNELS]
+    parser.add_argument("--backends", nargs="+", choices=sorted(BACKENDS) + fp8_kernels, default=["sdpa", "fp8"])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--gain", type=float, default=2.0, help="q/k RMS; logits' spread grows as gain²")
     parser.add_argument("--offset", type=float, default=0.0, help="scale of a per-channel offset added to k and v")
@@ -86,8 +90,12 @@ def main() -> int:
         }
         outputs = {}
         for name in args.backends:
+            if name in fp8_kernels:
+                call = partial(fp8_attention.run, q, k, v, kernel=name.removeprefix("fp8:"))
+            else:
+                call = partial(attention, q, k, v, backend=name)
             with torch.inference_mode():
-                out, seconds, peak = timed(lambda: attention(q, k, v, backend=name), args.runs, device)
+                out, seconds, peak = timed(call, args.runs, device)
             median = statistics.median(seconds)
             outputs[name] = out
             info[name] = {"median_s": median, "runs_s": seconds, "tflops": flops / median / 1e12, "peak_gib": peak}

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 HOPPER = (9, 0)  # FA3's kernels use sm90a-only instructions (wgmma, setmaxnreg)
 HEAD_DIMS = (64, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16)
+E4M3 = torch.float8_e4m3fn
 
 
 @cache
@@ -47,9 +48,6 @@ def _import() -> tuple[Any | None, str | None]:
 
 def _flashinfer() -> Any | None:
     return _import()[0]
-
-
-E4M3 = torch.float8_e4m3fn
 
 
 def _module_args(dtype: torch.dtype, head_dim: int, out_dtype: torch.dtype | None = None) -> tuple:
@@ -98,12 +96,18 @@ def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return _load(q.dtype, q.shape[-1])
 
 
-def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q·kᵀ/√D)·v on (B, L, N, D), one kernel call per sample (its API is per request;
-    at Wan's sizes each call is milliseconds to seconds of work, so the loop costs nothing)."""
+def _per_sample(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> Tensor:
+    """FlashInfer's single-request prefill on each sample of (B, L, N, D) tensors (its API is per
+    request; at Wan's sizes each call is milliseconds to seconds of work, so the loop costs nothing)."""
     prefill = _flashinfer()
-    out = [prefill.single_prefill_with_kv_cache(q[b], k[b], v[b], causal=False, kv_layout="NHD", backend="fa3") for b in range(q.shape[0])]
+    out = [prefill.single_prefill_with_kv_cache(q[b], k[b], v[b], causal=False, kv_layout="NHD", backend="fa3", **kwargs)
+           for b in range(q.shape[0])]
     return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+
+
+def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q·kᵀ/√D)·v on (B, L, N, D) q/k/v; (B, Lq, N, D) in q's dtype."""
+    return _per_sample(q, k, v)
 
 
 def fp8_problem(device: torch.device, head_dim: int, out_dtype: torch.dtype) -> str | None:
@@ -116,11 +120,7 @@ def run_fp8(q8: Tensor, k8: Tensor, v8: Tensor, descales: tuple[Tensor, Tensor, 
     descale (FlashInfer takes one per head: the same value repeated), in `out_dtype`."""
     heads = q8.shape[2]
     scale_q, scale_k, scale_v = (d.reshape(1).expand(heads).contiguous() for d in descales)
-    prefill = _flashinfer()
-    out = [prefill.single_prefill_with_kv_cache(q8[b], k8[b], v8[b], scale_q=scale_q, scale_k=scale_k, scale_v=scale_v,
-                                                o_dtype=out_dtype, causal=False, kv_layout="NHD", backend="fa3")
-           for b in range(q8.shape[0])]
-    return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
+    return _per_sample(q8, k8, v8, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, o_dtype=out_dtype)
 
 
 # What the runner image builds: exact bf16/fp16 and the FP8 kernel with bf16/fp16 out.
@@ -132,9 +132,9 @@ def build(modules: list[tuple[torch.dtype, torch.dtype | None]], head_dim: int, 
     each into FlashInfer's in-package AOT folder, which it loads without nvcc or ninja — how the
     runner image ships them, since its final stage has no CUDA compiler."""
     os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", "9.0a")
-    prefill = _flashinfer()
+    prefill, why = _import()
     if prefill is None:
-        raise SystemExit("flashinfer is not importable: pip install 'wanops[flashinfer]'")
+        raise SystemExit(why)
     from flashinfer.jit import env  # FlashInfer's cache layout (pinned <0.8 in pyproject)
 
     built = []

@@ -166,11 +166,19 @@ def _handle(device: torch.device) -> Any:
     return _handles[device.index]
 
 
-def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's dtype."""
+KERNELS = ("flashinfer", "cudnn")
+
+
+def run(q: Tensor, k: Tensor, v: Tensor, kernel: str | None = None) -> Tensor:
+    """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's dtype.
+    `kernel` forces one of KERNELS (benchmarks, tests); by default FlashInfer's where it loads."""
+    if kernel is None:
+        kernel = "flashinfer" if _flashinfer_problem(q.device, q.dtype) is None else "cudnn"
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown FP8 attention kernel {kernel!r}; known: {', '.join(KERNELS)}")
     quantize = _compiled(_quantize)
     (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = quantize(q, False), quantize(k, True), quantize(v, True)
-    if _flashinfer_problem(q.device, q.dtype) is None:
+    if kernel == "flashinfer":
         out = flashinfer_attention.run_fp8(q8, k8, v8, (dq, dk, dv), q.dtype)
         return _compiled(_add_mean)(out, v_mean)
     o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)

@@ -10,9 +10,9 @@ import types
 import pytest
 import torch
 
+from tests.wan_core.ops.test_attention import masked_reference
 from wan_core.ops import flashinfer_attention
 from wan_core.ops.attention import BACKENDS, attention, select_backend
-from tests.wan_core.ops.test_attention import masked_reference
 
 HOPPER_WITH_FLASHINFER = (
     torch.cuda.is_available()
