@@ -9,7 +9,8 @@ seeded generator in key order, so a seed gives byte-identical files.
     python -m wan_core.testing.tiny_checkpoint --task {t2v-A14B,i2v-A14B,ti2v-5B,all} --out DIR [--seed 0]
 
 `--full-size` writes the published architecture instead (ti2v-5B: 19 GB DiT + 11 GB T5 + 2.7 GB
-VAE, ≈6.5 min on 2 cores; an A14B task ≈126 GB), for load benchmarks. The DiT shards and the
+VAE, ≈6.5 min on 2 cores; an A14B task ≈126 GB, 69 GB with `--dit-dtype bfloat16`), for load
+and end-to-end benchmarks. The DiT shards and the
 `.pth` files are streamed tensor by tensor, so host memory holds one tensor at a time: the peak
 (≈6–9 GB) is the fp32 draw of the 256384×4096 T5 embedding and its bf16 cast. The tokenizer is
 the tiny stand-in either way.
@@ -123,15 +124,17 @@ def _write_safetensors(
 
 
 def write_sharded_dit(
-    folder: Path, config: DiTConfig, generator: torch.Generator, num_shards: int
+    folder: Path, config: DiTConfig, generator: torch.Generator, num_shards: int,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
-    """config.json + `diffusion_pytorch_model.safetensors.index.json` + fp32 shards (§2.1)."""
+    """config.json + `diffusion_pytorch_model.safetensors.index.json` + shards (§2.1), fp32 as
+    published unless `dtype` says otherwise."""
     folder.mkdir(parents=True, exist_ok=True)
     config.to_json(folder / "config.json")
     with torch.device("meta"):
         shapes = _meta_shapes(WanModel(config))
     # Split in key order into shards of about equal bytes, as diffusers' `max_shard_size` does.
-    sizes = [math.prod(s) * 4 for s in shapes.values()]
+    sizes = [math.prod(s) * torch.empty((), dtype=dtype).element_size() for s in shapes.values()]
     target = sum(sizes) / num_shards
     groups: list[dict[str, tuple[int, ...]]] = [{} for _ in range(num_shards)]
     done = 0
@@ -147,7 +150,7 @@ def write_sharded_dit(
     for i, group in enumerate(groups, start=1):
         shard = f"{DIT_WEIGHTS}-{i:05d}-of-{num_shards:05d}.safetensors"
         total += _write_safetensors(
-            folder / shard, group, (next(stream) for _ in range(len(group))), torch.float32
+            folder / shard, group, (next(stream) for _ in range(len(group))), dtype
         )
         weight_map.update(dict.fromkeys(group, shard))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -213,11 +216,14 @@ def write_t5(out_dir: Path, config: T5Config, generator: torch.Generator) -> Non
 # ---- whole folders -----------------------------------------------------------------------------
 
 def write_checkpoint(
-    task: str, out_dir: str | Path, *, seed: int = 0, full_size: bool = False
+    task: str, out_dir: str | Path, *, seed: int = 0, full_size: bool = False,
+    dit_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write a random checkpoint folder of `task` in the official layout; returns the folder.
 
     Tiny by default (seconds, a few MB); `full_size=True` uses the published architecture.
+    `dit_dtype=torch.bfloat16` halves the DiT shards (an A14B folder: 126 → 69 GB), for machines
+    whose disk cannot hold the published fp32 ones; the loaders read either.
     """
     spec = get_task(task)
     out = Path(out_dir)
@@ -226,7 +232,7 @@ def write_checkpoint(
     dit = DiTConfig.flavor(task) if full_size else tiny_dit_config(spec)
     shards = FULL_DIT_SHARDS[task] if full_size else TINY_DIT_SHARDS
     for expert in spec.experts:  # ("high_noise_model", "low_noise_model") or ("",) = root
-        write_sharded_dit(out / expert, dit, generator, shards)
+        write_sharded_dit(out / expert, dit, generator, shards, dit_dtype)
 
     write_t5(out, T5Config() if full_size else TINY_T5, generator)
     vae_shapes = _meta_shapes(_vae(spec, full_size))
@@ -248,11 +254,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-size", action="store_true",
                         help="published architecture (≈20 GB for ti2v-5B) instead of tiny")
+    parser.add_argument("--dit-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="DiT shard dtype (published: float32; bfloat16 halves them)")
     args = parser.parse_args(argv)
     tasks = list(TASKS) if args.task == "all" else [args.task]
     for task in tasks:
         out = args.out / task if args.task == "all" else args.out
-        print(write_checkpoint(task, out, seed=args.seed, full_size=args.full_size))
+        print(write_checkpoint(task, out, seed=args.seed, full_size=args.full_size,
+                               dit_dtype=getattr(torch, args.dit_dtype)))
 
 
 if __name__ == "__main__":

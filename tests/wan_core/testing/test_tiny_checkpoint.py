@@ -134,3 +134,20 @@ def test_streamed_pth_equals_torch_save(tmp_path: Path, monkeypatch: pytest.Monk
 def test_full_size_configs_are_the_published_ones() -> None:
     assert DiTConfig.flavor("ti2v-5B").text_dim == 4096 == tiny_checkpoint.T5Config().dim
     assert tiny_checkpoint.FULL_DIT_SHARDS == {"t2v-A14B": 6, "i2v-A14B": 6, "ti2v-5B": 3}
+
+
+def test_bf16_dit_shards_hold_the_same_draws_at_half_the_size(written: dict[str, Path], tmp_path: Path) -> None:
+    """`--dit-dtype bfloat16` (full-size A14B on a small disk): same keys and draws, bf16 on disk,
+    and the loader gives the fp32 folder's weights rounded to bf16."""
+    main(["--task", "ti2v-5B", "--out", str(tmp_path), "--dit-dtype", "bfloat16"])
+    fp32 = written["ti2v-5B"]
+    for shard in sorted(fp32.glob("*.safetensors")):
+        half, full = _safetensors_header(tmp_path / shard.name), _safetensors_header(shard)
+        assert half.keys() == full.keys()
+        assert {v["dtype"] for k, v in half.items() if k != "__metadata__"} == {"BF16"}
+    index = json.loads((tmp_path / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert 2 * index["metadata"]["total_size"] == json.loads(
+        (fp32 / "diffusion_pytorch_model.safetensors.index.json").read_text())["metadata"]["total_size"]
+    (half,), (full,) = (load_dit_experts(d, device="cpu", model_type="ti2v").values() for d in (tmp_path, fp32))
+    for (name, a), b in zip(half.state_dict().items(), full.state_dict().values()):
+        assert torch.equal(a, b.bfloat16().float()), name
