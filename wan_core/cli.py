@@ -214,6 +214,7 @@ class _Progress:
 
     def __call__(self, step: int, total: int, expert: str | None) -> None:
         if self.bar is None:
+            log.info("first step done")  # the end of a cold start: load, encode, compile, one step
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc="sampling", unit="step")
