@@ -31,7 +31,6 @@ from wan_core.ops import flashinfer_attention
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
-HOPPER = (9, 0)
 
 
 @cache
@@ -49,10 +48,8 @@ def _flashinfer_problem(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def device_problem(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str | None:
     """None when one of the FP8 attention kernels can run on `device` for a `dtype` model, else why not."""
-    if device.type != "cuda":
-        return f"needs CUDA tensors, got {device.type}"
-    if torch.cuda.get_device_capability(device) != HOPPER:
-        return f"needs a Hopper GPU (H100/H200, compute capability 9.0), got {torch.cuda.get_device_capability(device)}"
+    if problem := flashinfer_attention.device_problem(device):  # both kernels: CUDA, Hopper only
+        return problem
     if _frontend() is None and (why := _flashinfer_problem(device, dtype)):
         return f"has no kernel: the cuDNN frontend is not importable (pip install 'wanops[fp8]') and {why}"
     return None
