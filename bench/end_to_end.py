@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
     bar = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)
     sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
     return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
-            "video": str(video), "command": " ".join(cmd)}
+            "video": str(video), "command": " ".join(cmd), "log": log}
 
 
 def main() -> int:
@@ -80,8 +80,10 @@ def main() -> int:
                 frames = np.stack(list(iio.imiter(r["video"], plugin="FFMPEG")))
                 r["psnr_vs_exact_db"] = round(psnr(frames, exact), 2)
     for r in runs:
-        print(json.dumps(r))
+        print(json.dumps({k: v for k, v in r.items() if k != "log"}))
     if args.out:
+        for r in runs:  # each run's whole log beside the results, for the phases between the moments
+            args.out.with_name(f"{args.out.stem}.{r['precision']}.log").write_text(r.pop("log"))
         with args.out.open("a") as f:
             for r in runs:
                 f.write(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dit_forward import MODELS, attention_kernels, latent_shape, pick_sdpa, random_dit  # noqa: E402
 
 from wan_core.models.dit import DiTConfig  # noqa: E402
+from wan_core.ops.attention import BACKENDS  # noqa: E402
 from wan_core.ops.compile import compile_blocks  # noqa: E402
 from wan_core.ops.quant import QUANT_MODES, quantize_dit  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
 KINDS = (  # first match wins; names of cuDNN/flash attention, cuBLAS(Lt)/CUTLASS GEMMs, Inductor kernels
-    ("attention", ("fmha", "flash", "sdpa", "attention", "attn")),
+    ("attention", ("fmha", "flash", "sdpa", "attention", "attn", "prefill")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "scaled_mm")),
     ("triton", ("triton",)),
 )
@@ -118,6 +119,8 @@ def main() -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--quant", choices=QUANT_MODES, help="profile this lossy mode instead of exact")
     parser.add_argument("--snapshot", type=Path, help="save the allocator history (pickle) here")
+    parser.add_argument("--attention", choices=sorted(n for n, b in BACKENDS.items() if b.exact),
+                        help="force our exact attention backend (default: the pipelines' choice)")
     args = parser.parse_args()
 
     flavor, tiny_flavor, z_dim, stride, size, frames = MODELS[args.model]
@@ -143,7 +146,7 @@ def main() -> int:
         compile_blocks(model)
     sdpa = pick_sdpa(cfg, tokens, device, torch.bfloat16)
 
-    with torch.inference_mode(), attention_kernels(sdpa):
+    with torch.inference_mode(), attention_kernels(sdpa, args.attention):
         model(x, t, context)  # warm-up (compiles)
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with torch.profiler.profile(activities=activities) as prof:

@@ -72,8 +72,11 @@ def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 # ---- random weights ----------------------------------------------------------------------------
 
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """fp32 weights that keep activations O(1): norm gains ≈ 1, matrices N(0, 0.5²/fan_in), biases ≈ 0."""
-    noise = torch.randn(shape, generator=generator)
+    """fp32 weights that keep activations O(1): norm gains ≈ 1, matrices N(0, 0.5²/fan_in), biases ≈ 0.
+
+    Drawn on the generator's device (a CUDA generator draws a full-size A14B folder in seconds
+    where the CPU's takes minutes; the files then differ from the CPU-drawn ones)."""
+    noise = torch.randn(shape, generator=generator, device=generator.device)
     leaf = name.rsplit(".", 2)
     if leaf[-1] == "gamma" or (len(shape) == 1 and "norm" in name and leaf[-1] == "weight"):
         return noise.mul_(0.05).add_(1.0)
@@ -91,6 +94,11 @@ def random_state_dict(
 
 
 # ---- file writers (streaming) ------------------------------------------------------------------
+
+def _host_bytes(tensor: Tensor, dtype: torch.dtype) -> memoryview:
+    """The tensor's bytes in `dtype`, cast where it was drawn (half the copy for bf16 from a GPU)."""
+    return memoryview(tensor.to(dtype).contiguous().cpu().view(torch.uint8).numpy())
+
 
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
@@ -119,7 +127,7 @@ def _write_safetensors(
         for (name, tensor), expected in zip(tensors, shapes, strict=True):
             if name != expected or tuple(tensor.shape) != tuple(shapes[name]):
                 raise RuntimeError(f"stream out of order: got {name}, expected {expected}")
-            f.write(memoryview(tensor.to(dtype).contiguous().view(torch.uint8).numpy()))
+            f.write(_host_bytes(tensor, dtype))
     return offset
 
 
@@ -170,7 +178,7 @@ def write_pth(
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     if sum(math.prod(s) for s in shapes.values()) * itemsize < _STREAM_PTH_BYTES:
-        torch.save({name: t.to(dtype) for name, t in tensors}, path)
+        torch.save({name: t.to(dtype).cpu() for name, t in tensors}, path)
         return
     with FakeTensorMode():  # tensors with shapes and no memory, saved as CPU tensors
         fake = {k: torch.empty(s, dtype=dtype) for k, s in shapes.items()}
@@ -187,7 +195,7 @@ def write_pth(
             if name != expected:
                 raise RuntimeError(f"stream out of order: got {name}, expected {expected}")
             f.seek(offsets[str(i)])
-            f.write(memoryview(tensor.to(dtype).contiguous().view(torch.uint8).numpy()))
+            f.write(_host_bytes(tensor, dtype))
 
 
 def _record_offsets(path: Path) -> dict[str, int]:
@@ -217,18 +225,20 @@ def write_t5(out_dir: Path, config: T5Config, generator: torch.Generator) -> Non
 
 def write_checkpoint(
     task: str, out_dir: str | Path, *, seed: int = 0, full_size: bool = False,
-    dit_dtype: torch.dtype = torch.float32,
+    dit_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
 ) -> Path:
     """Write a random checkpoint folder of `task` in the official layout; returns the folder.
 
     Tiny by default (seconds, a few MB); `full_size=True` uses the published architecture.
     `dit_dtype=torch.bfloat16` halves the DiT shards (an A14B folder: 126 → 69 GB), for machines
-    whose disk cannot hold the published fp32 ones; the loaders read either.
+    whose disk cannot hold the published fp32 ones; the loaders read either. `device`: where the
+    weights are drawn ("cuda" for full-size folders: minutes → seconds); a seed gives the same
+    files on the same device kind.
     """
     spec = get_task(task)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
     dit = DiTConfig.flavor(task) if full_size else tiny_dit_config(spec)
     shards = FULL_DIT_SHARDS[task] if full_size else TINY_DIT_SHARDS
     for expert in spec.experts:  # ("high_noise_model", "low_noise_model") or ("",) = root
@@ -256,12 +266,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="published architecture (≈20 GB for ti2v-5B) instead of tiny")
     parser.add_argument("--dit-dtype", choices=["float32", "bfloat16"], default="float32",
                         help="DiT shard dtype (published: float32; bfloat16 halves them)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to draw the weights: cuda is much faster for --full-size")
     args = parser.parse_args(argv)
     tasks = list(TASKS) if args.task == "all" else [args.task]
     for task in tasks:
         out = args.out / task if args.task == "all" else args.out
         print(write_checkpoint(task, out, seed=args.seed, full_size=args.full_size,
-                               dit_dtype=getattr(torch, args.dit_dtype)))
+                               dit_dtype=getattr(torch, args.dit_dtype), device=args.device))
 
 
 if __name__ == "__main__":
