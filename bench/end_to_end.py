@@ -4,7 +4,7 @@ Runs `python -m wan_core` (the generate command users run) once per `--precision
 folder in the official layout (write a full-size random one with
 `python -m wan_core.testing.tiny_checkpoint --task ti2v-5B --full-size --out DIR`), with the same
 seed and prompt, each in a fresh process with a fresh Inductor cache (so every run pays its own
-compile, as a pod without `runner.compileCache` does). Reports each run's wall time and the
+compile, as a pod without `runner.compileCache` does; `--inductor-cache DIR` reuses one). Reports each run's wall time and the
 moments its log names (loaded; first step done, the end of a cold start; saved), and the PSNR of
 each lossy run's decoded MP4 frames against the exact run's (same seed, so the difference is the
 precision mode's cost).
@@ -43,7 +43,10 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "wan_core", "--task", args.task, "--size", args.size, "--ckpt_dir", str(args.ckpt_dir),
            "--offload_model", args.offload_model, "--convert_model_dtype", "--base_seed", "1", "--precision", precision,
            "--save_file", str(video)]
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor-{precision}-")}
+    if args.sample_steps:
+        cmd += ["--sample_steps", str(args.sample_steps)]
+    cache = str(args.inductor_cache) if args.inductor_cache else tempfile.mkdtemp(prefix=f"inductor-{precision}-")
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     start = time.time()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.time() - start
@@ -69,6 +72,9 @@ def main() -> int:
     parser.add_argument("--precision", nargs="+", default=["exact"], help="modes to run, in order")
     parser.add_argument("--offload_model", choices=["True", "False"], default="False",
                         help="True: one A14B expert on the GPU at a time (both need ≈ 53 GiB in bf16)")
+    parser.add_argument("--sample_steps", type=int, help="fewer steps than the task's (a cold-start measurement)")
+    parser.add_argument("--inductor-cache", type=Path,
+                        help="reuse this Inductor cache (a pod with runner.compileCache); default: a fresh one per run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     out_dir = Path(tempfile.mkdtemp(prefix="e2e-"))
@@ -87,7 +93,8 @@ def main() -> int:
         with args.out.open("a") as f:
             for r in runs:
                 f.write(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                                    "task": args.task, "size": args.size, **r}) + "\n")
+                                    "task": args.task, "size": args.size, "sample_steps": args.sample_steps,
+                                    "inductor_cache": "reused" if args.inductor_cache else "fresh", **r}) + "\n")
     return 0
 
 

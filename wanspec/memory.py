@@ -289,6 +289,14 @@ class MemoryEstimate:
         }
 
 
+def forward_activation_bytes(task: str | TaskSpec, tokens: int) -> float:
+    """Device memory one of our DiT forwards (one CFG branch, compact time embedding) adds to its
+    weights at `tokens` tokens: the calibrated c_arch (module docstring). The pipelines use it to
+    decide whether both A14B experts fit on the device at once."""
+    spec = TASKS[task] if isinstance(task, str) else task
+    return tokens * WANOPS.forward_bytes_per_token[DIT_ARCH[spec.name].key]
+
+
 def estimate_peak(
     task: str | TaskSpec,
     size: str | Size | tuple[int, int],

@@ -24,7 +24,6 @@ _EXPORTS = {
     "collective_timeout": "mesh",
     "init_distributed": "mesh",
     "shutdown": "mesh",
-    "free_dits_for_decode": "parallelize",
     "load_parallel_dits": "parallelize",
     "parallelize_dit": "parallelize",
     "parallelize_t5": "parallelize",

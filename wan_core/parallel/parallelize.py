@@ -69,18 +69,3 @@ def load_parallel_dits(
 def parallelize_t5(encoder: T5Encoder, layout: ParallelLayout) -> T5Encoder:
     """FSDP2 on umT5 when t5_fsdp (it then lives on the device, sharded); else unchanged."""
     return shard_t5(encoder, layout.fsdp_mesh) if layout.t5_fsdp else encoder
-
-
-def free_dits_for_decode(experts: dict[str, WanModel], layout: ParallelLayout) -> None:
-    """Before rank 0 decodes: the DiT must not stay resident next to the VAE's activations.
-
-    FSDP-sharded DiTs already hold only 1/N of their weights between forwards (resharded after
-    each) and no activations; replicated ones are moved to the CPU. Then the CUDA cache is
-    emptied, so rank 0's peak is max(sampling, shard + decode), not their sum.
-    """
-    if layout.device.type != "cuda":
-        return
-    if not layout.dit_fsdp:
-        for model in experts.values():
-            model.to("cpu")
-    torch.cuda.empty_cache()

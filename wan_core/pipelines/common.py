@@ -24,10 +24,12 @@ leaves upstream's map: upstream encodes and decodes in fp32; we run the VAE's fa
 faster than fp32 in about a third of the memory, 51–55 dB PSNR against the fp32 decode
 (bench/results/2026-11-25-h100-vae-fast.jsonl).
 
-Memory modes (§11). The DiTs are loaded to the CPU and moved to the device when needed; before
-every step only the active A14B expert is on the device. `offload_model` (default True in a single
-process, False under torchrun, as upstream) also moves umT5 back to the CPU after encoding and the
-DiT(s) after the loop. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
+Memory modes (§11). The DiTs are loaded to the CPU and moved to the device when needed; each keeps
+its host copy, so leaving the device is free (`residency.py`). `offload_model` (default True in a
+single process, False under torchrun, as upstream) keeps only the active A14B expert on the device
+and also moves umT5 back to the CPU after encoding and the DiT(s) after the loop. Without it, both
+experts stay on the device when they fit (the second copied in while the first samples), else one
+at a time as upstream. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
 stores the DiT weights in bf16 (half the memory).
 """
 
@@ -56,7 +58,9 @@ from wan_core.models.dit import WanModel
 from wan_core.models.vae_blocks import ChunkedVAE
 from wan_core.ops.compile import compile_blocks, compile_wanted
 from wan_core.ops.quant import check_quantization, quantize_dit
+from wan_core.pipelines.residency import Residency
 from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
+from wanspec.memory import SAFETY_FRACTION, forward_activation_bytes
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
 
 if TYPE_CHECKING:
@@ -282,6 +286,9 @@ class WanPipeline:
                                               model_type=self.task.model_type, compile=compile, precision=precision)
             self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
+        # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
+        fsdp = self.parallel is not None and self.parallel.dit_fsdp
+        self._residency = None if fsdp else Residency(self.experts, self.device)
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
         # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
         self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
@@ -353,15 +360,28 @@ class WanPipeline:
             padded.append(out)
         return padded[0], padded[1]
 
-    def _active_dit(self, name: str) -> WanModel:
-        """Put only the DiT `name` on the device (upstream's `_prepare_model_for_timestep`, §11)."""
-        if self.device.type != "cpu":
-            for other, model in self.experts.items():
-                if other != name and model.patch_embedding.weight.device != torch.device("cpu"):
-                    model.to("cpu")
-            if self.experts[name].patch_embedding.weight.device != self.device:
-                self.experts[name].to(self.device)
+    def _active_dit(self, name: str, keep_others: bool) -> WanModel:
+        """The DiT `name` on the device (upstream's `_prepare_model_for_timestep`, §11): the others
+        released first unless `keep_others` (both A14B experts fit, see `_both_fit`)."""
+        if self._residency is not None:
+            self._residency.activate(name, keep_others)
         return self.experts[name]
+
+    def _both_fit(self, experts: list[str], latent: Tensor, opts: SamplingOptions) -> bool:
+        """Whether every expert the loop still needs may stay on the device at once.
+
+        Only with `offload_model=False` (True asks for the least device memory: one expert at a
+        time, as upstream) and when the free device memory covers the experts not yet there plus
+        one forward's activations (wanspec's calibrated estimate) within the planner's margin.
+        Then the next expert is copied in while the current one samples, and no switch waits.
+        """
+        if opts.offload_model or len(experts) < 2 or self._residency is None or self.device.type != "cuda":
+            return False
+        missing = sum(self._residency.nbytes(n) for n in experts if not self._residency.on_device(n))
+        tokens = latent.shape[1] * (latent.shape[2] // PATCH_SIZE[1]) * (latent.shape[3] // PATCH_SIZE[2])
+        free, total = torch.cuda.mem_get_info(self.device)
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return missing + forward_activation_bytes(self.task, tokens) <= free + cached - total * SAFETY_FRACTION
 
     def _dit_precision(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._dit_autocast else nullcontext()
@@ -389,11 +409,18 @@ class WanPipeline:
         if opts.checkpoint is not None and (saved := opts.checkpoint.load()) is not None:
             solver.load_state_dict(saved.solver)
             x, start = saved.latent.to(self.device), saved.step
+        plan = list(dict.fromkeys(expert_for_step(self.task, t, opts.guide_scale)[0] for t in solver.timesteps[start:]))
+        keep = self._both_fit(plan, x, opts)
+        if keep:  # the first expert now, the next ones copied in behind it
+            self._active_dit(plan[0], keep_others=True)
+            for name in plan[1:]:
+                self._residency.prefetch(name)
+        expert = plan[0] if plan else next(iter(self.experts))
         for i, t in enumerate(solver.timesteps):
             if i < start:  # done before the interruption
                 continue
             expert, scale = expert_for_step(self.task, t, opts.guide_scale)
-            model = self._active_dit(expert)
+            model = self._active_dit(expert, keep_others=keep)
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
@@ -404,9 +431,9 @@ class WanPipeline:
                 opts.checkpoint.save(LoopState(i + 1, x, solver.state_dict()))
             if callback is not None:
                 callback(i + 1, opts.sampling_steps, expert or None)
-        if opts.offload_model:
-            for model in self.experts.values():
-                model.to("cpu")
+        if self._residency is not None and (opts.offload_model or keep):
+            # offload: every DiT leaves the device; kept experts: only the last stays, as upstream
+            self._residency.release_all(except_=None if opts.offload_model else expert)
             self._empty_cache()
         return x
 
@@ -419,9 +446,9 @@ class WanPipeline:
         if self.parallel is not None:
             if not self.parallel.is_main:
                 return None
-            from wan_core.parallel import free_dits_for_decode
-
-            free_dits_for_decode(self.experts, self.parallel)
+            if self._residency is not None:  # replicas leave the GPU; FSDP shards hold 1/N and no activations
+                self._residency.release_all()
+            self._empty_cache()
         return self.vae.decode(latent[None])[0]
 
     def _empty_cache(self) -> None:

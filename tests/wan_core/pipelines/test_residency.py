@@ -1,0 +1,69 @@
+"""Residency: experts move to the device and back without copying their weights back.
+
+The device here is `meta` on the CPU (a move there keeps shapes, drops data), so what comes back
+on release can only be the kept host copy; the CUDA test checks the background prefetch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from wan_core.pipelines.residency import Residency
+
+META = torch.device("meta")
+
+
+def experts() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"high": nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4)), "low": nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))}
+
+
+def test_release_points_back_at_the_host_copy() -> None:
+    models = experts()
+    before = {name: [(p.data_ptr(), p.clone()) for p in m.parameters()] for name, m in models.items()}
+    res = Residency(models, META)
+    res.activate("high")
+    assert res.on_device("high") and not res.on_device("low")
+    res.activate("low")  # releases "high" first
+    assert res.on_device("low") and not res.on_device("high")
+    for p, (ptr, value) in zip(models["high"].parameters(), before["high"]):
+        assert p.device.type == "cpu" and p.data_ptr() == ptr and torch.equal(p, value)
+    res.release_all()
+    for p, (ptr, value) in zip(models["low"].parameters(), before["low"]):
+        assert p.data_ptr() == ptr and torch.equal(p, value)
+
+
+def test_keep_others_and_release_all_but_one() -> None:
+    models = experts()
+    res = Residency(models, META)
+    res.activate("high", keep_others=True)
+    res.activate("low", keep_others=True)
+    assert res.on_device("high") and res.on_device("low")
+    res.release_all(except_="low")
+    assert not res.on_device("high") and res.on_device("low")
+    assert res.nbytes("high") == sum(p.numel() * 4 for p in models["high"].parameters())
+
+
+def test_prefetch_is_a_no_op_off_cuda() -> None:
+    res = Residency(experts(), torch.device("cpu"))
+    res.prefetch("low")
+    assert res.on_device("low") and res.activate("low") is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_prefetch_then_switch_without_copy_back() -> None:
+    models = experts()
+    x = torch.randn(3, 8)
+    ref = {name: m(x) for name, m in models.items()}
+    host_ptrs = [p.data_ptr() for p in models["high"].parameters()]
+    res = Residency(models, torch.device("cuda", torch.cuda.current_device()))
+    high = res.activate("high", keep_others=True)
+    res.prefetch("low")
+    torch.testing.assert_close(high(x.cuda()).cpu(), ref["high"])
+    low = res.activate("low", keep_others=True)
+    assert res.on_device("high") and res.on_device("low")
+    torch.testing.assert_close(low(x.cuda()).cpu(), ref["low"])
+    res.release("high")
+    assert [p.data_ptr() for p in models["high"].parameters()] == host_ptrs

@@ -1,0 +1,112 @@
+"""Where the DiTs' weights live during a run (spec §11), and moving them cheaply.
+
+Upstream offloads an A14B expert with `.to('cpu')` before the other one comes in: a device→host
+copy of 27 GB into fresh pageable memory, then the host→device copy of the other. On an H100 host
+that one switch cost ≈ 31 s of a 480P T2V run (bench/results/2026-11-26-h100-e2e-t2v-a14b-480p.log,
+step 27). Here every DiT keeps its host copy for the whole run (inference never changes weights;
+after a memory-mapped safetensors load it is the file's page cache, so it costs no extra memory
+on the host), which gives:
+
+- release: the device copy is dropped and the parameters point at the host copy again, no copy;
+- prefetch: an expert is copied in on a side stream by a background thread (the copies release
+  the GIL) while the current expert samples, so a switch that has room for both costs nothing.
+
+The pipelines decide when both experts may stay (`offload_model=False` and room on the device);
+this class only moves weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+class Residency:
+    """Device placement of named DiTs that start on the host (the single-process pipelines)."""
+
+    def __init__(self, models: Mapping[str, nn.Module], device: torch.device) -> None:
+        self.models = dict(models)
+        self.device = device
+        # parameter name → a detached alias of its host tensor: keeps the host copy alive while the
+        # parameter holds the device copy.
+        self._host: dict[str, dict[str, Tensor]] = {
+            name: {n: p.detach() for n, p in model.named_parameters() if p.device.type == "cpu"}
+            for name, model in self.models.items()
+        }
+        self._pending: dict[str, Future[None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._stream: torch.cuda.Stream | None = None
+
+    def on_device(self, name: str) -> bool:
+        return next(self.models[name].parameters()).device == self.device
+
+    def nbytes(self, name: str) -> int:
+        """Bytes of `name`'s weights as they will sit on the device (tensor subclasses: their inner data)."""
+        return sum(_nbytes(p) for p in self.models[name].parameters())
+
+    def activate(self, name: str, keep_others: bool = False) -> nn.Module:
+        """`name` on the device (waiting for its prefetch), the others released unless `keep_others`."""
+        if not keep_others:
+            for other in self.models:
+                if other != name:
+                    self.release(other)
+        if (pending := self._pending.pop(name, None)) is not None:
+            try:
+                pending.result()
+            except torch.OutOfMemoryError:
+                log.warning("prefetching %s ran out of device memory; loading it after releasing the others", name)
+                self.release(name)
+                for other in self.models:
+                    if other != name:
+                        self.release(other)
+        if not self.on_device(name):
+            self.models[name].to(self.device)
+        return self.models[name]
+
+    def prefetch(self, name: str) -> None:
+        """Start copying `name` to the device in the background (a CUDA side stream); `activate` waits."""
+        if self.device.type != "cuda" or name in self._pending or self.on_device(name):
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanops-prefetch")
+            self._stream = torch.cuda.Stream(self.device)
+        self._pending[name] = self._pool.submit(self._copy_in, name)
+
+    def _copy_in(self, name: str) -> None:
+        assert self._stream is not None
+        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
+            self.models[name].to(self.device)
+        self._stream.synchronize()  # the copies are done before `activate` hands the model out
+
+    def release(self, name: str) -> None:
+        """Drop `name`'s device copy: its parameters point at the host copy again (no copy back)."""
+        if (pending := self._pending.pop(name, None)) is not None:
+            pending.exception()  # wait for it; a failed prefetch leaves nothing to keep
+        if not self.on_device(name):
+            return
+        if self.device.type == "cuda":
+            # Kernels queued on the compute stream may still read these weights, and memory made
+            # on the side stream is reused by later side-stream copies without waiting for them.
+            torch.cuda.current_stream(self.device).synchronize()
+        model, host = self.models[name], self._host[name]
+        back = {id(p): host[n] for n, p in model.named_parameters() if n in host}  # the current objects
+        model._apply(lambda t: back[id(t)] if id(t) in back else t.to("cpu"))
+
+    def release_all(self, except_: str | None = None) -> None:
+        for name in self.models:
+            if name != except_:
+                self.release(name)
+
+
+def _nbytes(t: Tensor) -> int:
+    inner = getattr(t, "__tensor_flatten__", None)
+    if inner is not None and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = inner()
+        return sum(_nbytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
