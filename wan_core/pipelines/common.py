@@ -411,10 +411,6 @@ class WanPipeline:
             x, start = saved.latent.to(self.device), saved.step
         plan = list(dict.fromkeys(expert_for_step(self.task, t, opts.guide_scale)[0] for t in solver.timesteps[start:]))
         keep = self._both_fit(plan, x, opts)
-        if keep:  # the first expert now, the next ones copied in behind it
-            self._active_dit(plan[0], keep_others=True)
-            for name in plan[1:]:
-                self._residency.prefetch(name)
         expert = plan[0] if plan else next(iter(self.experts))
         for i, t in enumerate(solver.timesteps):
             if i < start:  # done before the interruption
@@ -425,6 +421,9 @@ class WanPipeline:
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
             x = solver.step(cfg_combine(v_cond[0], v_uncond[0], scale), x)
+            if keep and i == start:  # after the first step (and its compile): copy the next experts in
+                for name in plan[1:]:
+                    self._residency.prefetch(name)
             if first_frame is not None:
                 x = first_frame.pin(x)
             if opts.checkpoint is not None:
