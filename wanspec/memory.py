@@ -14,7 +14,8 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
   VAE encode working set, assumed equal to the decode's (not measured).
 - denoise: DiT weights — with `dit_fsdp` every expert's shard, `E · P · b / N`, plus two gathered
   blocks in bf16 (the running one and FSDP2's prefetch); without it one expert whole (the pipeline
-  keeps only the active A14B expert on the GPU), `P · b`; b = 2 bytes with `convert_model_dtype`,
+  keeps only the active A14B expert on the GPU unless, with `offload_model=False`, it measures
+  room for both beyond this estimate), `P · b`; b = 2 bytes with `convert_model_dtype`,
   4 as stored (§2.1: the DiT shards are fp32). umT5 stays if it was not offloaded. Activations of
   one DiT forward (one CFG branch at a time) for the S = L/ulysses tokens of this rank:
       S · c_arch                                   (calibrated: see below)

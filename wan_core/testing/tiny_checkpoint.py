@@ -10,7 +10,8 @@ seeded generator in key order, so a seed gives byte-identical files.
 
 `--full-size` writes the published architecture instead (ti2v-5B: 19 GB DiT + 11 GB T5 + 2.7 GB
 VAE, ≈6.5 min on 2 cores; an A14B task ≈126 GB, 69 GB with `--dit-dtype bfloat16`), for load
-and end-to-end benchmarks. The DiT shards and the
+and end-to-end benchmarks; `--device cuda` draws the weights on a GPU (a 69 GB A14B folder in
+82–106 s on an H100 host, mostly writing). The DiT shards and the
 `.pth` files are streamed tensor by tensor, so host memory holds one tensor at a time: the peak
 (≈6–9 GB) is the fp32 draw of the 256384×4096 T5 embedding and its bf16 cast. The tokenizer is
 the tiny stand-in either way.
