@@ -266,13 +266,14 @@ def _ffn(ffn: nn.Sequential, x: Tensor) -> Tensor:
     rounding, so the [L, ffn_dim] hidden activation is written once instead of written, read and
     written again by a separate kernel (an H100 5B 720P forward: 0.865 → 0.851 s); Inductor keeps
     the call as is. Same numerics class as upstream's (which rounds to bf16 before the GELU).
-    Plain weights in x's dtype only: quantized (tensor-subclass) weights and autocast take the
+    Plain bf16/fp16 weights in x's dtype only: quantized (tensor-subclass) weights, fp32 weights
+    (exact fp32, or autocast's bf16 casts; Dynamo does not guard on autocast state) take the
     modules, and so does the CPU, where the op's GELU is the erf one.
     """
     up, act, down = ffn
     weight = up.weight
-    if (x.is_cuda and type(weight) is nn.Parameter and weight.dtype == x.dtype and up.bias is not None
-            and not torch.is_autocast_enabled(x.device.type)):
+    if (x.is_cuda and type(weight) is nn.Parameter and weight.dtype in (torch.bfloat16, torch.float16)
+            and x.dtype == weight.dtype and up.bias is not None):
         hidden = torch._addmm_activation(up.bias, x.flatten(0, -2), weight.t(), use_gelu=True)
         return down(hidden.unflatten(0, x.shape[:-1]))
     return down(act(up(x)))

@@ -23,12 +23,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 log = logging.getLogger(__name__)
 
 
 class Residency:
-    """Device placement of named DiTs that start on the host (the single-process pipelines)."""
+    """Device placement of named DiTs that start on the host (one process, or replicas under torchrun without FSDP)."""
 
     def __init__(self, models: Mapping[str, nn.Module], device: torch.device) -> None:
         self.models = dict(models)
@@ -105,8 +106,7 @@ class Residency:
 
 
 def _nbytes(t: Tensor) -> int:
-    inner = getattr(t, "__tensor_flatten__", None)
-    if inner is not None and type(t) not in (torch.Tensor, nn.Parameter):
-        names, _ = inner()
+    if is_traceable_wrapper_subclass(t):  # e.g. torchao's Float8Tensor: fp8 data plus scales
+        names, _ = t.__tensor_flatten__()
         return sum(_nbytes(getattr(t, n)) for n in names)
     return t.numel() * t.element_size()

@@ -266,8 +266,10 @@ def test_cuda_ffn_with_gelu_in_the_gemm_epilogue() -> None:
 
     assert err(fused) <= 1.2 * err(unfused) and err(fused) < 1e-2, (err(fused), err(unfused))
     assert torch.nn.functional.cosine_similarity(fused.flatten(), ref.flatten(), dim=0) > 0.9999
-    with torch.autocast("cuda", dtype=torch.bfloat16):  # fp32 weights under autocast: the modules
-        assert torch.equal(_ffn(ffn.float(), x), ffn(x))
+    fp32 = ffn.float()  # fp32 weights (exact mode, or under autocast): the modules
+    assert torch.equal(_ffn(fp32, x), fp32(x))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert torch.equal(_ffn(fp32, x), fp32(x))
 
 
 @torch.no_grad()

@@ -46,6 +46,22 @@ def test_keep_others_and_release_all_but_one() -> None:
     assert res.nbytes("high") == sum(p.numel() * 4 for p in models["high"].parameters())
 
 
+def test_tensor_subclass_weights_come_back_too() -> None:
+    """Quantized (fp8) weights are wrapper subclasses, which `_apply` swaps rather than re-points."""
+    from torch.testing._internal.two_tensor import TwoTensor
+
+    layer = nn.Linear(4, 4)
+    layer.weight = nn.Parameter(TwoTensor(torch.randn(4, 4), torch.randn(4, 4)), requires_grad=False)
+    inner = layer.weight.a.data_ptr()
+    res = Residency({"q": layer}, META)
+    res.activate("q")
+    assert layer.weight.device == META
+    res.release("q")
+    assert type(layer.weight) is TwoTensor and isinstance(layer.weight, nn.Parameter)
+    assert layer.weight.a.data_ptr() == inner
+    assert res.nbytes("q") == 2 * 16 * 4 + 4 * 4  # both inner tensors and the bias
+
+
 def test_prefetch_is_a_no_op_off_cuda() -> None:
     res = Residency(experts(), torch.device("cpu"))
     res.prefetch("low")
