@@ -4,10 +4,10 @@ Runs `python -m wan_core` (the generate command users run) once per `--precision
 folder in the official layout (write a full-size random one with
 `python -m wan_core.testing.tiny_checkpoint --task ti2v-5B --full-size --out DIR`), with the same
 seed and prompt, each in a fresh process with a fresh Inductor cache (so every run pays its own
-compile, as a pod without `runner.compileCache` does; `--inductor-cache DIR` reuses one). Reports each run's wall time and the
-moments its log names (loaded; first step done, the end of a cold start; saved), and the PSNR of
-each lossy run's decoded MP4 frames against the exact run's (same seed, so the difference is the
-precision mode's cost).
+compile, as a pod without `runner.compileCache` does; `--inductor-cache DIR` reuses one). Reports
+each run's wall time and the moments its log names (loaded; first step done, the end of a cold
+start; saved), and the PSNR of each lossy run's decoded MP4 frames against the exact run's (same
+seed, so the difference is the precision mode's cost); with `--out`, each run's whole log beside.
 
     python bench/end_to_end.py --ckpt_dir /tmp/ck5 --task ti2v-5B --size 1280*704 \\
         --precision fp8-full exact --out bench.jsonl

@@ -75,8 +75,8 @@ def _meta_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 def random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     """fp32 weights that keep activations O(1): norm gains ≈ 1, matrices N(0, 0.5²/fan_in), biases ≈ 0.
 
-    Drawn on the generator's device (a CUDA generator draws a full-size A14B folder in seconds
-    where the CPU's takes minutes; the files then differ from the CPU-drawn ones)."""
+    Drawn on the generator's device (a CUDA generator draws a full-size A14B folder's weights in
+    seconds where the CPU's takes minutes; the files then differ from the CPU-drawn ones)."""
     noise = torch.randn(shape, generator=generator, device=generator.device)
     leaf = name.rsplit(".", 2)
     if leaf[-1] == "gamma" or (len(shape) == 1 and "norm" in name and leaf[-1] == "weight"):
