@@ -42,6 +42,7 @@ DNS_TIMEOUT_ENV = "WANOPS_RENDEZVOUS_DNS_TIMEOUT_S"
 DEFAULT_DNS_TIMEOUT_S = 300.0  # a busy API server can take minutes to publish a new pod's record
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # where torch.compile keeps compiled kernels and graphs
 FLASHINFER_CACHE_ENV = "FLASHINFER_WORKSPACE_BASE"  # where FlashInfer keeps kernels it built (images ship them prebuilt)
+TRITON_CACHE_ENV = "TRITON_CACHE_DIR"  # our own Triton kernels' binaries (the VAE's fused norm); Inductor's are in its cache
 
 
 def resolve_master(addr: str, timeout_s: float, interval_s: float = 1.0) -> str:
@@ -205,11 +206,11 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
 
 
 def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Inductor's and FlashInfer's cache dirs on the installation's shared compile cache, when there
-    is one and this pod can write it; otherwise nothing (the run then compiles from scratch, with a
-    warning). A variable already set by hand is left alone."""
+    """Inductor's, FlashInfer's and Triton's cache dirs on the installation's shared compile cache,
+    when there is one and this pod can write it; otherwise nothing (the run then compiles from
+    scratch, with a warning). A variable already set by hand is left alone."""
     where = env.get(contract.COMPILE_CACHE_ENV)
-    unset = [name for name in (INDUCTOR_CACHE_ENV, FLASHINFER_CACHE_ENV) if not env.get(name)]
+    unset = [name for name in (INDUCTOR_CACHE_ENV, FLASHINFER_CACHE_ENV, TRITON_CACHE_ENV) if not env.get(name)]
     if not where or not unset:
         return {}
     try:
@@ -220,7 +221,7 @@ def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
         log.warning("compile cache %s is not writable by uid %d (%s): compiling from scratch; "
                     "make the claim of chart value runner.compileCache writable", where, os.getuid(), e)
         return {}
-    return dict.fromkeys(unset, where)
+    return {name: str(Path(where) / "triton") if name == TRITON_CACHE_ENV else where for name in unset}
 
 
 def upload_log(env: Mapping[str, str], log_file: Path) -> None:

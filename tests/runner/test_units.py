@@ -13,7 +13,7 @@ from runner_cases import SPEC
 
 from runner import errors
 from runner.inputs import MAX_IMAGE_PIXELS, check_image, read_limited, run_identity
-from runner.main import FLASHINFER_CACHE_ENV, INDUCTOR_CACHE_ENV, compile_cache_env, resolve_master, verdict
+from runner.main import FLASHINFER_CACHE_ENV, INDUCTOR_CACHE_ENV, TRITON_CACHE_ENV, compile_cache_env, resolve_master, verdict
 from runner.report import Throttle
 from wanops_operator.config import OperatorConfig
 from wanops_operator.render import runner_config
@@ -126,12 +126,13 @@ def test_progress_names_the_a14b_expert_by_role() -> None:
 def test_compile_cache_is_used_only_where_it_is_writable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
     assert compile_cache_env({}) == {}
-    both = {INDUCTOR_CACHE_ENV: str(cache), FLASHINFER_CACHE_ENV: str(cache)}
-    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache)}) == both
+    every = {INDUCTOR_CACHE_ENV: str(cache), FLASHINFER_CACHE_ENV: str(cache), TRITON_CACHE_ENV: str(cache / "triton")}
+    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache)}) == every
     assert cache.is_dir() and not any(cache.iterdir())  # the write probe leaves nothing behind
     # a cache dir set by hand wins
-    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache), INDUCTOR_CACHE_ENV: "/x"}) == {FLASHINFER_CACHE_ENV: str(cache)}
-    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache), **dict.fromkeys(both, "/x")}) == {}
+    by_hand = {contract.COMPILE_CACHE_ENV: str(cache), INDUCTOR_CACHE_ENV: "/x", TRITON_CACHE_ENV: "/y"}
+    assert compile_cache_env(by_hand) == {FLASHINFER_CACHE_ENV: str(cache)}
+    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache), **dict.fromkeys(every, "/x")}) == {}
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(blocked / "cache")}) == {}
