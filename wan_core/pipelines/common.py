@@ -35,6 +35,7 @@ stores the DiT weights in bf16 (half the memory).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 
 # (step done, total steps, expert subfolder or None for the dense 5B model): progress for the runner.
 ProgressCallback = Callable[[int, int, str | None], None]
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 … 2^64 − 1
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -381,7 +384,10 @@ class WanPipeline:
         tokens = latent.shape[1] * (latent.shape[2] // PATCH_SIZE[1]) * (latent.shape[3] // PATCH_SIZE[2])
         free, total = torch.cuda.mem_get_info(self.device)
         cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        return missing + forward_activation_bytes(self.task, tokens) <= free + cached - total * SAFETY_FRACTION
+        need, room = missing + forward_activation_bytes(self.task, tokens), free + cached - total * SAFETY_FRACTION
+        log.info("%s: %.1f GiB needed, %.1f GiB free", "both experts stay on the GPU" if need <= room
+                 else "one expert on the GPU at a time", need / 2**30, room / 2**30)
+        return need <= room
 
     def _dit_precision(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self._dit_autocast else nullcontext()
