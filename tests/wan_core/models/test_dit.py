@@ -249,7 +249,7 @@ def test_cuda_matches_cpu() -> None:
 @torch.no_grad()
 def test_cuda_ffn_with_gelu_in_the_gemm_epilogue() -> None:
     """bf16 FFN with the GELU fused into the first GEMM is as close to fp32 as the unfused one;
-    quantized-style (subclass) or autocast inputs keep the modules' path."""
+    fp32 weights, with or without autocast, keep the modules' path."""
     from wan_core.models.dit import _ffn
 
     torch.manual_seed(0)
