@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 from pathlib import Path
 
 import torch
@@ -63,6 +64,39 @@ def latent_shape(z_dim: int, stride: tuple[int, int, int], size: str, frames: in
     if (frames - 1) % st or height % (2 * sh) or width % (2 * sw):
         raise SystemExit(f"size {size} / {frames} frames do not fit the VAE stride {stride} and 2×2 patches")
     return z_dim, (frames - 1) // st + 1, height // sh, width // sw
+
+
+class Workload(NamedTuple):
+    """What a bench run of one model measures: config, video size, device, latent shape, tokens."""
+
+    flavor: str
+    cfg: DiTConfig
+    size: str
+    frames: int
+    device: torch.device
+    shape: tuple[int, int, int, int]
+    tokens: int
+
+
+def workload(model: str, size: str | None, frames: int | None, tiny: bool) -> Workload:
+    """`model`'s config and default 720p-class size and frames unless given; `tiny`: the tiny
+    config at 64×64×5 on the CPU (a check that a script runs), else CUDA when there is one."""
+    flavor, tiny_flavor, z_dim, stride, default_size, default_frames = MODELS[model]
+    cfg = DiTConfig.flavor(tiny_flavor if tiny else flavor)
+    size, frames = size or ("64*64" if tiny else default_size), frames or (5 if tiny else default_frames)
+    device = torch.device("cpu" if tiny or not torch.cuda.is_available() else "cuda")
+    shape = latent_shape(z_dim, stride, size, frames)
+    return Workload(flavor, cfg, size, frames, device, shape, shape[1] * (shape[2] // 2) * (shape[3] // 2))
+
+
+def diffusers_peer(cfg: DiTConfig, state: dict[str, Tensor], device: torch.device) -> torch.nn.Module:
+    """diffusers' `WanTransformer3DModel` on the same tensors (assigned, not copied), with its
+    `_keep_in_fp32_modules` in fp32 as its `from_pretrained` keeps them: a like-for-like peer."""
+    ref = diffusers_wan(cfg, state, device)
+    for name, module in ref.named_modules():
+        if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
+            module.float()
+    return ref
 
 
 def random_dit(cfg: DiTConfig, device: torch.device, dtype: torch.dtype, seed: int) -> WanModel:
@@ -163,13 +197,8 @@ def main() -> int:
     if args.runs < 3:
         parser.error("--runs must be at least 3")
 
-    flavor, tiny_flavor, z_dim, stride, size, frames = MODELS[args.model]
-    cfg = DiTConfig.flavor(tiny_flavor if args.tiny else flavor)
-    size, frames = args.size or ("64*64" if args.tiny else size), args.frames or (5 if args.tiny else frames)
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    flavor, cfg, size, frames, device, shape, tokens = workload(args.model, args.size, args.frames, args.tiny)
     dtype = torch.bfloat16
-    shape = latent_shape(z_dim, stride, size, frames)
-    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
 
     import diffusers
 
@@ -231,12 +260,8 @@ def main() -> int:
     state = ours.state_dict()  # the same tensors; kept for the fp32 reference
     del ours
 
-    # 2. diffusers, on the same tensors (assigned, not copied); diffusers' from_pretrained keeps
-    #    its `_keep_in_fp32_modules` in fp32, so we do the same for a like-for-like run.
-    ref = diffusers_wan(cfg, state, device)
-    for name, module in ref.named_modules():
-        if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
-            module.float()
+    # 2. diffusers, on the same tensors
+    ref = diffusers_peer(cfg, state, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     with torch.inference_mode(), attention_kernels(sdpa):

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dit_forward import MODELS, attention_kernels, latent_shape, pick_sdpa, random_dit  # noqa: E402
+from dit_forward import MODELS, attention_kernels, pick_sdpa, random_dit, workload  # noqa: E402
 
 from wan_core.models.dit import DiTConfig  # noqa: E402
 from wan_core.ops.attention import BACKENDS  # noqa: E402
@@ -123,12 +123,7 @@ def main() -> int:
                         help="force our exact attention backend (default: the pipelines' choice)")
     args = parser.parse_args()
 
-    flavor, tiny_flavor, z_dim, stride, size, frames = MODELS[args.model]
-    cfg = DiTConfig.flavor(tiny_flavor if args.tiny else flavor)
-    size, frames = args.size or ("64*64" if args.tiny else size), args.frames or (5 if args.tiny else frames)
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    shape = latent_shape(z_dim, stride, size, frames)
-    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+    flavor, cfg, size, frames, device, shape, tokens = workload(args.model, args.size, args.frames, args.tiny)
     print(f"{flavor} {size}×{frames}: {tokens} tokens on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {args.quant or 'exact'}")
 

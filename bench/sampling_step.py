@@ -32,13 +32,11 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dit_forward import MODELS, attention_kernels, latent_shape, pick_sdpa, random_dit  # noqa: E402
+from dit_forward import MODELS, attention_kernels, diffusers_peer, pick_sdpa, random_dit, workload  # noqa: E402
 
-from wan_core.models.dit import DiTConfig  # noqa: E402
 from wan_core.ops.compile import compile_blocks  # noqa: E402
 from wan_core.pipelines.common import expert_for_step, sequential_branches  # noqa: E402
 from wan_core.sampling import cfg_combine, guide_scales, make_solver  # noqa: E402
-from wan_core.testing.diffusers_wan import diffusers_wan  # noqa: E402
 from wanspec.tasks import get_task  # noqa: E402
 
 Forward = Callable[[Tensor, Tensor, Tensor], Tensor]  # (x, t, context) → velocity
@@ -119,12 +117,7 @@ def main() -> int:
     if args.steps < 2:
         parser.error("--steps must be at least 2")
 
-    flavor, tiny_flavor, z_dim, stride, size, frames = MODELS[args.model]
-    cfg = DiTConfig.flavor(tiny_flavor if args.tiny else flavor)
-    size, frames = args.size or ("64*64" if args.tiny else size), args.frames or (5 if args.tiny else frames)
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    shape = latent_shape(z_dim, stride, size, frames)
-    tokens = shape[1] * (shape[2] // 2) * (shape[3] // 2)
+    flavor, cfg, size, frames, device, shape, tokens = workload(args.model, args.size, args.frames, args.tiny)
     gen = torch.Generator(device).manual_seed(1)
     x = torch.randn(*shape, device=device, generator=gen)
     contexts = tuple(torch.randn(1, cfg.text_len, cfg.text_dim, device=device, generator=gen).to(torch.bfloat16)
@@ -149,10 +142,7 @@ def main() -> int:
         info["ours"] = measure("ours", ours, x, t, contexts, flavor, args.steps, device, per_token)
     state = ours.state_dict()
     del ours
-    ref = diffusers_wan(cfg, state, device)
-    for name, module in ref.named_modules():  # as diffusers' from_pretrained keeps them
-        if any(part in ref._keep_in_fp32_modules for part in name.split(".")):
-            module.float()
+    ref = diffusers_peer(cfg, state, device)
     del state
     with torch.inference_mode(), attention_kernels(sdpa):
         info["diffusers"] = measure("diffusers", lambda *a: ref(*a, return_dict=False)[0], x, t, contexts, flavor,

@@ -54,18 +54,13 @@ class Residency:
     def activate(self, name: str, keep_others: bool = False) -> nn.Module:
         """`name` on the device (waiting for its prefetch), the others released unless `keep_others`."""
         if not keep_others:
-            for other in self.models:
-                if other != name:
-                    self.release(other)
+            self.release_all(except_=name)
         if (pending := self._pending.pop(name, None)) is not None:
             try:
                 pending.result()
             except torch.OutOfMemoryError:
                 log.warning("prefetching %s ran out of device memory; loading it after releasing the others", name)
-                self.release(name)
-                for other in self.models:
-                    if other != name:
-                        self.release(other)
+                self.release_all()
         if not self.on_device(name):
             self.models[name].to(self.device)
         return self.models[name]
