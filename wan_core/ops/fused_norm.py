@@ -1,0 +1,130 @@
+"""The DiT block's residual add + LayerNorm + modulation as one Triton kernel per site (CUDA).
+
+Each block normalises its fp32 residual stream three times (§3.5): modulated before the
+self-attention, affine (`norm3`) after adding the self-attention's gated output, modulated
+again after adding the cross-attention's. Inductor fuses each site into one kernel but writes it
+as a looped reduction over the row (3072 or 5120 fp32) that reads the row twice; an H100 profile
+of the 5B 720P forward put those kernels at ≈1 TB/s, a third of the memory bandwidth
+(`bench/results/2026-11-26-h100-profile-5b-flashinfer.log`). Here one program holds one row in
+registers: the stream is read once, written once when a residual is added, and the normalised
+row is written once in the weights' dtype. Same fp32 math as the eager expressions (two-pass
+mean and variance instead of Welford: both exact to fp32 rounding).
+
+Registered with `torch.library.triton_op`, so `torch.compile` sees the kernel (and its in-place
+write into the stream) instead of an opaque call. The CPU and other devices keep the plain
+expressions in `wan_core.models.dit`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only torch builds: the model keeps its eager expressions
+    triton = None
+
+
+def available(x: Tensor) -> bool:
+    """Whether the fused kernels can run on x (CUDA, Triton importable, a contiguous fp32 stream)."""
+    return triton is not None and x.is_cuda and x.dtype == torch.float32 and x.is_contiguous()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _residual_norm_kernel(
+        x_ptr, y_ptr, gate_ptr, w_ptr, b_ptr, rows_ptr, out_ptr,
+        n_cols, seq_len, gate_stride, wb_stride, eps,
+        HAS_Y: tl.constexpr, HAS_GATE: tl.constexpr, PER_TOKEN: tl.constexpr,
+        MODULATE: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        """One row: [x += y (· gate[r])]; out = LN(x)·(1 + w[r]) + b[r] (MODULATE) or LN(x)·w + b."""
+        token = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        offs = token * n_cols + cols
+        if PER_TOKEN:
+            r = tl.load(rows_ptr + token)
+        else:
+            r = token // seq_len
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+        if HAS_Y:
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if HAS_GATE:
+                y = y * tl.load(gate_ptr + r * gate_stride + cols, mask=mask, other=0.0)
+            x = x + y
+            tl.store(x_ptr + offs, x, mask=mask)
+        mean = tl.sum(x, axis=0) / n_cols
+        centred = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(centred * centred, axis=0) / n_cols
+        normed = centred * tl.math.rsqrt(var + eps)
+        w = tl.load(w_ptr + r * wb_stride + cols, mask=mask, other=0.0)
+        b = tl.load(b_ptr + r * wb_stride + cols, mask=mask, other=0.0)
+        out = normed * (1.0 + w) + b if MODULATE else normed * w + b
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def launch(
+    kernel,
+    x: Tensor,
+    y: Tensor | None,
+    gate: Tensor | None,
+    weight: Tensor,
+    bias: Tensor,
+    rows: Tensor | None,
+    modulate: bool,
+    eps: float,
+    out: Tensor,
+) -> None:
+    """Run `kernel` (the Triton kernel, or its `wrap_triton` wrapper) over every row of x.
+
+    x [B, L, dim] fp32 contiguous, updated in place when y is given; y [B, L, dim] any float
+    dtype; gate, weight, bias: [R, dim] row tables with a unit last stride ([dim] vectors for the
+    affine norm); rows: [B, L] row index per token, or None for row b of sample b; out like x.
+    """
+    n_cols = x.shape[-1]
+    block = triton.next_power_of_2(n_cols)
+    table_stride = weight.stride(0) if weight.ndim == 2 else 0
+    # Absent inputs are given as `weight` (never read): aliasing the written x, they would make
+    # torch.compile copy the stream before the kernel instead of writing it in place.
+    kernel[(x.numel() // n_cols,)](
+        x, weight if y is None else y, weight if gate is None else gate, weight, bias,
+        weight if rows is None else rows, out,
+        n_cols, x.shape[1], 0 if gate is None else gate.stride(0), table_stride, eps,
+        HAS_Y=y is not None, HAS_GATE=gate is not None, PER_TOKEN=rows is not None,
+        MODULATE=modulate, BLOCK=block, num_warps=8 if block <= 4096 else 16,
+    )
+
+
+if triton is not None:
+    from torch.library import triton_op, wrap_triton
+
+    @triton_op("wanops::add_norm_", mutates_args={"x"})
+    def _add_norm_(x: Tensor, y: Tensor, gate: Tensor | None, weight: Tensor, bias: Tensor,
+                   rows: Tensor | None, modulate: bool, eps: float, out_dtype: torch.dtype) -> Tensor:
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        launch(wrap_triton(_residual_norm_kernel), x, y, gate, weight, bias, rows, modulate, eps, out)
+        return out
+
+    @triton_op("wanops::norm", mutates_args={})
+    def _norm(x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor | None, modulate: bool, eps: float,
+              out_dtype: torch.dtype) -> Tensor:
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        launch(wrap_triton(_residual_norm_kernel), x, None, None, weight, bias, rows, modulate, eps, out)
+        return out
+
+
+def add_norm_(x: Tensor, y: Tensor, gate: Tensor | None, weight: Tensor, bias: Tensor, rows: Tensor | None,
+              *, modulate: bool, eps: float, out_dtype: torch.dtype) -> Tensor:
+    """x += y (· gate[row]) in place, then the row's LayerNorm: ·(1 + weight[row]) + bias[row] when
+    `modulate`, else the affine ·weight + bias; returned in out_dtype. CUDA only (see `available`)."""
+    return torch.ops.wanops.add_norm_(x, y.contiguous(), gate, weight, bias, rows, modulate, eps, out_dtype)
+
+
+def norm(x: Tensor, weight: Tensor, bias: Tensor, rows: Tensor | None, *, modulate: bool, eps: float,
+         out_dtype: torch.dtype) -> Tensor:
+    """`add_norm_` without the residual add: x is only read."""
+    return torch.ops.wanops.norm(x, weight, bias, rows, modulate, eps, out_dtype)
