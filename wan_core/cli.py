@@ -231,10 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_args(args)
     if problems:
         parser.error("\n  ".join(problems))
+    task = TASKS[args.task]
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # one reader per node; the page cache is shared
+        from wan_core.checkpoint import readahead
+
+        readahead.start(readahead.first_step_files(args.ckpt_dir, task))
     # Heavy imports only after the flags are known to be good.
     from wan_core.parallel import ParallelLayout, collective_timeout, init_distributed, shutdown
 
-    task = TASKS[args.task]
     layout = init_distributed(ParallelLayout.from_env(
         task, ulysses=args.ulysses_size, cfg_parallel=True if args.cfg_parallel else None,
         dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu,

@@ -11,8 +11,9 @@ row is written once in the weights' dtype. Same fp32 math as the eager expressio
 mean and variance instead of Welford: both exact to fp32 rounding).
 
 Registered with `torch.library.triton_op`, so `torch.compile` sees the kernel (and its in-place
-write into the stream) instead of an opaque call. The CPU and other devices keep the plain
-expressions in `wan_core.models.dit`.
+write into the stream) instead of an opaque call; only where CUDA is present, since that import
+brings in Dynamo and Inductor (seconds per process for CPU runs and their torchrun workers). The
+CPU and other devices keep the plain expressions in `wan_core.models.dit`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ except ImportError:  # CPU-only torch builds: the model keeps its eager expressi
 
 def available(x: Tensor) -> bool:
     """Whether the fused kernels can run on x (CUDA, Triton importable, a contiguous fp32 stream)."""
-    return triton is not None and x.is_cuda and x.dtype == torch.float32 and x.is_contiguous()
+    return _REGISTERED and x.is_cuda and x.dtype == torch.float32 and x.is_contiguous()
 
 
 if triton is not None:
@@ -99,7 +100,8 @@ def launch(
     )
 
 
-if triton is not None:
+_REGISTERED = triton is not None and torch.cuda.is_available()
+if _REGISTERED:
     from torch.library import triton_op, wrap_triton
 
     @triton_op("wanops::add_norm_", mutates_args={"x"})

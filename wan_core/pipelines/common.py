@@ -29,7 +29,8 @@ its host copy, so leaving the device is free (`residency.py`). `offload_model` (
 single process, False under torchrun, as upstream) keeps only the active A14B expert on the device
 and also moves umT5 back to the CPU after encoding and the DiT(s) after the loop. Without it, both
 experts stay on the device when they fit (the second copied in while the first samples), else one
-at a time as upstream. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
+at a time as upstream. In a single process umT5 leaves the device after encoding either way (its
+host copy stays, so that is free), which upstream does only with `offload_model`. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
 stores the DiT weights in bf16 (half the memory).
 """
 
@@ -292,6 +293,8 @@ class WanPipeline:
         # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
         fsdp = self.parallel is not None and self.parallel.dit_fsdp
         self._residency = None if fsdp else Residency(self.experts, self.device)
+        # umT5 likewise in one process (under torchrun it may be FSDP-sharded: moved as upstream)
+        self._t5_residency = Residency({"t5": self.text_encoder.model}, self.device) if self.parallel is None else None
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
         # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
         self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
@@ -351,10 +354,18 @@ class WanPipeline:
         n_prompt = n_prompt or DEFAULT_NEGATIVE_PROMPT
         encoder = self.text_encoder
         where = torch.device("cpu") if self.t5_cpu else self.device
-        encoder.model.to(where)
-        contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
-        if offload_model and not self.t5_cpu:
-            encoder.model.to("cpu")
+        if self._t5_residency is not None and not self.t5_cpu:
+            # In one process umT5 leaves the device after encoding whatever offload_model says
+            # (upstream keeps it there without offload): it is used once per video, leaving costs
+            # no copy (its host copy stays), and its 11 GB go to the DiTs' activations and experts.
+            self._t5_residency.activate("t5")
+            contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
+            self._t5_residency.release("t5")
+        else:
+            encoder.model.to(where)
+            contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
+            if offload_model and not self.t5_cpu:
+                encoder.model.to("cpu")
         cfg = next(iter(self.experts.values())).cfg
         padded = []
         for c in contexts:  # rows n_i..511 are exact zeros (§3.3)

@@ -1,8 +1,8 @@
 """Memory modes and the bf16 precision map on a GPU (skipped without CUDA).
 
 Where each model lives during and after a run (§11): DiTs start on the CPU, only the active A14B
-expert is on the GPU at each step; offload_model sends umT5 back after encoding and the DiTs back
-after the loop; t5_cpu never moves umT5; convert_model_dtype stores DiT weights in bf16.
+expert is on the GPU at each step; umT5 goes back after encoding (in one process, with or without
+offload_model), offload_model sends the DiTs back after the loop; t5_cpu never moves umT5; convert_model_dtype stores DiT weights in bf16.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ def test_default_bf16_map_and_offload(tiny_ckpts: dict[str, Path]) -> None:
     assert 0 < err < 5e-2  # bf16 matmuls: not identical, close (§12)
 
 
-def test_no_offload_keeps_models_on_the_gpu(tiny_ckpts: dict[str, Path]) -> None:
+def test_no_offload_keeps_the_last_expert_on_the_gpu_and_t5_goes_home(tiny_ckpts: dict[str, Path]) -> None:
     pipe = load_pipeline("t2v-A14B", tiny_ckpts["t2v-A14B"], offload_model=False)
+    host = {n: p.data_ptr() for n, p in pipe.text_encoder.named_parameters()}
     run_tracking(pipe)
-    assert where(pipe.text_encoder) == "cuda" and where(pipe.experts["low_noise_model"]) == "cuda"
-    assert where(pipe.experts["high_noise_model"]) == "cpu"
+    assert where(pipe.experts["low_noise_model"]) == "cuda" and where(pipe.experts["high_noise_model"]) == "cpu"
+    # umT5 left the GPU after encoding, back onto the very host tensors it was loaded into (no copy)
+    assert {n: p.data_ptr() for n, p in pipe.text_encoder.named_parameters()} == host
+    assert where(pipe.text_encoder) == "cpu"
 
 
 def test_t5_cpu_and_converted_weights(tiny_ckpts: dict[str, Path]) -> None:

@@ -1,0 +1,45 @@
+"""Readahead of the files a run reads before its first step (wan_core.checkpoint.readahead)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from wan_core.checkpoint import readahead
+from wanspec.tasks import T5_CHECKPOINT, TASKS
+
+
+def test_a14b_lists_vae_t5_then_the_high_noise_shards_in_index_order(tiny_ckpts: dict[str, Path]) -> None:
+    root = tiny_ckpts["t2v-A14B"]
+    files = readahead.first_step_files(root, TASKS["t2v-A14B"])
+    assert files[:2] == [root / "Wan2.1_VAE.pth", root / T5_CHECKPOINT]
+    index = root / "high_noise_model" / "diffusion_pytorch_model.safetensors.index.json"
+    shards = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
+    assert files[2:] == [root / "high_noise_model" / s for s in shards] and shards
+    assert not any("low_noise_model" in str(f) for f in files)  # read later, while sampling
+
+
+def test_5b_root_dit_and_absent_files_left_out(tiny_ckpts: dict[str, Path], tmp_path: Path) -> None:
+    root = tiny_ckpts["ti2v-5B"]
+    files = readahead.first_step_files(root, TASKS["ti2v-5B"])
+    assert files[0] == root / "Wan2.2_VAE.pth" and files[1] == root / T5_CHECKPOINT
+    assert all(f.parent == root and f.suffix == ".safetensors" for f in files[2:]) and files[2:]
+    assert readahead.first_step_files(tmp_path, TASKS["t2v-A14B"]) == []  # the loaders say what is missing
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this OS")
+def test_start_advises_every_file_in_a_daemon_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [tmp_path / "a", tmp_path / "b"]
+    for f in files:
+        f.write_bytes(b"x" * 4096)
+    advised: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, how: (advised.append((os.fstat(fd).st_ino, how)), real(fd, off, n, how)))
+    thread = readahead.start([*files, tmp_path / "gone"])  # an unreadable path is skipped, not raised
+    assert thread is not None and thread.daemon
+    thread.join(10)
+    assert advised == [(f.stat().st_ino, os.POSIX_FADV_WILLNEED) for f in files]
+    assert readahead.start([]) is None
