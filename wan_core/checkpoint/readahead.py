@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,15 +48,18 @@ def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
 
 
 def _advise(files: Sequence[Path]) -> None:
+    start, size = time.perf_counter(), 0
     for path in files:
         try:
             fd = os.open(path, os.O_RDONLY)
             try:  # returns once the reads are queued: the disk, not this thread, sets the pace
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                size += os.fstat(fd).st_size
             finally:
                 os.close(fd)
         except OSError as err:  # a hint only; loading reads the file either way
             log.debug("readahead of %s skipped: %s", path, err)
+    log.info("readahead: %.1f GB of %d files queued in %.1f s", size / 1e9, len(files), time.perf_counter() - start)
 
 
 def start(files: Sequence[Path]) -> threading.Thread | None:

@@ -41,6 +41,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -353,6 +354,7 @@ class WanPipeline:
         """
         n_prompt = n_prompt or DEFAULT_NEGATIVE_PROMPT
         encoder = self.text_encoder
+        start = time.perf_counter()
         where = torch.device("cpu") if self.t5_cpu else self.device
         if self._t5_residency is not None and not self.t5_cpu:
             # In one process umT5 leaves the device after encoding whatever offload_model says
@@ -366,6 +368,7 @@ class WanPipeline:
             contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
             if offload_model and not self.t5_cpu:
                 encoder.model.to("cpu")
+        log.info("prompts encoded in %.1f s (umT5 on %s)", time.perf_counter() - start, where)
         cfg = next(iter(self.experts.values())).cfg
         padded = []
         for c in contexts:  # rows n_i..511 are exact zeros (§3.3)
@@ -433,7 +436,11 @@ class WanPipeline:
             if i < start:  # done before the interruption
                 continue
             expert, scale = expert_for_step(self.task, t, opts.guide_scale)
+            if i == start:
+                moved = time.perf_counter()
             model = self._active_dit(expert, keep_others=keep)
+            if i == start:  # a cold start's second half: the first DiT's copy here, then its compile
+                log.info("%s on %s in %.1f s", expert or "DiT", self.device, time.perf_counter() - moved)
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
