@@ -66,7 +66,7 @@ CASES = [
 def test_kernel_matches_the_eager_expressions() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", _INTERPRETED, json.dumps(CASES)], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     for case, result in zip(CASES, json.loads(done.stdout.strip().splitlines()[-1]), strict=True):
         assert result["stream"] <= 1e-6, (case, result)  # x += y·gate: the same fp32 arithmetic
