@@ -34,7 +34,9 @@ from pathlib import Path
 from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
+from wan_core.checkpoint import readahead
 from wanspec import contract
+from wanspec.tasks import TASKS
 
 log = logging.getLogger("runner")
 
@@ -188,6 +190,9 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
             decode_saved(cfg, store, run_id, latent, work_dir)
         return
 
+    # The weights before the first step stream into this node's page cache while torchrun starts
+    # the workers and they import torch (wan_core.checkpoint.readahead).
+    readahead.start(readahead.first_step_files(cfg.checkpoint_dir, TASKS[cfg.resolved.task]))
     worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir), **compile_cache_env(env)}
     if image is not None:
         worker_env[IMAGE_ENV] = str(image)

@@ -51,6 +51,8 @@ def test_runner_publishes_the_video_and_reports_it(
     assert status["progress"]["percent"] == 100
     steps = [e["step"] for e in log_events(out) if "step" in e and e.get("rank") == 0]
     assert steps == [1, 2, 3, 4]
+    # the launcher read the weights of the first step ahead (VAE, umT5, the 5B DiT's shards)
+    assert any(e["message"].startswith("readahead: ") and " GB of " in e["message"] for e in log_events(out))
     # the log is next to the video; nothing else is left in the bucket
     names = sorted(o.object_name for o in s3.list_objects(bucket, recursive=True))
     assert names == sorted([key, run.config.output.log_key])
