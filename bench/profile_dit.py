@@ -7,7 +7,7 @@
 Builds the same random full-size model as `dit_forward.py` (compiled on CUDA, as the pipelines
 run it), warms it up, then
 1. profiles one forward with torch.profiler and sums kernel time into attention / GEMM / Triton
-   (Inductor's fused element-wise kernels) / other, with the achieved TFLOP/s of attention and
+   (Inductor's fused element-wise kernels and our fused norms) / other, with the achieved TFLOP/s of attention and
    GEMMs from their analytic FLOPs, and the 12 costliest kernels;
 2. records the allocator's history over one more forward and prints the memory alive at the
    peak: the resident part (weights, inputs) and each live allocation ≥ 32 MiB made during the
@@ -36,10 +36,10 @@ from wan_core.ops.compile import compile_blocks  # noqa: E402
 from wan_core.ops.quant import QUANT_MODES, quantize_dit  # noqa: E402
 
 GIB, MIB = 2**30, 2**20
-KINDS = (  # first match wins; names of cuDNN/flash attention, cuBLAS(Lt)/CUTLASS GEMMs, Inductor kernels
+KINDS = (  # first match wins; names of cuDNN/flash attention, cuBLAS(Lt)/CUTLASS GEMMs, Triton kernels
     ("attention", ("fmha", "flash", "sdpa", "attention", "attn", "prefill")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "matmul", "scaled_mm")),
-    ("triton", ("triton",)),
+    ("triton", ("triton", "_residual_norm_kernel")),  # Inductor's, and wan_core.ops.fused_norm's
 )
 
 
