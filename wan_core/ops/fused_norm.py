@@ -2,13 +2,12 @@
 
 Each block normalises its fp32 residual stream three times (§3.5): modulated before the
 self-attention, affine (`norm3`) after adding the self-attention's gated output, modulated
-again after adding the cross-attention's. Inductor fuses each site into one kernel but writes it
-as a looped reduction over the row (3072 or 5120 fp32) that reads the row twice; an H100 profile
-of the 5B 720P forward put those kernels at ≈1 TB/s, a third of the memory bandwidth
-(`bench/results/2026-11-26-h100-profile-5b-flashinfer.log`). Here one program holds one row in
-registers: the stream is read once, written once when a residual is added, and the normalised
-row is written once in the weights' dtype. Same fp32 math as the eager expressions (two-pass
-mean and variance instead of Welford: both exact to fp32 rounding).
+again after adding the cross-attention's. Inductor fuses each site into one kernel, but as a
+looped reduction that reads the row (3072 or 5120 fp32) twice: 2.0–2.6 TB/s on an H100. Here one
+program holds one row in registers: the stream is read once, written once when a residual is
+added, and the normalised row is written once in the weights' dtype: 2.7–3.0 TB/s
+(`bench/results/2026-11-26-h100-fused-norm-kernels.log`). Same fp32 math as the eager
+expressions (two-pass mean and variance instead of Welford: both exact to fp32 rounding).
 
 Registered with `torch.library.triton_op`, so `torch.compile` sees the kernel (and its in-place
 write into the stream) instead of an opaque call; only where CUDA is present, since that import

@@ -30,8 +30,9 @@ single process, False under torchrun, as upstream) keeps only the active A14B ex
 and also moves umT5 back to the CPU after encoding and the DiT(s) after the loop. Without it, both
 experts stay on the device when they fit (the second copied in while the first samples), else one
 at a time as upstream. In a single process umT5 leaves the device after encoding either way (its
-host copy stays, so that is free), which upstream does only with `offload_model`. `t5_cpu` keeps umT5 on the CPU and encodes there. `convert_model_dtype`
-stores the DiT weights in bf16 (half the memory).
+host copy stays, so that is free), which upstream does only with `offload_model`. `t5_cpu` keeps
+umT5 on the CPU and encodes there. `convert_model_dtype` stores the DiT weights in bf16 (half the
+memory).
 """
 
 from __future__ import annotations
