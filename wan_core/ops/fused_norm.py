@@ -2,9 +2,9 @@
 
 Each block normalises its fp32 residual stream three times (§3.5): modulated before the
 self-attention, affine (`norm3`) after adding the self-attention's gated output, modulated
-again after adding the cross-attention's. Inductor fuses each site into one kernel, but as a
-looped reduction that reads the row (3072 or 5120 fp32) twice: 2.0–2.6 TB/s on an H100. Here one
-program holds one row in registers: the stream is read once, written once when a residual is
+again after adding the cross-attention's. Inductor fuses each site into one reduction kernel,
+which moved 2.0–2.6 TB/s on an H100 at the DiT's rows (3072 or 5120 fp32). Here one program
+holds one row in registers: the stream is read once, written once when a residual is
 added, and the normalised row is written once in the weights' dtype: 2.7–3.0 TB/s
 (`bench/results/2026-11-26-h100-fused-norm-kernels.log`). Same fp32 math as the eager
 expressions (two-pass mean and variance instead of Welford: both exact to fp32 rounding).
