@@ -305,7 +305,7 @@ def _add_norm(
     """The fp32 stream x += y (· gate) in place when y is given, then its LayerNorm in `dtype`:
     modulated ·(1 + weight) + bias with [R, dim] rows (`per_token`), or affine with [dim] ones.
 
-    On CUDA one hand-written Triton kernel per call (`wan_core.ops.fused_norm`: 10–25% faster than
+    On CUDA one hand-written Triton kernel per call (`wan_core.ops.fused_norm`: 4–25% faster than
     Inductor's kernel for the same expression); elsewhere the same expressions eagerly.
     """
     if fused_norm.available(x):
