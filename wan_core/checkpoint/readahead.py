@@ -7,6 +7,10 @@ an A14B expert), one after the other, at the disk's ≈1.6 GB/s on the lent H100
 before the heavy imports, `start` has those files streamed into the page cache meanwhile, so the
 copies to the GPU later read memory. Torch-free, so it can run before torch is imported.
 
+Only as much as half the memory available to the process (the host's, and the cgroup limit's
+headroom in a pod) is read: on a small host, files read ahead would evict the ones read before
+them, which the run needs first.
+
 The files are read, not merely advised: `posix_fadvise(WILLNEED)` was a no-op on the lent H100
 host (its page cache did not grow), and reading works on every filesystem. One thread, 16 MiB at a
 time into one buffer, the GIL released during each read; the loaders still read (and check)
@@ -48,6 +52,40 @@ def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
     return [f for f in (root / task.vae_checkpoint, root / T5_CHECKPOINT, *shards) if f.is_file()]
 
 
+def available_memory() -> int | None:
+    """Bytes this process may still fill: the host's MemAvailable, capped by the cgroup v2 limit's
+    headroom where one is set; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _within(files: Sequence[Path], budget: int | None) -> list[Path]:
+    """The longest prefix of `files` whose sizes add up to at most `budget` (all of them if None)."""
+    if budget is None:
+        return list(files)
+    kept, total = [], 0
+    for path in files:
+        try:
+            total += path.stat().st_size
+        except OSError:  # gone: `_read` skips it
+            pass
+        if total > budget:
+            break
+        kept.append(path)
+    return kept
+
+
 def _read(files: Sequence[Path], chunk: int = 16 << 20) -> None:
     start, size, buf = time.perf_counter(), 0, bytearray(chunk)
     view = memoryview(buf)
@@ -62,7 +100,10 @@ def _read(files: Sequence[Path], chunk: int = 16 << 20) -> None:
 
 
 def start(files: Sequence[Path]) -> threading.Thread | None:
-    """Read `files` in order in a daemon thread (None when there is nothing to read)."""
+    """Read `files` in order in a daemon thread, as many as half the available memory holds
+    (None when that is none of them)."""
+    available = available_memory()
+    files = _within(files, None if available is None else available // 2)
     if not files:
         return None
     thread = threading.Thread(target=_read, args=(list(files),), name="wanops-readahead", daemon=True)

@@ -41,3 +41,22 @@ def test_start_reads_every_file_in_order_in_a_daemon_thread(tmp_path: Path, capl
     assert not thread.is_alive()
     assert f"{((40 << 20) + 4096) / 1e9:.1f} GB of 3 files read" in caplog.text
     assert readahead.start([]) is None
+
+
+def test_only_what_half_the_available_memory_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = [tmp_path / n for n in "abc"]
+    for f, size in zip(files, (100, 200, 50), strict=True):
+        f.write_bytes(b"z" * size)
+    monkeypatch.setattr(readahead, "available_memory", lambda: 2 * 300)  # room for a and b, not c
+    thread = readahead.start(files)
+    assert thread is not None
+    thread.join(10)
+    assert readahead._within(files, 300) == files[:2]
+    assert readahead._within(files, 99) == [] and readahead._within(files, None) == files
+    monkeypatch.setattr(readahead, "available_memory", lambda: 2 * 99)
+    assert readahead.start(files) is None  # not even the first file: nothing is read
+
+
+def test_available_memory_reads_this_host() -> None:
+    available = readahead.available_memory()
+    assert available is None or available > 0
