@@ -17,10 +17,10 @@ from safetensors import SafetensorError, safe_open
 
 from wan_core.checkpoint.errors import CheckpointError, check_shapes
 from wan_core.models.dit import DiTConfig, WanModel, is_fp32_island
+from wanspec.tasks import DIT_INDEX, DIT_SINGLE
 
 CONFIG_NAME = "config.json"
-INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
-SINGLE_NAME = "diffusion_pytorch_model.safetensors"
+INDEX_NAME, SINGLE_NAME = DIT_INDEX, DIT_SINGLE
 EXPERT_SUBFOLDERS = ("high_noise_model", "low_noise_model")  # A14B MoE experts (§2.1, §6.5)
 _TASK_BY_IN_DIM = {16: "t2v", 36: "i2v", 48: "ti2v"}  # patch_embedding input channels (§1.2)
 

@@ -26,13 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from wanspec.tasks import T5_CHECKPOINT, TaskSpec
+from wanspec.tasks import DIT_INDEX, DIT_SINGLE, T5_CHECKPOINT, TaskSpec
 
 log = logging.getLogger(__name__)
-
-_DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"
-_DIT_SINGLE = "diffusion_pytorch_model.safetensors"
-
 
 def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
     """The files of `ckpt_dir` read before the first denoising step, in the order they are used.
@@ -43,9 +39,9 @@ def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
     """
     root = Path(ckpt_dir)
     dit = root / task.experts[0]
-    shards = [dit / _DIT_SINGLE]
+    shards = [dit / DIT_SINGLE]
     try:
-        weight_map = json.loads((dit / _DIT_INDEX).read_text())["weight_map"]
+        weight_map = json.loads((dit / DIT_INDEX).read_text())["weight_map"]
         shards = [dit / name for name in dict.fromkeys(weight_map.values())]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # unsharded, or not a readable index

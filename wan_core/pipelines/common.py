@@ -295,8 +295,10 @@ class WanPipeline:
         # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
         fsdp = self.parallel is not None and self.parallel.dit_fsdp
         self._residency = None if fsdp else Residency(self.experts, self.device)
-        # umT5 likewise in one process (under torchrun it may be FSDP-sharded: moved as upstream)
-        self._t5_residency = Residency({"t5": self.text_encoder.model}, self.device) if self.parallel is None else None
+        # umT5 likewise in one process unless it encodes on the CPU (under torchrun it may be
+        # FSDP-sharded: moved as upstream)
+        self._t5_residency = (Residency({"t5": self.text_encoder.model}, self.device)
+                              if self.parallel is None and not t5_cpu else None)
         weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
         # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
         self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
@@ -357,18 +359,19 @@ class WanPipeline:
         encoder = self.text_encoder
         start = time.perf_counter()
         where = torch.device("cpu") if self.t5_cpu else self.device
-        if self._t5_residency is not None and not self.t5_cpu:
+        home = self._t5_residency
+        if home is not None:
+            home.activate("t5")
+        else:
+            encoder.model.to(where)
+        contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
+        if home is not None:
             # In one process umT5 leaves the device after encoding whatever offload_model says
             # (upstream keeps it there without offload): it is used once per video, leaving costs
             # no copy (its host copy stays), and its 11 GB go to the DiTs' activations and experts.
-            self._t5_residency.activate("t5")
-            contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
-            self._t5_residency.release("t5")
-        else:
-            encoder.model.to(where)
-            contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
-            if offload_model and not self.t5_cpu:
-                encoder.model.to("cpu")
+            home.release("t5")
+        elif offload_model and not self.t5_cpu:
+            encoder.model.to("cpu")
         log.info("prompts encoded in %.1f s (umT5 on %s)", time.perf_counter() - start, where)
         cfg = next(iter(self.experts.values())).cfg
         padded = []
@@ -437,8 +440,7 @@ class WanPipeline:
             if i < start:  # done before the interruption
                 continue
             expert, scale = expert_for_step(self.task, t, opts.guide_scale)
-            if i == start:
-                moved = time.perf_counter()
+            moved = time.perf_counter()
             model = self._active_dit(expert, keep_others=keep)
             if i == start:  # a cold start's second half: the first DiT's copy here, then its compile
                 log.info("%s on %s in %.1f s", expert or "DiT", self.device, time.perf_counter() - moved)
