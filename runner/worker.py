@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from runner.encode import encode_mp4
 from runner.inputs import load_config, run_identity
 from runner.metrics import DEFAULT_PORT, PORT_ENV, Metrics
 from runner.store import Published, Store
+from wan_core.fast_exit import fast_exit
 from wan_core.pipelines.common import LoopState, SamplingOptions, WanPipeline
 from wanspec import contract
 from wanspec.validate import ResolvedSpec
@@ -359,4 +359,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    fast_exit(main())  # the result is published: skip the teardown of the weights (wan_core.fast_exit)

@@ -1,8 +1,7 @@
 """`python -m wan_core …`: the `generate` command (see `wan_core.cli`)."""
 
-import sys
-
 from wan_core.cli import main
+from wan_core.fast_exit import fast_exit
 
 if __name__ == "__main__":
-    sys.exit(main())
+    fast_exit(main())
