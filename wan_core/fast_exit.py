@@ -4,7 +4,8 @@ Once the work is done (the MP4 written and closed, uploads finished, process gro
 what Python's normal exit still does is free memory that the kernel and the CUDA driver reclaim
 anyway (tens of GB of weight tensors, their file mappings, the CUDA context) and join Inductor's
 compile workers (which end themselves when their parent does). On an H100 that took 2.8–3.3 s
-after every A14B run, 0.3 s this way (BENCHMARKS.md, "Process exit").
+after every A14B run; this way the process ends 0.4–0.7 s after the MP4 is written (BENCHMARKS.md,
+"Process exit").
 """
 
 from __future__ import annotations
