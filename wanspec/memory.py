@@ -16,7 +16,8 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
   blocks in bf16 (the running one and FSDP2's prefetch); without it one expert whole (the pipeline
   keeps only the active A14B expert on the GPU unless, with `offload_model=False`, it measures
   room for both beyond this estimate), `P · b`; b = 2 bytes with `convert_model_dtype`,
-  4 as stored (§2.1: the DiT shards are fp32). umT5 stays if it was not offloaded. Activations of
+  4 as stored (§2.1: the DiT shards are fp32). umT5 stays if it was not offloaded (ours: only under
+  torchrun; one process moves it off after encoding either way). Activations of
   one DiT forward (one CFG branch at a time) for the S = L/ulysses tokens of this rank:
       S · c_arch                                   (calibrated: see below)
     + per-token time embedding, only where it is expanded to every token (the official code
@@ -179,6 +180,7 @@ class Profile:
     per_token_time_always: bool  # the time embedding is expanded to every token (official Wan2.2); ours never
     convert_under_fsdp: bool  # ours stores bf16 shards; upstream ignores the flag under FSDP
     replicas_on_gpu: bool  # upstream puts whole DiTs on every GPU under Ulysses without FSDP
+    t5_leaves_in_one_process: bool  # ours moves umT5 off the GPU after encoding in one process; upstream only with offload
 
 
 WANOPS = Profile(
@@ -188,6 +190,7 @@ WANOPS = Profile(
     per_token_time_always=False,
     convert_under_fsdp=True,
     replicas_on_gpu=False,
+    t5_leaves_in_one_process=True,
 )
 OFFICIAL = Profile(
     name="official",
@@ -196,6 +199,7 @@ OFFICIAL = Profile(
     per_token_time_always=True,
     convert_under_fsdp=False,
     replicas_on_gpu=True,
+    t5_leaves_in_one_process=False,
 )
 
 # ------------------------------------------------------------------------------ estimator
@@ -360,7 +364,8 @@ def estimate_peak(
         t5_encode = t5_after = T5_BYTES / world
     else:
         t5_encode = T5_BYTES
-        t5_after = 0.0 if modes.offload_model else T5_BYTES
+        leaves = modes.offload_model or (world == 1 and profile.t5_leaves_in_one_process)
+        t5_after = 0.0 if leaves else T5_BYTES
     t5_gather = (
         FSDP_GATHERED_BLOCKS * T5_LAYER_PARAMS * 2 if layout.t5_fsdp and not modes.t5_cpu else 0
     )

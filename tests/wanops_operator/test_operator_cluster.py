@@ -175,22 +175,22 @@ def test_missing_claim_fails_before_any_job(vgs: VGs, operator: Operator) -> Non
 def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
     vgs: VGs, operator: Operator
 ) -> None:
-    """spec.memory.gpuMemoryGiB 40: one A14B expert, activations and umT5 kept resident (no
-    offload) cannot fit; the planner names keeping umT5 on the CPU (and what else would fit)."""
+    """spec.memory.gpuMemoryGiB 32: one A14B expert and its activations, and the expert kept
+    through the decode (no offload), cannot fit; the planner names a layout that would."""
     spec = {
         **SPEC,
         "task": "t2v-A14B",
         "size": "1280*720",
         "gpus": 1,
         "gpusPerPod": None,
-        "memory": {"offloadModel": False, "gpuMemoryGiB": 40},
+        "memory": {"offloadModel": False, "gpuMemoryGiB": 32},
     }
     vgs.create("too-big", spec)
     status = vgs.wait_phase("too-big", "Failed", operator, timeout=60)
 
     assert status["failure"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
     message = status["failure"]["message"]
-    assert "40 GiB GPUs" in message and "would fit: memory.t5Cpu=true" in message
+    assert "32 GiB GPUs" in message and "would fit: gpus=4, parallelism.ulysses=4, parallelism.ditFsdp=true" in message
     assert vgs.conditions("too-big")["Stalled"]["reason"] == reasons.INSUFFICIENT_GPU_MEMORY
     assert vgs.jobs("too-big") == []
     events = vgs.core.list_namespaced_event(
@@ -202,12 +202,13 @@ def test_layout_that_cannot_fit_fails_before_any_job_naming_what_would(
 def test_chart_default_gpu_memory_applies_when_the_spec_sets_none(
     vgs: VGs, operator: Operator
 ) -> None:
-    """fp32 weights, nothing offloaded, 201 frames: about 83 GiB, over the 80 GiB default."""
+    """fp32 weights, nothing offloaded, 401 frames: about 80 GiB, over the 76 GiB usable of the
+    80 GiB default."""
     spec = {
         **SPEC,
         "task": "t2v-A14B",
         "size": "1280*720",
-        "frames": 201,
+        "frames": 401,
         "gpus": 1,
         "gpusPerPod": None,
         "memory": {"offloadModel": False, "convertModelDtype": False},
