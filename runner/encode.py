@@ -22,7 +22,7 @@ def probe(path: str | Path) -> tuple[int, int, int]:
 
 def encode_mp4(video: Tensor, path: str | Path, fps: int) -> Path:
     """Write `video` ([3, F, H, W] in [−1, 1]) and check frame count and size in the file."""
-    out = save_video(video, path, fps)
+    out = save_video(video, path, fps).path
     want = (video.shape[1], video.shape[3], video.shape[2])
     got = probe(out)
     if got != want:

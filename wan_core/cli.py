@@ -30,6 +30,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -326,15 +327,17 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
                    callback=watchdog.chain(progress) if watchdog is not None else progress)
     with watchdog or nullcontext():
         if task.name == "i2v-A14B":
-            video = pipe.generate(input_prompt, img=image, max_area=Size.parse(args.size).area, **options)
+            latent = pipe.generate(input_prompt, img=image, max_area=Size.parse(args.size).area, decode=False,
+                                   **options)
         elif task.name == "ti2v-5B":
-            video = pipe.generate(input_prompt, img=image, size=args.size, **options)
+            latent = pipe.generate(input_prompt, img=image, size=args.size, decode=False, **options)
         else:
-            video = pipe.generate(input_prompt, size=args.size, **options)
-        if not layout.is_main:  # only rank 0 decoded (spec §9)
+            latent = pipe.generate(input_prompt, size=args.size, decode=False, **options)
+        start = time.perf_counter()
+        if (pieces := pipe.decode_stream(latent)) is None:  # only rank 0 decodes (spec §9)
             return 0
         save_file = args.save_file or default_save_file(task.name, args.size, layout.ulysses, prompt)
-        path = save_video(video, save_file, args.fps or task.fps)
-    log.info("saved %s (%d frames, %dx%d, %d fps)", path, video.shape[1], video.shape[3], video.shape[2],
-             args.fps or task.fps)
+        saved = save_video(pieces, save_file, args.fps or task.fps)  # each piece encoded while the next decodes
+    log.info("saved %s (%d frames, %dx%d, %d fps; decoded and encoded in %.1f s)", saved.path, saved.frames,
+             saved.width, saved.height, args.fps or task.fps, time.perf_counter() - start)
     return 0

@@ -4,11 +4,19 @@ Matches `save_video` in `wan/utils/utils.py` of Wan-Video/Wan2.2@42bf4cf: clamp 
 [0, 1] as torchvision's `make_grid(normalize=True, value_range=(-1, 1))` does for one image,
 × 255 and cast to uint8 (truncation, not rounding), then `imageio.get_writer(path, fps=fps,
 codec='libx264', quality=8)` — imageio-ffmpeg's H.264, yuv420p, crf 10. Unlike upstream, a failed
-write raises instead of being logged and ignored.
+write raises instead of being logged and ignored, and leaves no file at `path`.
+
+Where upstream converts the whole fp32 video on the CPU and then encodes, we convert where the
+frames are (on a GPU the same element-wise fp32 ops give the same bytes, and a quarter of them
+cross to the host) and feed ffmpeg piece by piece, so a decoder's stream (`decode_stream`) is
+encoded while its later frames still decode.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +25,30 @@ from torch import Tensor
 
 CODEC = "libx264"
 QUALITY = 8  # imageio-ffmpeg quality 8 → crf = int((1 − 0.8)·51) = 10
+FRAMES_PER_WRITE = 4  # a whole video is converted this many frames at a time (bounded extra memory)
+
+
+@dataclass(frozen=True)
+class SavedVideo:
+    path: Path
+    frames: int
+    width: int
+    height: int
 
 
 def to_frames(video: Tensor) -> np.ndarray:
     """[3, F, H, W] in [−1, 1] → [F, H, W, 3] uint8, upstream's truncating conversion."""
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f"video must be [3, F, H, W], got {list(video.shape)}")
-    x = video.detach().float().cpu().clamp(-1.0, 1.0)
+    x = video.detach().float().clamp(-1.0, 1.0)
     x = (x + 1.0) / 2.0  # make_grid's (x − low) / (high − low) with (low, high) = (−1, 1)
-    return (x * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()  # (F, H, W, 3)
+    return (x * 255).to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu().numpy()  # (F, H, W, 3)
 
 
-def save_video(video: Tensor, path: str | Path, fps: int) -> Path:
-    """Write `video` ([3, F, H, W] in [−1, 1]) as an H.264 MP4 at `fps`; returns the path."""
+def save_video(video: Tensor | Iterable[Tensor], path: str | Path, fps: int) -> SavedVideo:
+    """Write `video` as an H.264 MP4 at `fps`: a whole [3, F, H, W] tensor in [−1, 1], or its
+    [3, f, H, W] pieces in frame order (each encoded as it comes). The file appears at `path`
+    only once it is complete."""
     import imageio
 
     path = Path(path)
@@ -37,9 +56,19 @@ def save_video(video: Tensor, path: str | Path, fps: int) -> Path:
         raise FileNotFoundError(f"cannot save {path}: folder {path.parent} does not exist")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    frames = to_frames(video)
-    # format named: without imageio-ffmpeg, imageio says to install it instead of trying TIFF
-    with imageio.get_writer(path, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    return path
+    pieces = video.split(FRAMES_PER_WRITE, dim=1) if isinstance(video, Tensor) else video
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # same suffix: ffmpeg picks the container by it
+    frames, size = 0, (0, 0)
+    try:
+        # format named: without imageio-ffmpeg, imageio says to install it instead of trying TIFF
+        with imageio.get_writer(partial, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY) as writer:
+            for piece in pieces:
+                for frame in to_frames(piece):
+                    writer.append_data(frame)
+                frames, size = frames + piece.shape[1], (piece.shape[3], piece.shape[2])
+        if frames == 0:
+            raise ValueError("video has no frames")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return SavedVideo(path, frames, *size)

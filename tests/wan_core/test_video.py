@@ -30,7 +30,9 @@ def test_to_frames_refuses_other_layouts() -> None:
 def test_writes_an_h264_mp4_with_the_frames(tmp_path: Path) -> None:
     f, h, w = torch.meshgrid(torch.arange(9.0), torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 48), indexing="ij")
     video = torch.stack([0.8 * h, 0.8 * w, torch.sin(f / 3 + h + w)])  # (3, F, H, W): smooth, moving
-    path = save_video(video, tmp_path / "out.mp4", fps=24)
+    saved = save_video(video, tmp_path / "out.mp4", fps=24)
+    path = saved.path
+    assert (saved.frames, saved.width, saved.height) == (9, 48, 32)
     frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
     with imageio.get_reader(path) as reader:
         meta = reader.get_meta_data()
@@ -43,3 +45,29 @@ def test_writes_an_h264_mp4_with_the_frames(tmp_path: Path) -> None:
 def test_a_failed_save_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="folder .*absent does not exist"):
         save_video(torch.zeros(3, 1, 16, 16), tmp_path / "absent" / "out.mp4", fps=16)
+
+
+def read_frames(path: Path) -> np.ndarray:
+    with imageio.get_reader(path) as reader:
+        return np.stack(list(reader.iter_data()))
+
+
+def test_pieces_in_order_make_the_same_video_as_the_whole(tmp_path: Path) -> None:
+    """A decoder's stream (1 frame, then 4 at a time) is encoded to the frames of the whole tensor."""
+    video = torch.rand(3, 9, 32, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    whole = save_video(video, tmp_path / "whole.mp4", fps=16)
+    streamed = save_video(iter(video.split([1, 4, 4], dim=1)), tmp_path / "streamed.mp4", fps=16)
+    assert (streamed.frames, streamed.width, streamed.height) == (9, 48, 32)
+    assert np.array_equal(read_frames(streamed.path), read_frames(whole.path))
+
+
+def test_a_stream_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
+    def pieces():
+        yield torch.zeros(3, 1, 16, 16)
+        raise RuntimeError("decoder failed")
+
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        save_video(pieces(), tmp_path / "out.mp4", fps=16)
+    with pytest.raises(ValueError, match="no frames"):
+        save_video(iter([]), tmp_path / "out.mp4", fps=16)
+    assert list(tmp_path.iterdir()) == []  # neither the final name nor the partial one

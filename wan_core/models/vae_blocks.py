@@ -412,19 +412,27 @@ class ChunkedVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Normalised latents [B, z, T, h, w] → video [B, 3, 4(T−1)+1, h·s, w·s] in [−1, 1], fp32."""
-        b, z, t, h, w = latents.shape
-        if z != self.z_dim:
-            raise ValueError(f"latents of shape {tuple(latents.shape)}: expected {self.z_dim} channels")
-        mean, inv_std = (s.view(1, -1, 1, 1, 1) for s in self.scale)
+        b, _, t, h, w = latents.shape
         st, sh, sw = self.stride
         # Written piece by piece into one fp32 buffer: no list of chunks and no final concatenation.
         video = torch.empty(b, 3, st * (t - 1) + 1, h * sh, w * sw, device=latents.device, dtype=torch.float32)
-        cache = Cache(self.fast)
         start = 0
+        for frames in self.decode_pieces(latents):
+            video[:, :, start : start + frames.shape[2]] = frames
+            start += frames.shape[2]
+        return video
+
+    @torch.no_grad()  # on a generator: held while it runs, released at each yield
+    def decode_pieces(self, latents: Tensor) -> Iterator[Tensor]:
+        """`decode` as it is computed: its frames in order, [B, 3, f, H, W] fp32 clamped pieces of
+        one latent frame's 1 or 4 video frames, so a caller can encode a piece while the next decodes."""
+        if latents.shape[1] != self.z_dim:
+            raise ValueError(f"latents of shape {tuple(latents.shape)}: expected {self.z_dim} channels")
+        mean, inv_std = (s.view(1, -1, 1, 1, 1) for s in self.scale)
+        cache = Cache(self.fast)
         with self._backend():
             x = self.conv2(self._layout((latents.float() / inv_std + mean).to(self.dtype)))  # (B, z, T, h, w)
-            for i in range(t):  # one latent frame per chunk → 1 video frame, then 4 each (§5.4)
-                for frames in self._decode_chunk(x[:, :, i : i + 1], cache, first_chunk=i == 0):
-                    video[:, :, start : start + frames.shape[2]] = frames
-                    start += frames.shape[2]
-        return video.clamp_(-1.0, 1.0)
+        for i in range(latents.shape[2]):  # one latent frame per chunk → 1 video frame, then 4 each (§5.4)
+            with self._backend():  # the autotuner flag only while decoding, not while the caller holds a piece
+                pieces = list(self._decode_chunk(x[:, :, i : i + 1], cache, first_chunk=i == 0))
+            yield torch.cat(pieces, dim=2).float().clamp(-1.0, 1.0)

@@ -43,7 +43,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from numbers import Real
@@ -469,13 +469,25 @@ class WanPipeline:
         Under torchrun only rank 0 decodes (others return None, as upstream), after the DiTs
         give up their device memory so the decode does not add to the sampling peak.
         """
-        if self.parallel is not None:
-            if not self.parallel.is_main:
-                return None
-            if self._residency is not None:  # replicas leave the GPU; FSDP shards hold 1/N and no activations
-                self._residency.release_all()
-            self._empty_cache()
-        return self.vae.decode(latent[None])[0]
+        return self.vae.decode(latent[None])[0] if self._decoder_ready() else None
+
+    def decode_stream(self, latent: Tensor) -> Iterator[Tensor] | None:
+        """`decode`'s video as the VAE computes it, [3, f, H, W] pieces in frame order (None off
+        rank 0): `save_video` encodes each while the next decodes."""
+        if not self._decoder_ready():
+            return None
+        return (piece[0] for piece in self.vae.decode_pieces(latent[None]))
+
+    def _decoder_ready(self) -> bool:
+        """Whether this rank decodes; under torchrun rank 0 first frees what the DiTs held."""
+        if self.parallel is None:
+            return True
+        if not self.parallel.is_main:
+            return False
+        if self._residency is not None:  # replicas leave the GPU; FSDP shards hold 1/N and no activations
+            self._residency.release_all()
+        self._empty_cache()
+        return True
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":

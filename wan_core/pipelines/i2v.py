@@ -81,6 +81,7 @@ class ImageToVideo(WanPipeline):
         seed: int = -1,
         offload_model: bool | None = None,
         callback: ProgressCallback | None = None,
+        decode: bool = True,
     ) -> Tensor:
         """Upstream's keyword names; None takes the task's default (area of 1280*720, 81 frames, …).
 
@@ -95,7 +96,7 @@ class ImageToVideo(WanPipeline):
             sampling_steps=sampling_steps, guide_scale=guide_scale, seed=seed,
             offload_model=offload_model,
         )
-        return self.run(input_prompt, image, max_area, opts, n_prompt=n_prompt, callback=callback)
+        return self.run(input_prompt, image, max_area, opts, n_prompt=n_prompt, callback=callback, decode=decode)
 
     @torch.no_grad()
     def run(

@@ -36,11 +36,13 @@ class TextToVideo(WanPipeline):
         seed: int = -1,
         offload_model: bool | None = None,
         callback: ProgressCallback | None = None,
+        decode: bool = True,
     ) -> Tensor:
         """Upstream's keyword names; None takes the task's default (size 1280*720, 81 frames, …).
 
         guide_scale: one number for both experts or (low-noise, high-noise). seed < 0: random.
-        callback(step, total, expert) runs after every step.
+        callback(step, total, expert) runs after every step. decode=False: the final latent instead
+        of the video (to decode it with `decode_stream`, as the generate command does).
         """
         size = check_size(self.task, self.task.default_size if size is None else size)
         opts = self.sampling_options(
@@ -48,7 +50,8 @@ class TextToVideo(WanPipeline):
             sampling_steps=sampling_steps, guide_scale=guide_scale, seed=seed,
             offload_model=offload_model,
         )
-        return self.run(input_prompt, size.width, size.height, opts, n_prompt=n_prompt, callback=callback)
+        return self.run(input_prompt, size.width, size.height, opts, n_prompt=n_prompt, callback=callback,
+                        decode=decode)
 
     @torch.no_grad()
     def run(

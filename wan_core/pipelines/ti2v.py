@@ -83,6 +83,7 @@ class TextImageToVideo(TextToVideo):
         seed: int = -1,
         offload_model: bool | None = None,
         callback: ProgressCallback | None = None,
+        decode: bool = True,
     ) -> Tensor:
         """Without img: text mode at exactly `size`. With img: image mode within `max_area` pixels
         (default: the area of `size`), the aspect ratio following the image."""
@@ -96,8 +97,9 @@ class TextImageToVideo(TextToVideo):
             offload_model=offload_model,
         )
         if image is None:
-            return self.run(input_prompt, size.width, size.height, opts, n_prompt=n_prompt, callback=callback)
-        return self.run_image(input_prompt, image, max_area, opts, n_prompt=n_prompt, callback=callback)
+            return self.run(input_prompt, size.width, size.height, opts, n_prompt=n_prompt, callback=callback,
+                            decode=decode)
+        return self.run_image(input_prompt, image, max_area, opts, n_prompt=n_prompt, callback=callback, decode=decode)
 
     @torch.no_grad()
     def run_image(

@@ -67,6 +67,19 @@ def test_fast_path_in_bf16_tracks_fp32(case: dict[str, object]) -> None:
     assert rel_err(fast.encode(case["video"]), case["encoded"]) <= 2e-2
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_decode_pieces_are_the_decode_in_order(case: dict[str, object], fast: bool) -> None:
+    """The stream the generate command encodes from: 1 frame, then 4 per latent frame, and
+    together exactly `decode` (the same computation, not a re-run with other numerics)."""
+    vae = random_vae(case["model_cls"], case["config"])
+    if fast:
+        vae.set_fast(torch.float32, frames_per_piece=1)
+    pieces = list(vae.decode_pieces(case["latents"]))
+    assert [p.shape[2] for p in pieces] == [1, 4, 4]
+    assert torch.equal(torch.cat(pieces, dim=2), vae.decode(case["latents"]))
+    assert torch.backends.cudnn.benchmark is False
+
+
 @pytest.mark.parametrize(("in_dim", "out_dim", "factor_t", "factor_s"),
                          [(8, 8, 2, 2), (8, 4, 1, 2), (4, 4, 1, 2), (4, 2, 2, 2), (16, 2, 2, 2), (3, 1, 2, 3)])
 @pytest.mark.parametrize("first_chunk", [False, True])
