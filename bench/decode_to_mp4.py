@@ -99,12 +99,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="decode-to-mp4-"))
     paths = {name: work / f"{name}.mp4" for name in ("diffusers_then_save", "ours_then_save", "ours_streamed")}
 
+    def streamed() -> None:
+        save_video((piece[0] for piece in ours.decode_pieces(latents)), paths["ours_streamed"], fps)
+
     with torch.inference_mode():
         ways: dict[str, Callable[[], None]] = {
             "diffusers_then_save": lambda: upstream_save(peer.decode(raw).sample[0], paths["diffusers_then_save"], fps),
             "ours_then_save": lambda: upstream_save(ours.decode(latents)[0], paths["ours_then_save"], fps),
-            "ours_streamed": lambda: save_video((p[0] for p in ours.decode_pieces(latents)),
-                                                paths["ours_streamed"], fps) and None,
+            "ours_streamed": streamed,
         }
         info: dict[str, object] = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -30,6 +30,8 @@ FRAMES_PER_WRITE = 4  # a whole video is converted this many frames at a time (b
 
 @dataclass(frozen=True)
 class SavedVideo:
+    """What `save_video` wrote (a stream's length and size are known only once it has ended)."""
+
     path: Path
     frames: int
     width: int
