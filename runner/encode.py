@@ -4,6 +4,7 @@ with missing frames at the final key."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import Tensor
@@ -20,11 +21,12 @@ def probe(path: str | Path) -> tuple[int, int, int]:
         return reader.count_frames(), width, height
 
 
-def encode_mp4(video: Tensor, path: str | Path, fps: int) -> Path:
-    """Write `video` ([3, F, H, W] in [−1, 1]) and check frame count and size in the file."""
-    out = save_video(video, path, fps).path
-    want = (video.shape[1], video.shape[3], video.shape[2])
-    got = probe(out)
+def encode_mp4(video: Tensor | Iterable[Tensor], path: str | Path, fps: int) -> Path:
+    """Write `video` ([3, F, H, W] in [−1, 1], or its [3, f, H, W] pieces in frame order as a
+    decoder streams them) and check that the file holds every frame fed, at the size fed."""
+    saved = save_video(video, path, fps)
+    want = (saved.frames, saved.width, saved.height)
+    got = probe(saved.path)
     if got != want:
-        raise RuntimeError(f"{out}: encoder wrote (frames, width, height) {got}, expected {want}")
-    return out
+        raise RuntimeError(f"{saved.path}: encoder wrote (frames, width, height) {got}, expected {want}")
+    return saved.path

@@ -125,7 +125,14 @@ def decode_saved(
     log.info("decoding the saved final latent of run %s (sampling is not repeated)", run_id)
     reporter = report.StatusReporter(cfg.resource, report.api_client())
     finish(
-        cfg, store, run_id, latent, lambda z: vae.decode(z[None])[0], reporter, Metrics(), work_dir
+        cfg,
+        store,
+        run_id,
+        latent,
+        lambda z: (piece[0] for piece in vae.decode_pieces(z[None])),
+        reporter,
+        Metrics(),
+        work_dir,
     )
 
 

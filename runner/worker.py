@@ -25,7 +25,8 @@ import io
 import json
 import logging
 import os
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -190,19 +191,28 @@ def finish(
     store: Store,
     run_id: str,
     latent: Tensor,
-    decode: Any,
+    decode_stream: Callable[[Tensor], Iterable[Tensor]],
     reporter: report.StatusReporter,
     metrics: Metrics,
     work_dir: Path,
 ) -> Published:
-    """Rank 0 after sampling (or a decode-only retry): decode, encode, publish, report, clean up."""
+    """Rank 0 after sampling (or a decode-only retry): decode and encode, publish, report, clean up.
+
+    Decode and encode are one stream (x264 encodes each latent frame's video frames while the VAE
+    decodes the next), so the Decoding stage and the "decode" phase last until the last frame is
+    decoded, and Encoding / "encode" for what x264 still holds, the file's close and its check.
+    """
     steps = cfg.resolved.steps
     reporter.stage("Decoding", steps, steps)
-    with metrics.phase("decode"), torch.no_grad():
-        video = decode(latent)
-    reporter.stage("Encoding", steps, steps)
-    with metrics.phase("encode"):
-        path = encode_mp4(video, work_dir / "video.mp4", cfg.resolved.fps)
+    with ExitStack() as encoding:
+
+        def pieces() -> Iterator[Tensor]:
+            with metrics.phase("decode"):
+                yield from decode_stream(latent)
+            reporter.stage("Encoding", steps, steps)
+            encoding.enter_context(metrics.phase("encode"))
+
+        path = encode_mp4(pieces(), work_dir / "video.mp4", cfg.resolved.fps)
     reporter.stage("Uploading", steps, steps)
     with metrics.phase("upload"):
         published = store.publish(path, run_id)
@@ -316,7 +326,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
             )
         if reporter is not None:  # rank 0; the others wait for it at the final barrier
             store.put_work(run_id, LATENTS, to_bytes(latent))
-            finish(cfg, store, run_id, latent, pipe.decode, reporter, metrics, work_dir)
+            finish(cfg, store, run_id, latent, pipe.decode_stream, reporter, metrics, work_dir)
         if dog is not None:
             dog.beat("finished")
     shutdown(layout)

@@ -116,6 +116,50 @@ def test_resume_after_interruption_gives_the_same_video(
     assert s3.get_object(bucket, run.config.output.key).read() == want
 
 
+def test_a_retry_after_sampling_decodes_the_saved_latent(make_run, cluster, s3, bucket) -> None:
+    """Killed after its final latent was saved and before the MP4 was published, the retry
+    decodes that latent with the VAE alone (no DiT, no step) and publishes the very bytes an
+    uninterrupted run publishes: the decode-only path streams into the encoder as the first does.
+
+    As above, the store fixes the moment: every request after the latent's PUT is held."""
+    whole = make_run()
+    code, out = whole.run()
+    assert code == 0, out[-4000:]
+    want = s3.get_object(bucket, whole.config.output.key).read()
+
+    run = make_run()
+    from runner.inputs import run_identity
+    from runner.worker import LATENTS
+
+    store = Store.from_env(run.config.output, run.env())
+    latent_key = store.work_prefix(run_identity(run.config)) + LATENTS
+    direct = run.config
+    saved = S3Gate.completes(latent_key)
+    with S3Gate(cluster.s3_endpoint, hold_after=saved) as gate:
+        gated = direct.model_copy(
+            update={"output": direct.output.model_copy(update={"endpoint": gate.endpoint})}
+        )
+        run.config_path.write_text(gated.model_dump_json())
+        proc = run.start()
+        try:
+            # the next store call after the latent's save (the MP4's upload) is held
+            poll(lambda: gate.held or proc.poll() is not None, 240)
+            assert gate.held and proc.poll() is None, proc.communicate()[0][-4000:]
+        finally:
+            kill_tree(proc.pid)
+            proc.communicate()
+    names = {o.object_name for o in s3.list_objects(bucket, recursive=True)}
+    assert latent_key in names and run.config.output.key not in names
+
+    run.config_path.write_text(direct.model_dump_json())
+    code, out = run.run()
+    assert code == 0, out[-4000:]
+    assert "sampling is not repeated" in out
+    assert not [e for e in log_events(out) if "step" in e]
+    assert s3.get_object(bucket, run.config.output.key).read() == want
+    assert latent_key not in {o.object_name for o in s3.list_objects(bucket, recursive=True)}
+
+
 def _refused(run, tmp_path) -> tuple[str | None, str]:
     """Run to its end; it must exit as invalid input. Returns its termination message's (reason, text)."""
     termination = tmp_path / "termination-log"
