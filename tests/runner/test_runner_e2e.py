@@ -65,6 +65,27 @@ def test_runner_publishes_the_video_and_reports_it(
     assert hashlib.sha256(_fetch(s3, bucket, key, tmp_path / "again.mp4")).hexdigest() == sha
 
 
+def _killed_after_put(run, cluster, key: str) -> tuple[S3Gate, str]:
+    """Run `run` through an `S3Gate` that holds every store request after the PUT of `key`, kill
+    its whole process tree once one is held (torchrun's workers live in sessions of their own),
+    and put its config back on the direct store. Returns the gate and the run's output."""
+    direct = run.config
+    with S3Gate(cluster.s3_endpoint, hold_after=S3Gate.completes(key)) as gate:
+        gated = direct.model_copy(
+            update={"output": direct.output.model_copy(update={"endpoint": gate.endpoint})}
+        )
+        run.config_path.write_text(gated.model_dump_json())
+        proc = run.start()
+        try:
+            poll(lambda: gate.held or proc.poll() is not None, 240)
+            assert gate.held and proc.poll() is None, proc.communicate()[0][-4000:]
+        finally:
+            kill_tree(proc.pid)
+            out, _ = proc.communicate()
+    run.config_path.write_text(direct.model_dump_json())
+    return gate, out
+
+
 def test_resume_after_interruption_gives_the_same_video(
     make_run, cluster, s3, bucket, tmp_path
 ) -> None:
@@ -86,27 +107,14 @@ def test_resume_after_interruption_gives_the_same_video(
 
     store = Store.from_env(run.config.output, run.env())
     state_key = store.work_prefix(run_identity(run.config)) + "sampling.pt"
-    direct = run.config
+    # the next store call after the step-2 save (the step-4 state) is held: steps 3-4 ran
+    gate, out = _killed_after_put(run, cluster, state_key)
     saved = S3Gate.completes(state_key)
-    with S3Gate(cluster.s3_endpoint, hold_after=saved) as gate:
-        gated = direct.model_copy(
-            update={"output": direct.output.model_copy(update={"endpoint": gate.endpoint})}
-        )
-        run.config_path.write_text(gated.model_dump_json())
-        proc = run.start()
-        try:
-            # the next store call after the step-2 save (the step-4 state) is held: steps 3-4 ran
-            poll(lambda: gate.held or proc.poll() is not None, 240)
-            assert gate.held and proc.poll() is None, proc.communicate()[0][-4000:]
-        finally:
-            kill_tree(proc.pid)
-            out, _ = proc.communicate()
     assert sum(saved(*r) for r in gate.requests) == 1, gate.requests  # the step-2 state only
     assert [e["saved_step"] for e in log_events(out) if "saved_step" in e] == [2]
     names = {o.object_name for o in s3.list_objects(bucket, recursive=True)}
     assert state_key in names and run.config.output.key not in names
 
-    run.config_path.write_text(direct.model_dump_json())
     code, out = run.run()
     assert code == 0, out[-4000:]
     events = log_events(out)
@@ -133,25 +141,10 @@ def test_a_retry_after_sampling_decodes_the_saved_latent(make_run, cluster, s3, 
 
     store = Store.from_env(run.config.output, run.env())
     latent_key = store.work_prefix(run_identity(run.config)) + LATENTS
-    direct = run.config
-    saved = S3Gate.completes(latent_key)
-    with S3Gate(cluster.s3_endpoint, hold_after=saved) as gate:
-        gated = direct.model_copy(
-            update={"output": direct.output.model_copy(update={"endpoint": gate.endpoint})}
-        )
-        run.config_path.write_text(gated.model_dump_json())
-        proc = run.start()
-        try:
-            # the next store call after the latent's save (the MP4's upload) is held
-            poll(lambda: gate.held or proc.poll() is not None, 240)
-            assert gate.held and proc.poll() is None, proc.communicate()[0][-4000:]
-        finally:
-            kill_tree(proc.pid)
-            proc.communicate()
+    _killed_after_put(run, cluster, latent_key)  # held: the MP4's upload, the next store call
     names = {o.object_name for o in s3.list_objects(bucket, recursive=True)}
     assert latent_key in names and run.config.output.key not in names
 
-    run.config_path.write_text(direct.model_dump_json())
     code, out = run.run()
     assert code == 0, out[-4000:]
     assert "sampling is not repeated" in out
