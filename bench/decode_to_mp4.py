@@ -40,15 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vae_decode import VAES, random_vae  # noqa: E402  (bench/vae_decode.py)
 
 from wan_core.testing.diffusers_vae import diffusers_vae, to_diffusers_state_dict  # noqa: E402
-from wan_core.video import CODEC, QUALITY, save_video  # noqa: E402
+from wan_core.video import CODEC, QUALITY, save_video, to_frames  # noqa: E402
 
 FPS = {"2.1": 16, "2.2": 24}  # the tasks' frame rates (spec §1.2)
 
 
 def upstream_save(video: Tensor, path: Path, fps: int) -> None:
     """Upstream's order: the whole [3, F, H, W] video to the host in fp32, converted there, then encoded."""
-    x = video.float().cpu().clamp(-1.0, 1.0)
-    frames = ((x + 1.0) / 2.0 * 255).to(torch.uint8).permute(1, 2, 3, 0).numpy()
+    frames = to_frames(video.float().cpu())  # on the host, where the tensor now is
     with imageio.get_writer(path, format="FFMPEG", fps=fps, codec=CODEC, quality=QUALITY) as writer:
         for frame in frames:
             writer.append_data(frame)
