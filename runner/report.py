@@ -9,7 +9,11 @@ next progress event goes out whatever the throttle says, so the status catches u
 API server answers again (a restart, a network blip). The output is retried with backoff for up to
 `OUTPUT_RETRY_S` (an API server restart takes seconds to tens of seconds), and not getting it into
 the status fails the attempt (retriable: the retry finds the published object and reports it
-without generating again).
+without generating again). Refusals (401, 403, 404) are retried too, but only for
+`REFUSAL_RETRY_S`: an API server that has just started serves requests before its RBAC and
+CustomResource caches are filled, and refuses them meanwhile (measured: 403 for a ServiceAccount
+allowed the patch, 0.2 s on an idle machine, longer on a loaded one); a refusal that outlasts that
+is real (no permission, the resource deleted).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_S = 10.0
 OUTPUT_RETRY_S = 120.0  # how long the output report is retried before the attempt fails
+REFUSAL_RETRY_S = 20.0  # how long a refusal of it is taken for an API server still starting
 
 # Share of the whole run each stage starts at (denoising fills 5 → 90 step by step), so `percent`
 # moves through loading and upload too; rough, but never backwards.
@@ -148,9 +153,11 @@ class StatusReporter:
         total_steps: int,
         log_uri: str | None,
         retry_s: float = OUTPUT_RETRY_S,
+        refusal_retry_s: float = REFUSAL_RETRY_S,
     ) -> None:
         """The finished video in `status.output` (and progress at 100 %); retried with backoff
-        (0.5 s doubling to 8 s) for up to `retry_s`, then a temporary failure."""
+        (0.5 s doubling to 8 s) for up to `retry_s` (refusals: `refusal_retry_s`), then a
+        temporary failure."""
         status = {
             "progress": Progress(step=total_steps, total_steps=total_steps, percent=100).model_dump(
                 by_alias=True, exclude_none=True
@@ -159,7 +166,8 @@ class StatusReporter:
                 uri=published.uri, sha256=published.sha256, bytes=published.bytes, log_uri=log_uri
             ).model_dump(by_alias=True, exclude_none=True),
         }
-        deadline = time.monotonic() + retry_s
+        start = time.monotonic()
+        deadline, refusal_deadline = start + retry_s, start + min(retry_s, refusal_retry_s)
         tries = 0
         while True:
             tries += 1
@@ -168,10 +176,9 @@ class StatusReporter:
                 return
             except (ApiException, HTTPError, OSError) as e:
                 problem: Exception = e
-                if isinstance(e, ApiException) and e.status in (401, 403, 404):
-                    break  # no retry turns a refusal or a deleted resource into a success
+                refused = isinstance(e, ApiException) and e.status in (401, 403, 404)
                 delay = min(8.0, 0.5 * 2 ** (tries - 1))
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + delay > (refusal_deadline if refused else deadline):
                     break
                 log.warning("status: output patch failed (%s); retry %d in %.1f s", e, tries, delay)
                 time.sleep(delay)

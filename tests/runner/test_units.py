@@ -123,6 +123,41 @@ def test_progress_names_the_a14b_expert_by_role() -> None:
     assert [s["progress"].get("expert") for s in sent] == ["high_noise", "low_noise", None]
 
 
+def test_a_refused_output_report_is_retried_briefly_then_fails_the_attempt() -> None:
+    """A just-restarted API server answers 403 until its RBAC cache is filled: the output report
+    outlasts that; a refusal that goes on past `refusal_retry_s` fails the attempt (retriable)."""
+    from kubernetes.client.exceptions import ApiException
+
+    from runner.report import StatusReporter
+    from runner.store import Published
+    from wanspec.contract import ResourceRef
+
+    published = Published(uri="s3://b/ns/vg.mp4", sha256="0" * 64, bytes=1)
+    reporter = StatusReporter(ResourceRef(namespace="ns", name="vg", uid="u"), None)
+    answers = [ApiException(status=403, reason="Forbidden"), None]
+    sent: list[dict] = []
+
+    def patch(status: dict) -> None:
+        if (answer := answers.pop(0)) is not None:
+            raise answer
+        sent.append(status)
+
+    reporter._patch = patch  # type: ignore[method-assign]
+    reporter.output(published, 4, None, retry_s=60, refusal_retry_s=5)
+    assert not answers and sent[0]["output"]["uri"] == published.uri
+
+    tries: list[None] = []
+
+    def refuse(status: dict) -> None:
+        tries.append(None)
+        raise ApiException(status=403, reason="Forbidden")
+
+    reporter._patch = refuse  # type: ignore[method-assign]
+    with pytest.raises(errors.RunnerError, match="could not be written after 2 tries") as e:
+        reporter.output(published, 4, None, retry_s=60, refusal_retry_s=1)
+    assert not e.value.fatal and e.value.reason == errors.STATUS_UPDATE_FAILED and len(tries) == 2
+
+
 def test_compile_cache_is_used_only_where_it_is_writable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
     assert compile_cache_env({}) == {}
