@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -40,7 +41,9 @@ from torch.distributed.tensor import DTensor, Shard
 from wan_core.checkpoint.dit import CONFIG_NAME, read_shapes, shard_keys
 from wan_core.checkpoint.errors import CheckpointError, check_shapes
 from wan_core.models.dit import DiTConfig, WanModel
-from wan_core.models.t5 import T5Encoder
+
+if TYPE_CHECKING:  # transformers is imported by the umT5 loader's thread alone (pipelines.common)
+    from wan_core.models.t5 import T5Encoder
 
 
 def apply_fsdp(
