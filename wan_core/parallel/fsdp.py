@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -41,9 +40,7 @@ from torch.distributed.tensor import DTensor, Shard
 from wan_core.checkpoint.dit import CONFIG_NAME, read_shapes, shard_keys
 from wan_core.checkpoint.errors import CheckpointError, check_shapes
 from wan_core.models.dit import DiTConfig, WanModel
-
-if TYPE_CHECKING:  # transformers is imported by the umT5 loader's thread alone (pipelines.common)
-    from wan_core.models.t5 import T5Encoder
+from wan_core.models.t5 import T5Encoder
 
 
 def apply_fsdp(

@@ -8,20 +8,17 @@ first (they hold no weights and see the model's own module names), then per-bloc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from wan_core.checkpoint.dit import expert_folders, load_dit_experts
 from wan_core.models.dit import WanModel
+from wan_core.models.t5 import T5Encoder
 from wan_core.ops.compile import compile_blocks
 from wan_core.ops.quant import quantize_dit
 from wan_core.parallel.fsdp import load_sharded_dit, shard_dit, shard_t5
 from wan_core.parallel.mesh import ParallelLayout
 from wan_core.parallel.ulysses import apply_ulysses
-
-if TYPE_CHECKING:  # transformers is imported by the umT5 loader's thread alone (pipelines.common)
-    from wan_core.models.t5 import T5Encoder
 
 
 def _prepare(model: WanModel, layout: ParallelLayout, compile: bool, precision: str = "exact") -> WanModel:

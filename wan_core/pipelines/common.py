@@ -44,7 +44,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from numbers import Real
@@ -56,7 +55,8 @@ from PIL import Image
 from torch import Tensor
 
 from wan_core.checkpoint.dit import load_dit_experts
-from wan_core.checkpoint.folder import CheckpointFolder, inspect_folder
+from wan_core.checkpoint.folder import inspect_folder
+from wan_core.checkpoint.t5 import load_t5
 from wan_core.checkpoint.vae import load_vae
 from wan_core.models.dit import WanModel
 from wan_core.models.vae_blocks import ChunkedVAE
@@ -68,7 +68,6 @@ from wanspec.memory import SAFETY_FRACTION, forward_activation_bytes
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
 
 if TYPE_CHECKING:
-    from wan_core.models.t5 import T5Encoder
     from wan_core.parallel import ParallelLayout
 
 # (step done, total steps, expert subfolder or None for the dense 5B model): progress for the runner.
@@ -229,14 +228,6 @@ def load_task_vae(task: TaskSpec, path: str | Path, device: torch.device, dtype:
     return vae
 
 
-def load_text_encoder(root: Path, dtype: torch.dtype) -> T5Encoder:
-    """umT5 on the CPU, where it stays but to encode (§4.4). Run on a thread while the VAE and the
-    DiT load; imported here so that transformers' import (seconds of a start) is on that thread."""
-    from wan_core.checkpoint.t5 import load_t5
-
-    return load_t5(root, device="cpu", dtype=dtype)
-
-
 class WanPipeline:
     """A loaded task checkpoint (umT5, VAE, DiT or A14B experts) and the steps every pipeline shares.
 
@@ -276,24 +267,8 @@ class WanPipeline:
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
         folder = inspect_folder(ckpt_dir, self.task.name)
-        with ThreadPoolExecutor(1, thread_name_prefix="umt5-load") as loader:
-            text_encoder = loader.submit(load_text_encoder, folder.root, self.dtype)
-            self._load_models(folder, convert_model_dtype, precision)
-            self.text_encoder = text_encoder.result()
-        if self.parallel is not None:
-            from wan_core.parallel import parallelize_t5
-
-            self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
-        # umT5 likewise in one process unless it encodes on the CPU (under torchrun it may be
-        # FSDP-sharded: moved as upstream)
-        self._t5_residency = (Residency({"t5": self.text_encoder.model}, self.device)
-                              if self.parallel is None and not t5_cpu else None)
-        weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
-        # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
-        self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
-
-    def _load_models(self, folder: CheckpointFolder, convert_model_dtype: bool, precision: str) -> None:
-        """The VAE and the DiT(s), with the residency of the DiTs."""
+        # umT5 is created on the CPU and visits the device only to encode (§4.4).
+        self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
         # The VAE lives on the device for the whole run.
         self.vae = load_task_vae(self.task, folder.vae, self.device, self.dtype)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted
@@ -311,14 +286,22 @@ class WanPipeline:
                     compile_blocks(model)
             self._cfg_branches = sequential_branches
         else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
-            from wan_core.parallel import cfg_parallel_branches, load_parallel_dits
+            from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5
 
             self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
                                               model_type=self.task.model_type, compile=compile, precision=precision)
+            self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
         fsdp = self.parallel is not None and self.parallel.dit_fsdp
         self._residency = None if fsdp else Residency(self.experts, self.device)
+        # umT5 likewise in one process unless it encodes on the CPU (under torchrun it may be
+        # FSDP-sharded: moved as upstream)
+        self._t5_residency = (Residency({"t5": self.text_encoder.model}, self.device)
+                              if self.parallel is None and not t5_cpu else None)
+        weights = next(iter(self.experts.values())).patch_embedding.weight.dtype
+        # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
+        self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
 
     # -- checks --------------------------------------------------------------------------------
 
