@@ -9,7 +9,8 @@
   video frames converted to uint8 on the GPU and handed to ffmpeg while the next ones decode.
 
 Wall time on the host clock (the phase ends when ffmpeg has closed the file), median of `--runs`
-after one warm-up each. The two MP4s of ours must hold the same frames (read back and compared;
+after one warm-up each; on CUDA also the memory each way allocates at its peak beyond the resident
+weights and latents (`wanspec.memory` fits its decode phase on ours' streamed peak). The two MP4s of ours must hold the same frames (read back and compared;
 exit status 1 otherwise). Random weights decode to noise-like video, the slowest content for
 x264 at crf 10: a real video encodes faster, so these are upper bounds of the encode's share.
 
@@ -53,17 +54,23 @@ def upstream_save(video: Tensor, path: Path, fps: int) -> None:
             writer.append_data(frame)
 
 
-def wall(fn: Callable[[], None], runs: int, device: torch.device) -> list[float]:
-    """One warm-up, then `runs` host-clock timings of `fn` (which ends with the file closed)."""
+def wall(fn: Callable[[], None], runs: int, device: torch.device) -> tuple[list[float], float | None]:
+    """One warm-up, then `runs` host-clock timings of `fn` (which ends with the file closed); and
+    on CUDA the GiB that `fn` allocated at its peak beyond what was allocated before it."""
     fn()
     seconds = []
+    extra = None
     for _ in range(runs):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
         begin = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - begin)
-    return seconds
+        if device.type == "cuda":
+            extra = (torch.cuda.max_memory_allocated(device) - before) / 2**30
+    return seconds, extra
 
 
 def read_frames(path: Path) -> np.ndarray:
@@ -115,12 +122,15 @@ def main() -> int:
             "vae": f"Wan{args.vae}" + (" (tiny config)" if args.tiny else ""),
             "size": size, "frames": frames, "fps": fps,
         }
+        # ours' weights, so that a peak of ours reads as weights + extra (what wanspec.memory fits)
+        info["ours_weights_gib"] = sum(t.numel() * t.element_size() for t in ours.state_dict().values()) / 2**30
         for name, fn in ways.items():
-            seconds = wall(fn, args.runs, device)
+            seconds, extra = wall(fn, args.runs, device)
             info[name] = {"median_s": statistics.median(seconds), "runs_s": seconds,
-                          "mp4_mb": paths[name].stat().st_size / 1e6}
+                          "mp4_mb": paths[name].stat().st_size / 1e6, "peak_extra_gib": extra}
+            peak = f", {extra:.2f} GiB allocated at the peak beyond the resident weights and latents" if extra is not None else ""
             print(f"{name:>20}: median {statistics.median(seconds):.2f} s ({', '.join(f'{s:.2f}' for s in seconds)}), "
-                  f"{info[name]['mp4_mb']:.1f} MB", flush=True)
+                  f"{info[name]['mp4_mb']:.1f} MB{peak}", flush=True)
     same = np.array_equal(read_frames(paths["ours_then_save"]), read_frames(paths["ours_streamed"]))
     info["streamed_frames_equal"] = same
     print(f"streamed MP4 holds the same frames as decode-then-save: {same}")

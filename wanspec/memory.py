@@ -25,8 +25,10 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
       L · dim · 28 B (e and e0 in fp32, whole on every Ulysses rank) + S · dim · 24 B
       (modulation + e0 in each block)
     + with ulysses > 1: S · dim · 12 B (q/k/v bf16 all-to-all send and receive buffers).
-- decode (rank 0): VAE weights + output video sized as fp32 (F·H·W·3·4 B) + a working set per output pixel
-  of one frame (the causal decode goes chunk by chunk, so it scales with H·W, not F); plus what is
+- decode (rank 0): VAE weights + a working set per output pixel of one frame (the causal decode
+  goes chunk by chunk, so it scales with H·W, not F); the official code also holds the whole output
+  video, sized as fp32 (F·H·W·3·4 B), where ours hands each chunk's frames to the MP4 encoder as
+  uint8 and keeps no video on the GPU; plus what is
   left: FSDP shards, umT5 unless offloaded, the last expert in one process without offload
   (with torchrun, replicated DiTs are moved off the GPU before rank 0 decodes).
 - always: CUDA context, cuBLAS/cuDNN workspaces (not in `max_memory_allocated`), and NCCL
@@ -40,10 +42,11 @@ Calibrated vs extrapolated, honestly:
   in tokens (no quadratic attention term: cuDNN/flash attention keep no L×L matrix) is checked by
   the official code's 720P and 480P A14B peaks of issue 10 (464 KB/token both). Other sizes and
   frame counts are extrapolated along it.
-- The VAE working set per pixel is fitted on our bf16 fast-path decodes, what the pipelines run
-  on CUDA (Wan2.1 720P×81 7.18 GiB, Wan2.2 1280×704×121 7.95 GiB; the fp32 decodes were 19.45 and
-  22.01 GiB). One extra fp32 output is taken off the measured peak, as the first bench held the
-  previous output; with weights and outputs sized as fp32 this only overestimates.
+- The VAE working set per pixel is fitted on our streamed decode → MP4 (the bf16 fast path, each
+  latent frame's video frames converted to uint8 on the GPU and handed to ffmpeg), what the
+  generate command and the runner run on CUDA: allocated at its peak beyond the resident weights
+  and latents, Wan2.1 720P×81 6.12 GiB, Wan2.2 1280×704×121 5.44 GiB (H100, `bench/decode_to_mp4.py`,
+  BENCHMARKS.md). With the weights sized as fp32 this only overestimates.
 - The Ulysses all-to-all buffers, the FSDP gathered blocks, the i2v encode working set, the CUDA
   context (0.75 GiB) and NCCL (0.5 GiB) are first-principles or assumed, not measured here.
   Everything under torchrun is extrapolated: no multi-GPU peak of ours has been measured yet.
@@ -144,11 +147,12 @@ OFFICIAL_FORWARD = {
     "A14B": ("t2v-A14B", 1280, 720, 81, True, 59.3),
     "5B": ("ti2v-5B", 1280, 704, 121, True, 16.4),
 }
-# VAE decode peaks: (W, H, frames, GiB). Ours, the bf16 fast path: BENCHMARKS.md "Exact-mode speed",
-# bench/results/2026-11-25-h100-vae-fast.jsonl; official (fp32): issue 10's table.
+# VAE decode: (W, H, frames, GiB). Ours: the streamed decode → MP4's allocation at its peak beyond
+# the resident weights and latents (bench/results/2026-11-27-h100-decode-to-mp4-peaks.jsonl);
+# official (fp32, the whole video held, weights included): issue 10's table.
 MEASURED_DECODE = {
-    "Wan2.1_VAE.pth": (1280, 720, 81, 7.181),
-    "Wan2.2_VAE.pth": (1280, 704, 121, 7.951),
+    "Wan2.1_VAE.pth": (1280, 720, 81, 6.12),
+    "Wan2.2_VAE.pth": (1280, 704, 121, 5.44),
 }
 OFFICIAL_DECODE = {
     "Wan2.1_VAE.pth": (1280, 720, 81, 19.4),
@@ -165,9 +169,17 @@ def _fit_forward(point: tuple[str, int, int, int, bool, float]) -> float:
 
 
 def _fit_decode(point: tuple[int, int, int, float], vae: str) -> float:
-    """Working bytes per output pixel of one frame: peak less weights and two outputs (module doc)."""
+    """Working bytes per output pixel of one frame: the official peak less weights and two
+    outputs (module doc)."""
     w, h, f, gib = point
     return (gib * GIB - VAE_WEIGHT_BYTES[vae] - 2 * _out_video_bytes(w, h, f)) / (w * h)
+
+
+def _fit_streamed_decode(point: tuple[int, int, int, float]) -> float:
+    """Working bytes per output pixel of one frame: what the streamed decode allocates beyond
+    the resident weights, which holds no video."""
+    w, h, _, gib = point
+    return gib * GIB / (w * h)
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,7 @@ class Profile:
     name: str
     forward_bytes_per_token: Mapping[str, float]  # c_arch by DiTArch.key
     decode_bytes_per_pixel: Mapping[str, float]  # by VAE checkpoint
+    decode_holds_video: bool  # the official decode returns the whole fp32 video on the GPU; ours streams it out
     per_token_time_always: bool  # the time embedding is expanded to every token (official Wan2.2); ours never
     convert_under_fsdp: bool  # ours stores bf16 shards; upstream ignores the flag under FSDP
     replicas_on_gpu: bool  # upstream puts whole DiTs on every GPU under Ulysses without FSDP
@@ -186,7 +199,8 @@ class Profile:
 WANOPS = Profile(
     name="wanops",
     forward_bytes_per_token={k: _fit_forward(p) for k, p in MEASURED_FORWARD.items()},
-    decode_bytes_per_pixel={k: _fit_decode(p, k) for k, p in MEASURED_DECODE.items()},
+    decode_bytes_per_pixel={k: _fit_streamed_decode(p) for k, p in MEASURED_DECODE.items()},
+    decode_holds_video=False,
     per_token_time_always=False,
     convert_under_fsdp=True,
     replicas_on_gpu=False,
@@ -196,6 +210,7 @@ OFFICIAL = Profile(
     name="official",
     forward_bytes_per_token={k: _fit_forward(p) for k, p in OFFICIAL_FORWARD.items()},
     decode_bytes_per_pixel={k: _fit_decode(p, k) for k, p in OFFICIAL_DECODE.items()},
+    decode_holds_video=True,
     per_token_time_always=True,
     convert_under_fsdp=False,
     replicas_on_gpu=True,
@@ -409,7 +424,8 @@ def estimate_peak(
     phases.append(
         Phase(
             "decode",
-            (("VAE decode", vae_w + out + work), ("umT5", t5_after), ("DiT left", decode_dit)),
+            (("VAE decode", vae_w + (out if profile.decode_holds_video else 0.0) + work),
+             ("umT5", t5_after), ("DiT left", decode_dit)),
         )
     )
     overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if world > 1 else 0.0)

@@ -29,7 +29,7 @@ def test_a14b_on_one_small_gpu_is_warned_with_flags_that_fit() -> None:
     args = _args("--task", "t2v-A14B", "--offload_model", "False")
     warning = memory_warning(args, 1, 48)
     assert warning is not None and "48 GiB GPU" in warning
-    assert "Would fit: --convert_model_dtype (≈33.7 GiB)" in warning  # the smallest change first
+    assert "Would fit: --convert_model_dtype (≈34.0 GiB)" in warning  # the smallest change first
     assert "--dit_fsdp" in warning  # more ranks with FSDP also fit
 
 
