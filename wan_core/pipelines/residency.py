@@ -9,7 +9,10 @@ on the host), which gives:
 
 - release: the device copy is dropped and the parameters point at the host copy again, no copy;
 - prefetch: an expert is copied in on a side stream by a background thread (the copies release
-  the GIL) while the current expert samples, so a switch that has room for both costs nothing.
+  the GIL) while the current expert samples, so a switch that has room for both costs nothing;
+- copy-in through pinned staging buffers (`PinnedStager`): a pageable `.to(device)` of a memory-
+  mapped expert goes through the driver's own staging one chunk at a time; here torch's
+  multi-threaded CPU copy fills one pinned buffer while the DMA engine drains the others.
 
 The pipelines decide when both experts may stay (`offload_model=False` and room on the device);
 this class only moves weights.
@@ -18,7 +21,7 @@ this class only moves weights.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -27,11 +30,55 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 log = logging.getLogger(__name__)
 
+STAGING_BYTES = 64 << 20  # one pinned staging buffer
+STAGING_BUFFERS = 4  # filled by the CPU while the DMA engine drains the others
+
+
+class PinnedStager:
+    """Host→device copies of plain tensors through a few pinned staging buffers, kept for reuse.
+
+    Each tensor's bytes go in chunks: torch's CPU copy (multi-threaded, GIL released) fills a free
+    pinned buffer, then an asynchronous DMA on `stream` empties it into the device tensor; a buffer
+    is refilled once its last DMA has finished. Returns once every copy is done, so the source
+    may be released and the buffers reused."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: list[Tensor] = []
+
+    def copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream) -> list[Tensor]:
+        if not self._buffers:
+            self._buffers = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
+                             for _ in range(STAGING_BUFFERS)]
+        done: list[torch.cuda.Event | None] = [None] * len(self._buffers)
+        slot = 0
+        out = []
+        with torch.cuda.stream(stream):
+            for t in tensors:
+                dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
+                src, flat = t.contiguous().view(-1).view(torch.uint8), dst.view(-1).view(torch.uint8)
+                for start in range(0, src.numel(), STAGING_BYTES):
+                    n = min(STAGING_BYTES, src.numel() - start)
+                    if (event := done[slot]) is not None:
+                        event.synchronize()
+                    buffer = self._buffers[slot][:n]
+                    buffer.copy_(src[start : start + n])
+                    flat[start : start + n].copy_(buffer, non_blocking=True)
+                    done[slot] = torch.cuda.Event()
+                    done[slot].record(stream)
+                    slot = (slot + 1) % len(self._buffers)
+                out.append(dst)
+        for event in done:
+            if event is not None:
+                event.synchronize()
+        return out
+
 
 class Residency:
     """Device placement of named DiTs that start on the host (one process, or replicas under torchrun without FSDP)."""
 
-    def __init__(self, models: Mapping[str, nn.Module], device: torch.device) -> None:
+    def __init__(self, models: Mapping[str, nn.Module], device: torch.device, *, pinned_staging: bool = True) -> None:
+        """`pinned_staging=False` copies in with a plain `.to(device)` (the baseline of bench/copy_in.py)."""
         self.models = dict(models)
         self.device = device
         # parameter name → a detached alias of its host tensor: keeps the host copy alive while the
@@ -43,6 +90,7 @@ class Residency:
         self._pending: dict[str, Future[None]] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._stream: torch.cuda.Stream | None = None
+        self._stager = PinnedStager(device) if device.type == "cuda" and pinned_staging else None
 
     def on_device(self, name: str) -> bool:
         return next(self.models[name].parameters()).device == self.device
@@ -62,7 +110,7 @@ class Residency:
                 log.warning("prefetching %s ran out of device memory; loading it after releasing the others", name)
                 self.release_all()
         if not self.on_device(name):
-            self.models[name].to(self.device)
+            self._move_in(name, torch.cuda.current_stream(self.device) if self._stager else None)
         return self.models[name]
 
     def prefetch(self, name: str) -> None:
@@ -76,9 +124,22 @@ class Residency:
 
     def _copy_in(self, name: str) -> None:
         assert self._stream is not None
-        with torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            self.models[name].to(self.device)
+        with torch.cuda.device(self.device):
+            self._move_in(name, self._stream)
         self._stream.synchronize()  # the copies are done before `activate` hands the model out
+
+    def _move_in(self, name: str, stream: torch.cuda.Stream | None) -> None:
+        """`name`'s host tensors to the device: plain ones through the pinned stager on `stream`,
+        tensor subclasses (torchao's FP8 weights) and everything off CUDA by `.to`."""
+        model = self.models[name]
+        if self._stager is None or stream is None:
+            model.to(self.device)
+            return
+        host = {id(t): t for t in (*model.parameters(), *model.buffers())
+                if t.device.type == "cpu" and not is_traceable_wrapper_subclass(t)}
+        moved = dict(zip(host, self._stager.copy([t.detach() for t in host.values()], stream)))
+        with torch.cuda.stream(stream):
+            model._apply(lambda t: moved[id(t)] if id(t) in moved else t.to(self.device))
 
     def release(self, name: str) -> None:
         """Drop `name`'s device copy: its parameters point at the host copy again (no copy back)."""

@@ -1,7 +1,8 @@
 """Residency: experts move to the device and back without copying their weights back.
 
 The device here is `meta` on the CPU (a move there keeps shapes, drops data), so what comes back
-on release can only be the kept host copy; the CUDA test checks the background prefetch.
+on release can only be the kept host copy; the CUDA tests check the background prefetch and the
+pinned staging of the copies.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from wan_core.pipelines.residency import Residency
+from wan_core.pipelines import residency
+from wan_core.pipelines.residency import PinnedStager, Residency
 
 META = torch.device("meta")
 
@@ -83,3 +85,26 @@ def test_cuda_prefetch_then_switch_without_copy_back() -> None:
     torch.testing.assert_close(low(x.cuda()).cpu(), ref["low"])
     res.release("high")
     assert [p.data_ptr() for p in models["high"].parameters()] == host_ptrs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_staging_copies_every_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tensors larger than a staging buffer, several per buffer cycle, odd sizes, dtypes and
+    layouts: each arrives whole (small buffers, so every buffer is refilled many times)."""
+    monkeypatch.setattr(residency, "STAGING_BYTES", 1000)
+    g = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(123, 45, generator=g),  # 22,140 bytes: 23 chunks
+        torch.randn(7, generator=g).to(torch.bfloat16),
+        torch.randint(0, 1 << 40, (301,), generator=g),
+        torch.randn(40, 30, generator=g).t(),  # not contiguous
+        torch.tensor(3.5),
+        torch.empty(0, 5),
+        torch.rand(999, generator=g) > 0.5,
+    ]
+    device = torch.device("cuda", torch.cuda.current_device())
+    stream = torch.cuda.Stream(device)
+    copies = PinnedStager(device).copy(tensors, stream)
+    for host, copy in zip(tensors, copies, strict=True):
+        assert copy.device == device and copy.dtype == host.dtype and copy.shape == host.shape
+        assert torch.equal(copy.cpu(), host)

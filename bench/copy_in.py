@@ -1,0 +1,79 @@
+"""GPU benchmark: a DiT's weights from the host (its memory-mapped checkpoint) onto the GPU.
+
+The copy that ends every cold start before the first step (the first expert, or the 5B's DiT) and
+every expert switch that was not prefetched. Two ways, one process, the same model:
+- `to`: `model.to(device)`, what upstream does: pageable copies, staged by the driver;
+- `pinned`: `Residency.activate` as the pipelines run it: torch's CPU copy fills pinned staging
+  buffers while the DMA engine drains the others (`wan_core/pipelines/residency.py`).
+Each run releases the weights first (the parameters point at the host copy again), so every run
+reads the same page cache. Host clock, median of `--runs` after one warm-up; the two ways' device
+weights are compared byte for byte (exit status 1 if they differ).
+
+    python bench/copy_in.py --ckpt_dir /root/ck --out bench.jsonl    # T2V-A14B: the high-noise expert
+    python bench/copy_in.py --ckpt_dir /root/ck5 --convert_model_dtype   # TI2V-5B as the e2e runs load it
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wan_core.checkpoint.dit import load_dit_experts  # noqa: E402
+from wan_core.pipelines.residency import Residency  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt_dir", type=Path, required=True)
+    parser.add_argument("--convert_model_dtype", action="store_true", help="bf16 in host memory first, as the flag does")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
+    args = parser.parse_args()
+    device = torch.device("cuda", torch.cuda.current_device())
+
+    experts = load_dit_experts(args.ckpt_dir, device="cpu", dtype=torch.bfloat16 if args.convert_model_dtype else None)
+    name, model = next(iter(experts.items()))
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    info: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+        "ckpt_dir": str(args.ckpt_dir), "model": name, "gb": nbytes / 1e9,
+        "dtype": str(next(model.parameters()).dtype),
+    }
+    on_device = {}
+    for way, pinned in (("to", False), ("pinned", True)):
+        home = Residency({name: model}, device, pinned_staging=pinned)
+        seconds = []
+        for _ in range(args.runs + 1):
+            home.release(name)
+            torch.cuda.synchronize(device)
+            begin = time.perf_counter()
+            home.activate(name)
+            torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - begin)
+        on_device[way] = [p.detach() for p in model.parameters()]  # kept on the GPU past the release
+        home.release(name)
+        timed = seconds[1:]
+        info[way] = {"median_s": statistics.median(timed), "runs_s": timed, "gb_per_s": nbytes / 1e9 / statistics.median(timed)}
+        print(f"{way:>6}: median {statistics.median(timed):.2f} s ({', '.join(f'{s:.2f}' for s in timed)}), "
+              f"{info[way]['gb_per_s']:.1f} GB/s for {nbytes / 1e9:.1f} GB", flush=True)
+    same = all(torch.equal(a, b) for a, b in zip(on_device["to"], on_device["pinned"], strict=True))
+    info["same_bytes"] = same
+    print(f"the same weights on the device both ways: {same}")
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps(info) + "\n")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
