@@ -40,7 +40,8 @@ class PinnedStager:
     Each tensor's bytes go in chunks: torch's CPU copy (multi-threaded, GIL released) fills a free
     pinned buffer, then an asynchronous DMA on `stream` empties it into the device tensor; a buffer
     is refilled once its last DMA has finished. Returns once every copy is done, so the source
-    may be released and the buffers reused."""
+    may be released and the buffers reused. The buffers (4 × 64 MiB of pinned host memory) are
+    made at the first copy and kept for the run's later ones (prefetch, switches)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
