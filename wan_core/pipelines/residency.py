@@ -21,6 +21,7 @@ this class only moves weights.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -41,13 +42,19 @@ class PinnedStager:
     pinned buffer, then an asynchronous DMA on `stream` empties it into the device tensor; a buffer
     is refilled once its last DMA has finished. Returns once every copy is done, so the source
     may be released and the buffers reused. The buffers (4 × 64 MiB of pinned host memory) are
-    made at the first copy and kept for the run's later ones (prefetch, switches)."""
+    made at the first copy and kept for the run's later ones (prefetch, switches); one copy at a
+    time uses them (the prefetch thread and the caller's may both ask)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._buffers: list[Tensor] = []
+        self._lock = threading.Lock()
 
     def copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream) -> list[Tensor]:
+        with self._lock:
+            return self._copy(tensors, stream)
+
+    def _copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream) -> list[Tensor]:
         if not self._buffers:
             self._buffers = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
                              for _ in range(STAGING_BUFFERS)]
