@@ -42,7 +42,8 @@ def main() -> int:
 
     experts = load_dit_experts(args.ckpt_dir, device="cpu", dtype=torch.bfloat16 if args.convert_model_dtype else None)
     name, model = next(iter(experts.items()))
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    homes = {way: Residency({name: model}, device, pinned_staging=way == "pinned") for way in ("to", "pinned")}
+    nbytes = homes["pinned"].nbytes(name)
     info: dict[str, object] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
@@ -50,8 +51,7 @@ def main() -> int:
         "dtype": str(next(model.parameters()).dtype),
     }
     on_device = {}
-    for way, pinned in (("to", False), ("pinned", True)):
-        home = Residency({name: model}, device, pinned_staging=pinned)
+    for way, home in homes.items():
         seconds = []
         for _ in range(args.runs + 1):
             home.release(name)

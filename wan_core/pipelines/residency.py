@@ -118,7 +118,7 @@ class Residency:
                 log.warning("prefetching %s ran out of device memory; loading it after releasing the others", name)
                 self.release_all()
         if not self.on_device(name):
-            self._move_in(name, torch.cuda.current_stream(self.device) if self._stager else None)
+            self._move_in(name)
         return self.models[name]
 
     def prefetch(self, name: str) -> None:
@@ -136,13 +136,15 @@ class Residency:
             self._move_in(name, self._stream)
         self._stream.synchronize()  # the copies are done before `activate` hands the model out
 
-    def _move_in(self, name: str, stream: torch.cuda.Stream | None) -> None:
-        """`name`'s host tensors to the device: plain ones through the pinned stager on `stream`,
-        tensor subclasses (torchao's FP8 weights) and everything off CUDA by `.to`."""
+    def _move_in(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
+        """`name`'s host tensors to the device: plain ones through the pinned stager on `stream`
+        (default: the current one), tensor subclasses (torchao's FP8 weights) and everything off
+        CUDA by `.to`."""
         model = self.models[name]
-        if self._stager is None or stream is None:
+        if self._stager is None:
             model.to(self.device)
             return
+        stream = stream or torch.cuda.current_stream(self.device)
         host = {id(t): t for t in (*model.parameters(), *model.buffers())
                 if t.device.type == "cpu" and not is_traceable_wrapper_subclass(t)}
         moved = dict(zip(host, self._stager.copy([t.detach() for t in host.values()], stream)))
