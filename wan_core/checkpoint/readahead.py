@@ -12,18 +12,22 @@ headroom in a pod) is read: on a small host, files read ahead would evict the on
 them, which the run needs first.
 
 The files are read, not merely advised: `posix_fadvise(WILLNEED)` was a no-op on the lent H100
-host (its page cache did not grow), and reading works on every filesystem. One thread, 16 MiB at a
-time into one buffer, the GIL released during each read; the loaders still read (and check)
-every byte themselves, from memory by then.
+host (its page cache did not grow), and reading works on every filesystem. Several threads read
+consecutive 16 MiB pieces, handed out in file order, so the files needed first are in memory first
+and the device has several requests in flight (one sequential reader leaves an NVMe drive or a
+network volume idle between requests; `bench/readahead.py` measures the thread counts). The GIL is
+released during each read; the loaders still read (and check) every byte themselves, from memory
+by then. `WANOPS_READAHEAD_THREADS` overrides the thread count (1: one sequential reader).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from wanspec.tasks import DIT_INDEX, DIT_SINGLE, T5_CHECKPOINT, TaskSpec
@@ -82,26 +86,71 @@ def _within(files: Sequence[Path], budget: int | None) -> list[Path]:
     return kept
 
 
-def _read(files: Sequence[Path], chunk: int = 16 << 20) -> None:
-    start, size, buf = time.perf_counter(), 0, bytearray(chunk)
-    view = memoryview(buf)
+CHUNK = 16 << 20
+DEFAULT_THREADS = 8
+
+
+def threads_from_env() -> int:
+    """`WANOPS_READAHEAD_THREADS` if it is a positive integer, else `DEFAULT_THREADS`."""
+    value = os.environ.get("WANOPS_READAHEAD_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_THREADS
+
+
+def pieces(sizes: Sequence[int], chunk: int = CHUNK) -> Iterator[tuple[int, int, int]]:
+    """(file index, offset, length) covering every byte of files of `sizes` once, in file order."""
+    for index, size in enumerate(sizes):
+        for offset in range(0, size, chunk):
+            yield index, offset, min(chunk, size - offset)
+
+
+def read(files: Sequence[Path], threads: int, chunk: int = CHUNK) -> int:
+    """Read `files` with `threads` readers, pieces handed out in file order; the bytes read."""
+    start, fds, sizes = time.perf_counter(), [], []
     for path in files:
         try:
-            with open(path, "rb", buffering=0) as f:
-                while n := f.readinto(view):
-                    size += n
+            fd = os.open(path, os.O_RDONLY)
         except OSError as err:  # a hint only; loading reads the file and reports the problem
-            log.debug("readahead of %s stopped: %s", path, err)
-    log.info("readahead: %.1f GB of %d files read in %.1f s", size / 1e9, len(files), time.perf_counter() - start)
+            log.debug("readahead of %s skipped: %s", path, err)
+            continue
+        fds.append(fd)
+        sizes.append(os.fstat(fd).st_size)
+    work, lock, done = pieces(sizes, chunk), threading.Lock(), []
+
+    def worker() -> None:
+        buf, size = bytearray(chunk), 0
+        while True:
+            with lock:
+                piece = next(work, None)
+            if piece is None:
+                break
+            index, offset, length = piece
+            try:
+                size += os.preadv(fds[index], [memoryview(buf)[:length]], offset)
+            except OSError as err:
+                log.debug("readahead of %s at %d failed: %s", files[index], offset, err)
+        done.append(size)
+
+    pool = [threading.Thread(target=worker, name=f"wanops-readahead-{i}", daemon=True) for i in range(max(1, threads))]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    for fd in fds:
+        os.close(fd)
+    log.info("readahead: %.1f GB of %d files read in %.1f s by %d threads",
+             sum(done) / 1e9, len(files), time.perf_counter() - start, len(pool))
+    return sum(done)
 
 
-def start(files: Sequence[Path]) -> threading.Thread | None:
-    """Read `files` in order in a daemon thread, as many as half the available memory holds
-    (None when that is none of them)."""
+def start(files: Sequence[Path], threads: int | None = None) -> threading.Thread | None:
+    """Read `files` in order in the background (a daemon thread leading `threads` readers,
+    `threads_from_env()` by default), as many as half the available memory holds (None when that
+    is none of them)."""
     available = available_memory()
     files = _within(files, None if available is None else available // 2)
     if not files:
         return None
-    thread = threading.Thread(target=_read, args=(list(files),), name="wanops-readahead", daemon=True)
+    count = threads_from_env() if threads is None else threads
+    thread = threading.Thread(target=read, args=(list(files), count), name="wanops-readahead", daemon=True)
     thread.start()
     return thread

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,34 @@ def test_start_reads_every_file_in_order_in_a_daemon_thread(tmp_path: Path, capl
         thread.join(30)
     assert not thread.is_alive()
     assert f"{((40 << 20) + 4096) / 1e9:.1f} GB of 3 files read" in caplog.text
+    assert f"by {readahead.DEFAULT_THREADS} threads" in caplog.text
     assert readahead.start([]) is None
+
+
+@pytest.mark.parametrize("threads", [1, 3, 16])
+def test_read_counts_every_byte_of_every_file_whatever_the_thread_count(tmp_path: Path, threads: int) -> None:
+    sizes = [(5 << 20) + 7, 0, 3 << 20, 1]
+    files = [tmp_path / f"f{i}" for i in range(len(sizes))]
+    for f, size in zip(files, sizes, strict=True):
+        f.write_bytes(os.urandom(size))
+    assert readahead.read(files, threads, chunk=1 << 20) == sum(sizes)
+
+
+def test_pieces_cover_each_file_once_in_order() -> None:
+    sizes, chunk = [10, 0, 4, 3], 4
+    got = list(readahead.pieces(sizes, chunk))
+    assert got == [(0, 0, 4), (0, 4, 4), (0, 8, 2), (2, 0, 4), (3, 0, 3)]
+    for index, size in enumerate(sizes):  # every byte of every file once
+        spans = sorted((o, o + n) for i, o, n in got if i == index)
+        assert sum(b - a for a, b in spans) == size and all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
+
+
+def test_thread_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANOPS_READAHEAD_THREADS", "3")
+    assert readahead.threads_from_env() == 3
+    for bad in ("0", "-2", "many", ""):  # not a positive count: the default, not an error mid-start
+        monkeypatch.setenv("WANOPS_READAHEAD_THREADS", bad)
+        assert readahead.threads_from_env() == readahead.DEFAULT_THREADS
 
 
 def test_only_what_half_the_available_memory_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
