@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wan_core.checkpoint import readahead  # noqa: E402
-from wanspec.tasks import TASKS  # noqa: E402
+from wan_core.checkpoint import readahead
+from wanspec.tasks import TASKS
 
 
 def drop_page_cache() -> None:
