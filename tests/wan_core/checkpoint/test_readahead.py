@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ def test_pieces_cover_each_file_once_in_order() -> None:
     assert got == [(0, 0, 4), (0, 4, 4), (0, 8, 2), (2, 0, 4), (3, 0, 3)]
     for index, size in enumerate(sizes):  # every byte of every file once
         spans = sorted((o, o + n) for i, o, n in got if i == index)
-        assert sum(b - a for a, b in spans) == size and all(a == b for (_, a), (b, _) in zip(spans, spans[1:]))
+        assert sum(b - a for a, b in spans) == size and all(a == b for (_, a), (b, _) in itertools.pairwise(spans))
 
 
 def test_thread_count_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,3 +89,25 @@ def test_only_what_half_the_available_memory_holds(tmp_path: Path, monkeypatch: 
 def test_available_memory_reads_this_host() -> None:
     available = readahead.available_memory()
     assert available is None or available > 0
+
+
+def test_readers_ask_for_the_idle_io_class_in_their_own_threads_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if readahead.io_class() < 0:
+        pytest.skip("ioprio_get is not available here")
+    seen: list[int] = []
+    real = readahead.idle_io_priority
+
+    def recording() -> bool:
+        took = real()
+        seen.append(readahead.io_class())
+        return took
+
+    monkeypatch.setattr(readahead, "idle_io_priority", recording)
+    (tmp_path / "f").write_bytes(b"w" * 4096)
+    caller = readahead.io_class()
+    readahead.read([tmp_path / "f"], threads=2)
+    assert seen == [readahead.IOPRIO_CLASS_IDLE] * 2  # each reader, in its own thread
+    assert readahead.io_class() == caller  # the caller's reads keep their class
+    seen.clear()
+    readahead.read([tmp_path / "f"], threads=2, idle=False)
+    assert seen == []
