@@ -49,6 +49,8 @@ CONTROLLERS = (
     # a node whose agent stops renewing its Lease goes NotReady and gets the unreachable taints;
     # pods that do not tolerate them are evicted (the node agent renews Leases, see below)
     "node-lifecycle-controller", "taint-eviction-controller",
+    # type-checks the chart's ValidatingAdmissionPolicy against the CRD into the policy's status
+    "validatingadmissionpolicy-status-controller",
 )
 #: How long a node may miss Lease renewals before it is NotReady (production default: 50 s). The
 #: node agent renews every 4 s (nodeagent.LEASE_RENEW_S), so 20 s allows 4 missed renewals on a

@@ -42,6 +42,8 @@ def test_helm_lint(values: dict[str, str]) -> None:
     ({"runner.namespaces": "{Team_A}"}, "/runner/namespaces"),
     ({"store.endpoint": "s3.example.com"}, "/store/endpoint"),
     ({"runner.compileCache.create": "true"}, "runner.compileCache.create needs runner.compileCache.claimName"),
+    ({"admission.outputEndpoints": "{s3.example.com}"}, "/admission/outputEndpoints/0"),
+    ({"admission.inputBuckets": "{Not_A_Bucket}"}, "/admission/inputBuckets/0"),
 ])
 def test_schema_refuses_bad_values(values: dict[str, str], complaint: str) -> None:
     done = run_helm("template", "t", str(CHART), "--kube-version", KUBE_VERSION,
@@ -283,3 +285,43 @@ def test_values_yaml_passes_its_own_schema() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     jsonschema.validate(yaml.safe_load((CHART / "values.yaml").read_text()), schema)
+
+
+def _policy(values: dict[str, str] | None = None) -> tuple[dict, dict]:
+    objects = render(values)
+    (policy,) = find(objects, "ValidatingAdmissionPolicy")
+    (binding,) = find(objects, "ValidatingAdmissionPolicyBinding")
+    return policy, binding
+
+
+def test_admission_policy_is_on_by_default_and_bound_to_the_served_namespaces() -> None:
+    policy, binding = _policy()
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"] == "t-wanops-videogenerations"
+    assert binding["spec"]["validationActions"] == ["Deny"] and "matchResources" not in binding["spec"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["CREATE"]  # immutable fields; the operator's patches never checked
+    _, binding = _policy({"operator.watchNamespaces": "{team-a,team-b}"})
+    (selector,) = binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert selector == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+    assert not find(render({"admission.enabled": "false"}), "ValidatingAdmissionPolicy")
+
+
+def test_admission_policy_allows_the_chart_values_lists() -> None:
+    """Each list reaches its rule: the chart's own image, store and bucket plus what the values add."""
+    policy, _ = _policy({"store.endpoint": "https://s3.example", "store.bucket": "videos",
+                         "admission.runnerImages": "{registry.example/wanops/}",
+                         "admission.priorityClassNames": "{batch-high}",
+                         "admission.outputEndpoints": "{https://other.example}",
+                         "admission.inputBuckets": "{inputs}"})
+    image, priority, endpoint, bucket = (v["expression"] for v in policy["spec"]["validations"])
+    assert '["ghcr.io/wanops/runner:","ghcr.io/wanops/runner@","registry.example/wanops/"]' in image
+    assert 'in ["batch-high"]' in priority and "system-" not in priority
+    assert '["https://other.example","https://s3.example"]' in endpoint
+    assert '["inputs","videos"]' in bucket
+    policy, _ = _policy({"demoStore.enabled": "true", "runner.namespaces": "{team-a}"})
+    _, _, endpoint, bucket = (v["expression"] for v in policy["spec"]["validations"])
+    assert '["http://t-wanops-demo-store.wanops-system.svc:9000"]' in endpoint and '["videos"]' in bucket
+    policy, _ = _policy()  # no store configured: an explicit endpoint has nothing to match
+    assert "[].exists(" in policy["spec"]["validations"][2]["expression"]
+    assert "none is allowed here, leave it unset" in policy["spec"]["validations"][2]["messageExpression"]

@@ -273,3 +273,73 @@ def test_installed_chart_runs_the_ti2v_example_to_an_mp4(cluster, kube, s3, name
     assert probe(video) == (5, 1280, 704)
     assert out["sha256"] == hashlib.sha256(video.read_bytes()).hexdigest()
     assert out["bytes"] == video.stat().st_size
+
+
+def _refusal(kube, namespace: str, body: dict) -> str | None:
+    """The API server's refusal of creating `body` (a server-side dry run: nothing is stored and
+    the operator sees nothing), or None when it would be created."""
+    try:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, dry_run="All")
+    except client.ApiException as e:
+        assert e.status == 403, e.body  # the policy's reason: Forbidden
+        return e.body
+    return None
+
+
+def test_admission_policy_refuses_what_reaches_beyond_the_namespace(cluster, kube, release: Release,
+                                                                    namespace: str) -> None:
+    """The chart's ValidatingAdmissionPolicy in the real API server: each field that could reach
+    beyond the namespace is refused with what to change, what the chart allows passes, and the
+    policy's CEL type-checks against the installed CRD."""
+    base = yaml.safe_load((ROOT / "examples" / "ti2v-5b.yaml").read_text())
+
+    def variant(**spec: object) -> dict:
+        body = yaml.safe_load(yaml.safe_dump(base))
+        body["metadata"]["name"] = f"adm-{uuid.uuid4().hex[:8]}"
+        body["spec"].update(spec)
+        return body
+
+    evil_image = variant(placement={"runnerImage": "evil.example/miner:1"})
+    # The binding reaches the API server's policy cache a moment after the install.
+    message = wait_for(lambda: _refusal(kube, namespace, evil_image), timeout=TIMEOUT,
+                       what="the admission policy in force", interval=0.5)
+    assert "spec.placement.runnerImage evil.example/miner:1 is not an image this cluster runs" in message
+    assert "ghcr.io/wanops/runner:" in message and "admission.runnerImages" in message
+    store = cluster.s3_endpoint
+    refused = {
+        "a look-alike repository": (variant(placement={"runnerImage": "ghcr.io/wanops/runner-x:1"}),
+                                    "spec.placement.runnerImage ghcr.io/wanops/runner-x:1"),
+        "a system priority class": (variant(placement={"priorityClassName": "system-node-critical"}),
+                                    "system-* classes are kept for cluster components"),
+        "another endpoint": (variant(output={"bucket": "videos", "endpoint": "https://attacker.example"}),
+                             f"spec.output.endpoint https://attacker.example is not an object store this cluster uploads to; leave it unset for the chart's store, or use one of {store}"),
+        "another bucket with the chart's credentials": (variant(inputImage="s3://payroll/scan.png"),
+                                                        "spec.inputImage s3://payroll/scan.png is in a bucket"),
+    }
+    for what, (body, expected) in refused.items():
+        message = _refusal(kube, namespace, body)
+        assert message is not None and expected in message, (what, message)
+    allowed = {
+        "the chart's runner image, another tag": variant(placement={"runnerImage": "ghcr.io/wanops/runner:0.2.0"}),
+        "a digest": variant(placement={"runnerImage": "ghcr.io/wanops/runner@sha256:" + "0" * 64}),
+        "a workload priority class": variant(placement={"priorityClassName": "batch-high"}),
+        "the chart's store, spelled with a slash": variant(output={"bucket": "videos", "endpoint": store + "/"}),
+        "an image in the chart's bucket": variant(inputImage="s3://videos/in.png"),
+        "another bucket with the resource's own credentials": variant(
+            inputImage="s3://payroll/scan.png",
+            output={"bucket": "mine", "credentialsSecretRef": {"name": "my-store"}}),
+        "an https image": variant(inputImage="https://example.com/in.png"),
+    }
+    assert {what: _refusal(kube, namespace, body) for what, body in allowed.items()} == dict.fromkeys(allowed)
+
+    policy_name = f"{release.operator_sa}-videogenerations"
+    admission = client.AdmissionregistrationV1Api(kube)
+
+    def checked() -> dict | None:
+        policy = kube.sanitize_for_serialization(admission.read_validating_admission_policy(policy_name))
+        status = policy.get("status") or {}
+        return status if status.get("observedGeneration") == policy["metadata"]["generation"] else None
+
+    status = wait_for(checked, timeout=TIMEOUT, what="the policy's type check", interval=0.5)
+    assert not (status.get("typeChecking") or {}).get("expressionWarnings"), status
