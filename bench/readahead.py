@@ -51,6 +51,7 @@ def scheduler(path: Path) -> str:
 
 
 def one(files: list[Path], threads: int, idle: bool, beside_imports: bool) -> dict:
+    """One readahead from a dropped cache, the imports started at the same moment if asked."""
     drop_page_cache()
     begin, wall = time.perf_counter(), time.time()
     importer = (subprocess.Popen(IMPORTER, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -21,9 +21,9 @@ by then. `WANOPS_READAHEAD_THREADS` overrides the thread count (1: one sequentia
 
 The readers ask for the idle I/O class: the imports running beside them read thousands of small
 files one at a time, and behind a queue of 16 MiB reads each waited its turn, so on the lent H100
-the imports ended 11 s after the readahead instead of overlapping it. With the idle class the
-kernel's scheduler (mq-deadline, BFQ) serves the imports first; where it does not (`none`), the
-request changes nothing.
+the imports ended 11 s after the readahead instead of overlapping it. A scheduler that honours
+the class (mq-deadline, BFQ) serves the imports' reads first; under `none` the request changes
+nothing.
 """
 
 from __future__ import annotations
@@ -139,13 +139,14 @@ def io_class() -> int:
 def read(files: Sequence[Path], threads: int, chunk: int = CHUNK, idle: bool = True) -> int:
     """Read `files` with `threads` readers, pieces handed out in file order, in the idle I/O class
     unless `idle` is False; the bytes read."""
-    start, fds, sizes = time.perf_counter(), [], []
+    start, opened, fds, sizes = time.perf_counter(), [], [], []
     for path in files:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as err:  # a hint only; loading reads the file and reports the problem
             log.debug("readahead of %s skipped: %s", path, err)
             continue
+        opened.append(path)
         fds.append(fd)
         sizes.append(os.fstat(fd).st_size)
     work, lock, done = pieces(sizes, chunk), threading.Lock(), []
@@ -163,7 +164,7 @@ def read(files: Sequence[Path], threads: int, chunk: int = CHUNK, idle: bool = T
             try:
                 size += os.preadv(fds[index], [memoryview(buf)[:length]], offset)
             except OSError as err:
-                log.debug("readahead of %s at %d failed: %s", files[index], offset, err)
+                log.debug("readahead of %s at %d failed: %s", opened[index], offset, err)
         done.append(size)
 
     pool = [threading.Thread(target=worker, name=f"wanops-readahead-{i}", daemon=True) for i in range(max(1, threads))]
