@@ -11,8 +11,9 @@
 Wall time on the host clock (the phase ends when ffmpeg has closed the file), median of `--runs`
 after one warm-up each; on CUDA also the memory each way allocates at its peak beyond the resident
 weights and latents (`wanspec.memory` fits its decode phase on ours' streamed peak). The two MP4s
-of ours must hold the same frames (read back and compared; exit status 1 otherwise). Random weights decode to noise-like video, the slowest content for
-x264 at crf 10: a real video encodes faster, so these are upper bounds of the encode's share.
+of ours must hold the same frames (read back and compared; exit status 1 otherwise). Random
+weights decode to noise-like video, the slowest content for x264 at crf 10: a real video encodes
+faster, so these are upper bounds of the encode's share.
 
     python bench/decode_to_mp4.py --vae 2.1 --out bench.jsonl   # t2v/i2v-A14B: 1280*720, 81 frames, 16 fps
     python bench/decode_to_mp4.py --vae 2.2 --out bench.jsonl   # ti2v-5B: 1280*704, 121 frames, 24 fps

@@ -115,6 +115,7 @@ def pieces(sizes: Sequence[int], chunk: int = CHUNK) -> Iterator[tuple[int, int,
 # a process's main thread, not the calling one.
 _IOPRIO_SYSCALLS = {"x86_64": (251, 252), "aarch64": (30, 31)}
 _IOPRIO_WHO_PROCESS, _IOPRIO_CLASS_SHIFT, IOPRIO_CLASS_IDLE = 1, 13, 3
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _ioprio(call: int, *args: int) -> int:
@@ -122,7 +123,7 @@ def _ioprio(call: int, *args: int) -> int:
     numbers = _IOPRIO_SYSCALLS.get(platform.machine())
     if numbers is None:
         return -1
-    return ctypes.CDLL(None, use_errno=True).syscall(numbers[call], _IOPRIO_WHO_PROCESS, 0, *args)
+    return _libc.syscall(numbers[call], _IOPRIO_WHO_PROCESS, 0, *args)
 
 
 def idle_io_priority() -> bool:
@@ -179,15 +180,13 @@ def read(files: Sequence[Path], threads: int, chunk: int = CHUNK, idle: bool = T
     return sum(done)
 
 
-def start(files: Sequence[Path], threads: int | None = None) -> threading.Thread | None:
-    """Read `files` in order in the background (a daemon thread leading `threads` readers,
-    `threads_from_env()` by default), as many as half the available memory holds (None when that
-    is none of them)."""
+def start(files: Sequence[Path]) -> threading.Thread | None:
+    """Read `files` in order in the background (a daemon thread leading `threads_from_env()`
+    readers), as many as half the available memory holds (None when that is none of them)."""
     available = available_memory()
     files = _within(files, None if available is None else available // 2)
     if not files:
         return None
-    count = threads_from_env() if threads is None else threads
-    thread = threading.Thread(target=read, args=(list(files), count), name="wanops-readahead", daemon=True)
+    thread = threading.Thread(target=read, args=(list(files), threads_from_env()), name="wanops-readahead", daemon=True)
     thread.start()
     return thread
