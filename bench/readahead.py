@@ -4,7 +4,7 @@ Reads the files a run reads before its first step (`readahead.first_step_files`:
 first DiT) from a dropped page cache, once per configuration: thread count × I/O class (`be`, the
 default class; `idle`, what `readahead.start` asks for). 1 thread in `be` is the readahead of
 before. With `--beside-imports`, each run also imports the pipelines in a fresh interpreter at the
-same moment (torch, transformers, Inductor: thousands of small files), as the generate command
+same moment (torch, Dynamo and Inductor: thousands of small files), as the generate command
 and the runner's workers do while the readahead runs, and reports when each was done. Needs root
 (it writes /proc/sys/vm/drop_caches before each run). Torch-free.
 
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from wan_core.checkpoint import readahead
 from wanspec.tasks import TASKS
 
-IMPORTS = "import wan_core.pipelines, wan_core.parallel"
+# What a run imports before its first step (Dynamo and Inductor load when the blocks compile).
+IMPORTS = "import wan_core.pipelines, wan_core.parallel, torch._dynamo, torch._inductor.compile_fx"
 # The child says when its imports were done: the parent is busy reading until the readahead ends.
 IMPORTER = [sys.executable, "-W", "ignore", "-c", f"{IMPORTS}; import time; print(time.time())"]
 
@@ -99,7 +100,7 @@ def main() -> int:
     if args.out:
         record = {"bench": "readahead", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "host": platform.node(), "kernel": platform.release(), "scheduler": scheduler(args.ckpt_dir),
-                  "ckpt_dir": str(args.ckpt_dir), "task": args.task, "files": [str(f) for f in files],
+                  "ckpt_dir": str(args.ckpt_dir), "task": args.task, "files": [str(f) for f in files], "imports": IMPORTS,
                   "imports_alone_s": alone, "results": results}
         with args.out.open("a") as f:
             f.write(json.dumps(record) + "\n")

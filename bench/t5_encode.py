@@ -3,9 +3,9 @@
 Builds the full-size encoder (spec §4.1: 24 layers, 4096 wide, 64 heads, 256,384 rows) with random
 bf16 weights on the GPU and encodes a batch of two prompts padded to 512 tokens (a 120-token prompt
 and the 36-token-class default negative prompt length), as every generation does once. Ours is
-`wan_core.models.t5.T5Encoder` (transformers' `UMT5EncoderModel` with eager attention, bit-exact
-to the official code); the peer is the same model class as diffusers' Wan pipelines load it, with
-transformers' SDPA attention where that class supports it, on the very same weight tensors. Reports
+`wan_core.models.t5.UMT5Encoder` (the official code's math op by op, bit-exact to it); the peer is
+transformers' `UMT5EncoderModel` as diffusers' Wan pipelines load it, with transformers' SDPA
+attention where that class supports it, on the very same weight tensors. Reports
 the median of the warm runs (CUDA events), peaks, and the cosine of the two outputs on real tokens.
 
     python bench/t5_encode.py --out bench.jsonl
@@ -19,6 +19,8 @@ import datetime
 import json
 import statistics
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import timed  # noqa: E402  (bench/timing.py)
 
 from wan_core.models.t5 import T5Config, build_umt5  # noqa: E402
+from wan_core.testing.hf_umt5 import hf_umt5  # noqa: E402
 from wanspec.tasks import TEXT_LEN  # noqa: E402
 
 PROMPT_TOKENS = (120, 36)  # a long-ish user prompt and the default negative prompt's length class
@@ -44,6 +47,17 @@ def random_official(config: T5Config, device: torch.device, seed: int) -> dict[s
             std = 1.0 if name == "token_embedding.weight" else shape[-1] ** -0.5
             weights[name] = (torch.randn(shape, device=device, generator=gen, dtype=torch.bfloat16) * std)
     return weights
+
+
+def contender(
+    name: str, config: T5Config, weights: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor,
+    device: torch.device,
+) -> tuple[str, Callable[[], torch.Tensor]]:
+    """(attention used, a call giving [B, L, dim]) for ours or the peer, on the same weight tensors."""
+    if name == "ours":
+        return "einsum (official)", partial(build_umt5(config, weights, device=device, dtype=torch.bfloat16), ids, mask)
+    peer = hf_umt5(config, weights, attention="sdpa")
+    return peer.config._attn_implementation, lambda: peer(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
 def main() -> int:
@@ -72,18 +86,13 @@ def main() -> int:
         "text_len": TEXT_LEN, "prompt_tokens": PROMPT_TOKENS,
     }
     outputs = {}
-    for name, attn in (("ours", "eager"), ("peer", "sdpa")):
-        model = build_umt5(config, weights, device=device, dtype=torch.bfloat16)
-        try:
-            model.set_attn_implementation(attn)
-            used = attn
-        except (ValueError, AttributeError):  # the class has no SDPA path in this transformers
-            used = model.config._attn_implementation
+    for name in ("ours", "peer"):
+        used, run = contender(name, config, weights, ids, mask, device)
         with torch.inference_mode():
-            out, seconds, peak = timed(lambda: model(input_ids=ids, attention_mask=mask).last_hidden_state, args.runs, device)
+            out, seconds, peak = timed(run, args.runs, device)
         outputs[name] = out
         info[name] = {"attention": used, "median_s": statistics.median(seconds), "runs_s": seconds, "peak_gib": peak}
-        del model
+        del run  # the model goes with it before the next one is built
     real = mask.bool().cpu()
     a, b = outputs["ours"][real].double().flatten(), outputs["peer"][real].double().flatten()
     info["cosine"] = float(torch.nn.functional.cosine_similarity(a, b, dim=0))

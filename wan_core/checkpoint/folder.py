@@ -18,10 +18,9 @@ from wan_core.checkpoint.dit import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, read_s
 from wan_core.checkpoint.errors import CheckpointError
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, TASKS, TaskSpec, get_task
 
-# A tokenizer folder AutoTokenizer can load: its config plus the SentencePiece model or the
-# tokenizers file (the published google/umt5-xxl has both, §2.1).
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TOKENIZER_MODELS = ("tokenizer.json", "spiece.model")
+# The tokenizers file the encoder reads (the published google/umt5-xxl folder has it beside its
+# SentencePiece model and configs, §2.1).
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -125,10 +124,8 @@ def _check_tokenizer(folder: Path, problems: list[tuple[Path, str]]) -> None:
     if not folder.is_dir():
         problems.append((folder, "tokenizer folder missing"))
         return
-    if not (folder / TOKENIZER_CONFIG).is_file():
-        problems.append((folder / TOKENIZER_CONFIG, "missing"))
-    if not any((folder / name).is_file() for name in TOKENIZER_MODELS):
-        problems.append((folder, f"holds neither {' nor '.join(TOKENIZER_MODELS)}"))
+    if not (folder / TOKENIZER_FILE).is_file():
+        problems.append((folder / TOKENIZER_FILE, "missing (copy the whole google/umt5-xxl folder as published)"))
 
 
 def inspect_folder(root: str | Path, task: str) -> CheckpointFolder:

@@ -3,7 +3,7 @@
 Reads `<ckpt>/models_t5_umt5-xxl-enc-bf16.pth` (a plain `torch.save`d bf16 state dict) memory-
 mapped, infers the architecture from its shapes (so tiny test files take the same path as the
 11 GB one), demands the exact official key set, and loads the tokenizer from
-`<ckpt>/google/umt5-xxl` with local files only. Every bad input is one `CheckpointError`.
+`<ckpt>/google/umt5-xxl/tokenizer.json`. Every bad input is one `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import tokenizers
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from wan_core.checkpoint.errors import CheckpointError, check_shapes
+from wan_core.checkpoint.folder import TOKENIZER_FILE
 from wan_core.models.t5 import T5Config, T5Encoder, build_umt5
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER
 
@@ -37,25 +38,28 @@ def read_pth(path: Path, what: str) -> dict[str, Tensor]:
     return state
 
 
-def load_tokenizer(folder: Path, vocab_size: int | None = None) -> PreTrainedTokenizerBase:
-    """`AutoTokenizer.from_pretrained(folder)` from local files, checked to be umT5-like."""
-    what = "the Hugging Face google/umt5-xxl tokenizer folder (spiece.model, tokenizer.json, …)"
+def load_tokenizer(folder: Path, vocab_size: int | None = None) -> tokenizers.Tokenizer:
+    """The folder's `tokenizer.json` (what `AutoTokenizer` loads there), checked to be umT5-like."""
+    what = f"the Hugging Face google/umt5-xxl tokenizer folder with its {TOKENIZER_FILE}"
     if not folder.is_dir():
         raise CheckpointError(folder, "tokenizer folder not found", what)
+    file = folder / TOKENIZER_FILE
+    if not file.is_file():
+        raise CheckpointError(file, "file not found", what)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError, TypeError, KeyError) as err:
+        tokenizer = tokenizers.Tokenizer.from_file(str(file))
+    except Exception as err:  # the Rust library raises plain Exception on any bad file
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(folder, f"cannot be loaded by AutoTokenizer ({reason})", what) from None
-    if (tokenizer.pad_token_id, tokenizer.eos_token_id) != (PAD_ID, EOS_ID):
+        raise CheckpointError(file, f"cannot be read by the tokenizers library ({reason})", what) from None
+    ids = (tokenizer.token_to_id("<pad>"), tokenizer.token_to_id("</s>"))
+    if ids != (PAD_ID, EOS_ID):
+        raise CheckpointError(file, f"<pad>/</s> ids are {ids[0]}/{ids[1]}", f"umT5's {PAD_ID}/{EOS_ID}")
+    if tokenizer.encode("").ids != [EOS_ID]:
+        raise CheckpointError(file, "does not append </s> to a prompt", "umT5's post-processor ($A </s>)")
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab_size is not None and size > vocab_size:
         raise CheckpointError(
-            folder, f"pad/eos ids are {tokenizer.pad_token_id}/{tokenizer.eos_token_id}",
-            f"umT5's {PAD_ID}/{EOS_ID}",
-        )
-    if vocab_size is not None and len(tokenizer) > vocab_size:
-        raise CheckpointError(
-            folder, f"{len(tokenizer)} tokens but the encoder embeds only {vocab_size}",
-            "the tokenizer shipped with this encoder",
+            file, f"{size} tokens but the encoder embeds only {vocab_size}", "the tokenizer shipped with this encoder"
         )
     return tokenizer
 

@@ -3,49 +3,32 @@
 Matches `wan/modules/t5.py` (`umt5_xxl(encoder_only=True)`, `T5EncoderModel`) and
 `wan/modules/tokenizers.py` of Wan-Video/Wan2.2@42bf4cf; implements `shared/wan22-spec.md` §4.
 
-The network is transformers' `UMT5EncoderModel`: it is the same computation as the official
-`T5Encoder` (§4.5; no 1/√d scaling, per-layer relative buckets, gated tanh-GELU written op by op,
-fp32-variance RMS norm), so the official `.pth` is loaded through one key table instead of a
-second copy of T5. Its *eager* attention is used on purpose: it rounds the scores and the softmax
-to the activation dtype where the official einsum code does, and so matches it bit for bit in
-bf16 on CPU; SDPA's fused kernel keeps them in fp32 and drifts by a few bf16 ulps (up to 0.08 on
-outputs of size ~3). The [B, heads, 512, 512] score tensor it materialises is small.
-`tests/wan_core/models/test_t5.py` checks all this against a direct implementation of §4.1.
+Written here rather than taken from transformers (`UMT5EncoderModel`, the same network: §4.5) for
+the cold start: importing transformers' model and tokenizer stack cost ≈ 4 s of every process
+start on the H100 hosts (BENCHMARKS.md), for a 24-layer encoder that runs once per video. The
+modules carry the official `.pth` key names, so the file loads with no key table. The math is the
+official code's op by op (no 1/√d scaling, per-layer relative buckets, the tanh-GELU written out,
+fp32-variance RMS norm, scores and softmax rounded to the activation dtype as its einsums do), so
+bf16 outputs match it bit for bit on CPU; `tests/wan_core/models/test_t5.py` checks this against a
+direct implementation of §4.1 and against transformers' `UMT5EncoderModel`. The tokenizer is the
+folder's `tokenizer.json` run by the `tokenizers` library: the very object transformers'
+`T5TokenizerFast` (what upstream's `AutoTokenizer` loads) wraps.
 """
 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import ftfy
 import regex  # the official cleaner uses `regex`; its `\s` is Unicode White_Space
+import tokenizers
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
 from wanspec.tasks import TEXT_LEN
-
-# Official `.pth` key → transformers `UMT5EncoderModel` key (spec §4.5); `{n}` is the block index.
-# `shared.weight` is tied to `encoder.embed_tokens.weight`; both are fed the same tensor.
-KEY_MAP: tuple[tuple[str, str], ...] = (
-    ("token_embedding.weight", "shared.weight"),
-    ("blocks.{n}.norm1.weight", "encoder.block.{n}.layer.0.layer_norm.weight"),
-    ("blocks.{n}.attn.q.weight", "encoder.block.{n}.layer.0.SelfAttention.q.weight"),
-    ("blocks.{n}.attn.k.weight", "encoder.block.{n}.layer.0.SelfAttention.k.weight"),
-    ("blocks.{n}.attn.v.weight", "encoder.block.{n}.layer.0.SelfAttention.v.weight"),
-    ("blocks.{n}.attn.o.weight", "encoder.block.{n}.layer.0.SelfAttention.o.weight"),
-    (
-        "blocks.{n}.pos_embedding.embedding.weight",
-        "encoder.block.{n}.layer.0.SelfAttention.relative_attention_bias.weight",
-    ),
-    ("blocks.{n}.norm2.weight", "encoder.block.{n}.layer.1.layer_norm.weight"),
-    ("blocks.{n}.ffn.gate.0.weight", "encoder.block.{n}.layer.1.DenseReluDense.wi_0.weight"),
-    ("blocks.{n}.ffn.fc1.weight", "encoder.block.{n}.layer.1.DenseReluDense.wi_1.weight"),
-    ("blocks.{n}.ffn.fc2.weight", "encoder.block.{n}.layer.1.DenseReluDense.wo.weight"),
-    ("norm.weight", "encoder.final_layer_norm.weight"),
-)
 
 
 @dataclass(frozen=True)
@@ -100,39 +83,139 @@ class T5Config:
         shapes["norm.weight"] = (self.dim,)
         return shapes
 
-    def to_hf(self) -> UMT5Config:
-        return UMT5Config(
-            vocab_size=self.vocab_size, d_model=self.dim, d_kv=self.dim_attn // self.num_heads,
-            d_ff=self.dim_ffn, num_layers=self.num_layers, num_heads=self.num_heads,
-            relative_attention_num_buckets=self.num_buckets,
-            relative_attention_max_distance=self.max_distance, feed_forward_proj="gated-gelu",
-            layer_norm_epsilon=self.eps, dropout_rate=0.0, is_encoder_decoder=False,
-            use_cache=False, attn_implementation="eager",
-        )
+
+class RMSNorm(nn.Module):
+    """T5's norm: no mean, no bias; the variance in fp32, the result cast to a half weight's dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x * torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        if self.weight.dtype in (torch.float16, torch.bfloat16):
+            x = x.type_as(self.weight)
+        return self.weight * x
 
 
-def to_hf_state_dict(official: Mapping[str, Tensor], num_layers: int) -> dict[str, Tensor]:
-    """Rename an official state dict by `KEY_MAP` (plus the tied `encoder.embed_tokens`)."""
-    out: dict[str, Tensor] = {}
-    for src, dst in KEY_MAP:
-        for n in range(num_layers) if "{n}" in src else (None,):
-            out[dst.format(n=n)] = official[src.format(n=n)]
-    out["encoder.embed_tokens.weight"] = out["shared.weight"]
-    return out
+class Attention(nn.Module):
+    """Self-attention without 1/√d scaling; `bias` holds the position bias and the key mask."""
+
+    def __init__(self, dim: int, dim_attn: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim_attn, bias=False)
+        self.k = nn.Linear(dim, dim_attn, bias=False)
+        self.v = nn.Linear(dim, dim_attn, bias=False)
+        self.o = nn.Linear(dim_attn, dim, bias=False)
+
+    def forward(self, x: Tensor, bias: Tensor) -> Tensor:
+        b, n = x.shape[0], self.num_heads
+        q, k, v = (proj(x).view(b, -1, n, proj.out_features // n) for proj in (self.q, self.k, self.v))
+        attn = torch.einsum("binc,bjnc->bnij", q, k) + bias
+        attn = attn.float().softmax(dim=-1).type_as(attn)
+        return self.o(torch.einsum("bnij,bjnc->binc", attn, v).reshape(b, -1, self.o.in_features))
+
+
+class GELU(nn.Module):
+    """The tanh approximation written out as the official module does (same rounding in bf16)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class FeedForward(nn.Module):
+    """`fc2(fc1(x) ⊙ gelu(gate(x)))`; `gate` is a Sequential so its key is `gate.0.weight`."""
+
+    def __init__(self, dim: int, dim_ffn: int) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Linear(dim, dim_ffn, bias=False), GELU())
+        self.fc1 = nn.Linear(dim, dim_ffn, bias=False)
+        self.fc2 = nn.Linear(dim_ffn, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.fc1(x) * self.gate(x))
+
+
+class RelativeEmbedding(nn.Module):
+    """Bidirectional bucketed relative-position bias, `[1, heads, Lq, Lk]` (§4.1)."""
+
+    def __init__(self, num_buckets: int, num_heads: int, max_distance: int) -> None:
+        super().__init__()
+        self.max_distance = max_distance
+        self.embedding = nn.Embedding(num_buckets, num_heads)
+
+    def forward(self, lq: int, lk: int) -> Tensor:
+        device = self.embedding.weight.device
+        rel = torch.arange(lk, device=device)[None, :] - torch.arange(lq, device=device)[:, None]
+        return self.embedding(self.bucket(rel)).permute(2, 0, 1)[None]
+
+    def bucket(self, rel: Tensor) -> Tensor:
+        """key − query offsets → bucket ids; half the buckets for keys after the query."""
+        half = self.embedding.num_embeddings // 2
+        buckets = (rel > 0).long() * half
+        rel = rel.abs()
+        max_exact = half // 2
+        large = max_exact + (
+            torch.log(rel.float() / max_exact) / math.log(self.max_distance / max_exact) * (half - max_exact)
+        ).long()
+        large = torch.min(large, torch.full_like(large, half - 1))
+        return buckets + torch.where(rel < max_exact, rel, large)
+
+
+class Block(nn.Module):
+    """Pre-norm layer with its own position bias (umT5: `shared_pos=False`)."""
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(config.dim, config.eps)
+        self.attn = Attention(config.dim, config.dim_attn, config.num_heads)
+        self.norm2 = RMSNorm(config.dim, config.eps)
+        self.ffn = FeedForward(config.dim, config.dim_ffn)
+        self.pos_embedding = RelativeEmbedding(config.num_buckets, config.num_heads, config.max_distance)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        """x [B, L, dim]; key_mask [B, 1, 1, L], True where the key is padding."""
+        length = x.shape[1]
+        bias = x.new_zeros(x.shape[0], self.attn.num_heads, length, length)
+        bias += self.pos_embedding(length, length)
+        bias.masked_fill_(key_mask, torch.finfo(x.dtype).min)
+        x = x + self.attn(self.norm1(x), bias)
+        return x + self.ffn(self.norm2(x))
+
+
+class UMT5Encoder(nn.Module):
+    """The official `T5Encoder` (umT5-XXL flavour): ids and key mask → final-normed states."""
+
+    def __init__(self, config: T5Config) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.dim)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.dim, config.eps)
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """[B, L] ids and mask (1 = real token) → [B, L, dim] in the weights' dtype."""
+        x = self.token_embedding(ids)
+        key_mask = (mask == 0)[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, key_mask)
+        return self.norm(x)
 
 
 def build_umt5(
     config: T5Config, official: Mapping[str, Tensor], *, device: torch.device | str, dtype: torch.dtype
-) -> UMT5EncoderModel:
-    """A `UMT5EncoderModel` holding the official weights (moved to device/dtype), in eval mode.
+) -> UMT5Encoder:
+    """The encoder holding the official weights (moved to device/dtype), in eval mode.
 
     Built on the meta device and filled with `assign=True`, so the only copy of each weight is
     the one converted from `official` (none if the file is already in `dtype` on `device`).
     """
     with torch.device("meta"):
-        model = UMT5EncoderModel(config.to_hf())
+        model = UMT5Encoder(config)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in official.items()}
-    model.load_state_dict(to_hf_state_dict(weights, config.num_layers), strict=True, assign=True)
+    model.load_state_dict(weights, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
 
@@ -145,26 +228,27 @@ def clean_prompt(text: str) -> str:
 class T5Encoder(nn.Module):
     """Prompts → one `[n_i, dim]` context per prompt, as the official `T5EncoderModel` (§4.2–4.3)."""
 
-    def __init__(
-        self, model: UMT5EncoderModel, tokenizer: PreTrainedTokenizerBase, text_len: int = TEXT_LEN
-    ) -> None:
+    def __init__(self, model: UMT5Encoder, tokenizer: tokenizers.Tokenizer, text_len: int = TEXT_LEN) -> None:
         super().__init__()
         self.model = model
+        # What upstream's `tokenizer(..., padding='max_length', truncation=True, max_length=512)`
+        # sets on this backend: right truncation leaving room for `</s>`, right padding with id 0.
         self.tokenizer = tokenizer
+        self.tokenizer.enable_truncation(max_length=text_len)
+        self.tokenizer.enable_padding(length=text_len, pad_id=0, pad_token="<pad>")
         self.text_len = text_len
         self.eval()  # inference only: upstream never trains the encoder
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Cleaned prompts → (ids, mask), each [B, text_len]; `</s>` appended, pad id 0."""
-        batch = self.tokenizer(
-            [clean_prompt(p) for p in prompts], padding="max_length", truncation=True,
-            max_length=self.text_len, add_special_tokens=True, return_tensors="pt",
-        )
-        return batch.input_ids, batch.attention_mask
+        """Cleaned prompts → (ids, mask), each [B, text_len] int64; `</s>` appended, pad id 0."""
+        batch = self.tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
+        ids = torch.tensor([e.ids for e in batch], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in batch], dtype=torch.long)
+        return ids, mask
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """[B, L] ids and key mask → [B, L, dim] in the model's dtype."""
-        return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.model(ids, mask)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str], device: torch.device | str) -> list[Tensor]:

@@ -67,7 +67,7 @@ def shard_dit(model: WanModel, mesh: DeviceMesh, param_dtype: torch.dtype | None
 
 def shard_t5(encoder: T5Encoder, mesh: DeviceMesh) -> T5Encoder:
     """FSDP2 on umT5: one unit per encoder block; computes in its stored dtype (bf16 officially)."""
-    apply_fsdp(encoder.model, encoder.model.encoder.block, mesh)
+    apply_fsdp(encoder.model, encoder.model.blocks, mesh)
     return encoder
 
 

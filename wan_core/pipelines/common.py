@@ -266,7 +266,7 @@ class WanPipeline:
         self.precision = precision
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
-        folder = inspect_folder(ckpt_dir, self.task.name)
+        self.folder = folder = inspect_folder(ckpt_dir, self.task.name)
         # umT5 is created on the CPU and visits the device only to encode (§4.4).
         self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
         # The VAE lives on the device for the whole run.

@@ -4,7 +4,8 @@ Used by `tests/wan_core/pipelines/` only. `reference_pipeline(pipe, shift)` buil
 loaded pipelines, diffusers' `WanPipeline` (T2V-A14B: `transformer` = high-noise expert,
 `transformer_2` = low-noise expert, `boundary_ratio`; TI2V text mode: `expand_timesteps=True`) or
 `WanImageToVideoPipeline` (I2V-A14B; TI2V image mode with `expand_timesteps=True`), sharing our
-tensors (renamed, not copied) and our umT5 module and tokenizer.
+tensors (renamed, not copied), with transformers' umT5 on our umT5 weights and `AutoTokenizer` on
+the checkpoint's tokenizer folder (upstream's loaders).
 
 Two deliberate alignments, so that what is compared is the pipeline and not known, documented
 details of diffusers' building blocks:
@@ -27,6 +28,7 @@ from wan_core.pipelines.common import WanPipeline
 from wan_core.sampling.schedule import unipc_base_sigmas
 from wan_core.testing.diffusers_vae import diffusers_vae
 from wan_core.testing.diffusers_wan import diffusers_wan
+from wan_core.testing.hf_umt5 import auto_tokenizer, hf_umt5
 from wanspec.tasks import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT
 
 
@@ -80,8 +82,10 @@ def reference_pipeline(pipe: WanPipeline, shift: float, *, image: bool = False):
         )
     else:
         transformers = dict(transformer=reference_transformer(pipe.experts[""]), expand_timesteps=True)
+    t5 = pipe.text_encoder.model
+    text_encoder = hf_umt5(t5.config, t5.state_dict())
     common = dict(
-        tokenizer=pipe.text_encoder.tokenizer, text_encoder=pipe.text_encoder.model,
+        tokenizer=auto_tokenizer(pipe.folder.tokenizer), text_encoder=text_encoder,
         vae=diffusers_vae(pipe.vae), scheduler=upstream_grid_unipc(shift), **transformers,
     )
     cls = WanImageToVideoPipeline if image or task.model_type == "i2v" else DiffusersWanPipeline

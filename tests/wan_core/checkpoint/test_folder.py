@@ -122,11 +122,11 @@ def test_all_problems_at_once(folder: Path) -> None:
     assert "high_noise_model/diffusion_pytorch_model.safetensors.index.json: not readable JSON" in text
 
 
-def test_tokenizer_without_model_files(folder: Path) -> None:
-    for name in ("tokenizer.json", "spiece.model"):
-        (folder / T5_TOKENIZER / name).unlink()
+def test_tokenizer_without_its_tokenizers_file(folder: Path) -> None:
+    """The encoder reads tokenizer.json; a folder with only the SentencePiece model is refused."""
+    (folder / T5_TOKENIZER / "tokenizer.json").unlink()
     err = _error(folder, "t2v-A14B")
-    assert err.path == folder / T5_TOKENIZER and "neither tokenizer.json nor spiece.model" in str(err)
+    assert err.path == folder / T5_TOKENIZER / "tokenizer.json" and "missing (copy the whole" in str(err)
 
 
 def test_not_a_folder(tmp_path: Path) -> None:

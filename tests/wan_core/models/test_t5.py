@@ -1,13 +1,15 @@
-"""umT5 encoder and tokenizer: transformers-through-our-key-table equals a direct §4.1 encoder.
+"""umT5 encoder and tokenizer: ours equals a direct §4.1 encoder and transformers' umT5.
 
-The reference below is written from `shared/wan22-spec.md` §4.1 alone (relative buckets, attention
+Two independent peers: the reference below is written from `shared/wan22-spec.md` §4.1 alone (relative buckets, attention
 without 1/√d scaling and with masked keys set to the dtype minimum, fp32 softmax, gated tanh-GELU
 written out as the official `GELU` module, RMS norm with fp32 variance), reads the official key
-names directly, and shares no code with `wan_core.models.t5`.
+names directly, and shares no code with `wan_core.models.t5`; transformers' `UMT5EncoderModel` and
+`AutoTokenizer` are what upstream and diffusers load (`wan_core.testing.hf_umt5`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch import Tensor
 from wan_core.checkpoint.errors import CheckpointError
 from wan_core.checkpoint.t5 import load_t5
 from wan_core.models.t5 import T5Config, T5Encoder, clean_prompt
+from wan_core.testing.hf_umt5 import auto_tokenizer, hf_umt5
 from wan_core.testing.tiny_checkpoint import TINY_T5, write_t5
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, T5_CHECKPOINT, T5_TOKENIZER, TEXT_LEN
 
@@ -141,7 +144,20 @@ def test_tokenizer_eos_padding_and_truncation(ckpt: Path) -> None:
         assert row_ids[n - 1] == 1  # </s> closes the real tokens, even when truncated
         assert (row_ids[n:] == 0).all()  # pad id 0
         assert not (row_ids[: n - 1] == 1).any()
-    assert not (ids == encoder.tokenizer.unk_token_id).any()  # the Chinese negative prompt is covered
+    assert not (ids == encoder.tokenizer.token_to_id("<unk>")).any()  # the Chinese negative prompt is covered
+
+
+def test_tokenizer_equals_autotokenizer(ckpt: Path) -> None:
+    """Upstream's call on `AutoTokenizer` (§4.2) gives the same ids and mask, truncation included."""
+    encoder = load_t5(ckpt, device="cpu")
+    prompts = [*PROMPTS, "", "Ünïcödé — ½ ﬁ ｆｕｌｌ ｗｉｄｔｈ", "桜の花びら " * 200]
+    ids, mask = encoder.tokenize(prompts)
+    batch = auto_tokenizer(ckpt / T5_TOKENIZER)(
+        [clean_prompt(p) for p in prompts], padding="max_length", truncation=True,
+        max_length=TEXT_LEN, add_special_tokens=True, return_tensors="pt",
+    )
+    assert torch.equal(ids, batch.input_ids) and torch.equal(mask, batch.attention_mask)
+    assert ids.dtype == mask.dtype == torch.long
 
 
 def test_prompt_cleaning() -> None:
@@ -207,11 +223,36 @@ def test_missing_or_foreign_tokenizer(ckpt: Path, tmp_path: Path) -> None:
         load_t5(tmp_path / T5_CHECKPOINT)  # the file path works too; tokenizer is its sibling
     assert err.value.path == tmp_path / T5_TOKENIZER
     (tmp_path / T5_TOKENIZER).mkdir(parents=True)
-    with pytest.raises(CheckpointError, match="cannot be loaded by AutoTokenizer"):
+    with pytest.raises(CheckpointError, match="file not found") as err:
+        load_t5(tmp_path)
+    assert err.value.path == tmp_path / T5_TOKENIZER / "tokenizer.json"
+    (tmp_path / T5_TOKENIZER / "tokenizer.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot be read by the tokenizers library"):
         load_t5(tmp_path)
 
 
-def test_encoder_is_a_module_wrapping_transformers(ckpt: Path) -> None:
+def test_tokenizer_of_another_model_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    """Other special ids, or no `</s>` appended, would silently shift every context row."""
+    (tmp_path / T5_CHECKPOINT).write_bytes((ckpt / T5_CHECKPOINT).read_bytes())
+    _copy_tokenizer(ckpt, tmp_path)
+    file = tmp_path / T5_TOKENIZER / "tokenizer.json"
+    spec = json.loads(file.read_text())
+    no_eos = {**spec, "post_processor": None}
+    file.write_text(json.dumps(no_eos))
+    with pytest.raises(CheckpointError, match="does not append </s>"):
+        load_t5(tmp_path)
+    swapped = json.loads(json.dumps(spec).replace('"<pad>"', '"<tmp>"').replace('"</s>"', '"<pad>"').replace('"<tmp>"', '"</s>"'))
+    file.write_text(json.dumps(swapped))
+    with pytest.raises(CheckpointError, match="<pad>/</s> ids are 1/0"):
+        load_t5(tmp_path)
+
+
+def test_encoder_equals_transformers_umt5(ckpt: Path) -> None:
+    """transformers' eager umT5 on the same weights: the same numbers, bf16 included (§4.5)."""
     encoder = load_t5(ckpt, device="cpu")
     assert isinstance(encoder, T5Encoder) and isinstance(encoder, torch.nn.Module)
-    assert encoder.model.config.d_model == TINY_T5.dim
+    ids, mask = encoder.tokenize(PROMPTS)
+    peer = hf_umt5(encoder.model.config, encoder.model.state_dict())
+    with torch.no_grad():
+        ours, theirs = encoder(ids, mask), peer(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=1e-2)
