@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from wan_core.testing.hf_umt5 import auto_tokenizer, hf_umt5
 from wan_core.testing.tiny_checkpoint import TINY_T5, write_t5
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, T5_CHECKPOINT, T5_TOKENIZER, TEXT_LEN
 
+ROOT = Path(__file__).resolve().parents[3]
 PROMPTS = [
     "A cat.",  # short: mostly padding
     DEFAULT_NEGATIVE_PROMPT,  # Chinese, ~120 tokens
@@ -245,6 +248,16 @@ def test_tokenizer_of_another_model_is_refused(ckpt: Path, tmp_path: Path) -> No
     file.write_text(json.dumps(swapped))
     with pytest.raises(CheckpointError, match="<pad>/</s> ids are 1/0"):
         load_t5(tmp_path)
+
+
+def test_generation_path_imports_no_transformers(ckpt: Path) -> None:
+    """Its import stack cost ≈ 4 s of every cold start (BENCHMARKS.md); it stays the tests' peer only."""
+    code = (
+        "import sys, wan_core.cli, wan_core.pipelines, wan_core.parallel; from wan_core.checkpoint.t5 import load_t5; "
+        f"load_t5({str(ckpt)!r}).encode(['a cat'], 'cpu'); sys.exit(' '.join(m for m in sys.modules if m.startswith('transformers')) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_encoder_equals_transformers_umt5(ckpt: Path) -> None:
