@@ -12,7 +12,11 @@ on the host), which gives:
   the GIL) while the current expert samples, so a switch that has room for both costs nothing;
 - copy-in through pinned staging buffers (`PinnedStager`): a pageable `.to(device)` of a memory-
   mapped expert goes through the driver's own staging one chunk at a time; here torch's
-  multi-threaded CPU copy fills one pinned buffer while the DMA engine drains the others.
+  multi-threaded CPU copy fills one pinned buffer while the DMA engine drains the others;
+- the dtype cast on the device (`cast`, upstream's `convert_model_dtype`): the host copy stays the
+  stored fp32 file mapping and each chunk is cast to bf16 as it lands. Casting on the host instead
+  costs seconds of every start (a 20 GB DiT read and a 10 GB copy written by the CPU) and a second
+  host copy; both casts round to nearest even, so the device weights are the same bits.
 
 The pipelines decide when both experts may stay (`offload_model=False` and room on the device);
 this class only moves weights.
@@ -43,35 +47,49 @@ class PinnedStager:
     is refilled once its last DMA has finished. Returns once every copy is done, so the source
     may be released and the buffers reused. The buffers (4 × 64 MiB of pinned host memory) are
     made at the first copy and kept for the run's later ones (prefetch, switches); one copy at a
-    time uses them (the prefetch thread and the caller's may both ask)."""
+    time uses them (the prefetch thread and the caller's may both ask). A tensor given another
+    dtype lands chunk by chunk in a device buffer of the slot and is cast from there."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self._buffers: list[Tensor] = []
+        self._landing: list[Tensor] = []  # device buffers of the slots, for copies that cast
         self._lock = threading.Lock()
 
-    def copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream) -> list[Tensor]:
+    def copy(
+        self, tensors: Sequence[Tensor], stream: torch.cuda.Stream, dtypes: Sequence[torch.dtype] | None = None
+    ) -> list[Tensor]:
+        """The tensors on the device, each in its dtype or the one given for it in `dtypes`."""
         with self._lock:
-            return self._copy(tensors, stream)
+            return self._copy(tensors, stream, dtypes or [t.dtype for t in tensors])
 
-    def _copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream) -> list[Tensor]:
+    def _copy(self, tensors: Sequence[Tensor], stream: torch.cuda.Stream, dtypes: Sequence[torch.dtype]) -> list[Tensor]:
         if not self._buffers:
             self._buffers = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
+                             for _ in range(STAGING_BUFFERS)]
+        if not self._landing and any(d != t.dtype for t, d in zip(tensors, dtypes)):
+            self._landing = [torch.empty(STAGING_BYTES, dtype=torch.uint8, device=self.device)
                              for _ in range(STAGING_BUFFERS)]
         done: list[torch.cuda.Event | None] = [None] * len(self._buffers)
         slot = 0
         out = []
         with torch.cuda.stream(stream):
-            for t in tensors:
-                dst = torch.empty(t.shape, dtype=t.dtype, device=self.device)
-                src, flat = t.contiguous().view(-1).view(torch.uint8), dst.view(-1).view(torch.uint8)
-                for start in range(0, src.numel(), STAGING_BYTES):
+            for t, dtype in zip(tensors, dtypes):
+                dst = torch.empty(t.shape, dtype=dtype, device=self.device)
+                src, size = t.contiguous().view(-1).view(torch.uint8), t.element_size()
+                flat = dst.view(-1) if dtype != t.dtype else dst.view(-1).view(torch.uint8)
+                for start in range(0, src.numel(), STAGING_BYTES):  # STAGING_BYTES: whole elements
                     n = min(STAGING_BYTES, src.numel() - start)
                     if (event := done[slot]) is not None:
                         event.synchronize()
                     buffer = self._buffers[slot][:n]
                     buffer.copy_(src[start : start + n])
-                    flat[start : start + n].copy_(buffer, non_blocking=True)
+                    if dtype == t.dtype:
+                        flat[start : start + n].copy_(buffer, non_blocking=True)
+                    else:  # land in the slot's device buffer, cast from there on the same stream
+                        landed = self._landing[slot][:n]
+                        landed.copy_(buffer, non_blocking=True)
+                        flat[start // size : (start + n) // size].copy_(landed.view(t.dtype))
                     done[slot] = torch.cuda.Event()
                     done[slot].record(stream)
                     slot = (slot + 1) % len(self._buffers)
@@ -85,10 +103,15 @@ class PinnedStager:
 class Residency:
     """Device placement of named DiTs that start on the host (one process, or replicas under torchrun without FSDP)."""
 
-    def __init__(self, models: Mapping[str, nn.Module], device: torch.device, *, pinned_staging: bool = True) -> None:
-        """`pinned_staging=False` copies in with a plain `.to(device)` (the baseline of bench/copy_in.py)."""
+    def __init__(
+        self, models: Mapping[str, nn.Module], device: torch.device, *, pinned_staging: bool = True,
+        cast: torch.dtype | None = None,
+    ) -> None:
+        """`pinned_staging=False` copies in with a plain `.to(device)` (the baseline of bench/copy_in.py);
+        `cast`: the device dtype of floating weights stored in another (host copies keep theirs)."""
         self.models = dict(models)
         self.device = device
+        self.cast = cast
         # parameter name → a detached alias of its host tensor: keeps the host copy alive while the
         # parameter holds the device copy.
         self._host: dict[str, dict[str, Tensor]] = {
@@ -105,7 +128,7 @@ class Residency:
 
     def nbytes(self, name: str) -> int:
         """Bytes of `name`'s weights as they will sit on the device (tensor subclasses: their inner data)."""
-        return sum(_nbytes(p) for p in self.models[name].parameters())
+        return sum(_nbytes(p, self.cast) for p in self.models[name].parameters())
 
     def activate(self, name: str, keep_others: bool = False) -> nn.Module:
         """`name` on the device (waiting for its prefetch), the others released unless `keep_others`."""
@@ -143,13 +166,19 @@ class Residency:
         model = self.models[name]
         if self._stager is None:
             model.to(self.device)
+            if self.cast is not None:
+                model.to(self.cast)
             return
         stream = stream or torch.cuda.current_stream(self.device)
         host = {id(t): t for t in (*model.parameters(), *model.buffers())
                 if t.device.type == "cpu" and not is_traceable_wrapper_subclass(t)}
-        moved = dict(zip(host, self._stager.copy([t.detach() for t in host.values()], stream)))
+        dtypes = [self._device_dtype(t) for t in host.values()]
+        moved = dict(zip(host, self._stager.copy([t.detach() for t in host.values()], stream, dtypes)))
         with torch.cuda.stream(stream):
             model._apply(lambda t: moved[id(t)] if id(t) in moved else t.to(self.device))
+
+    def _device_dtype(self, t: Tensor) -> torch.dtype:
+        return self.cast if self.cast is not None and t.is_floating_point() else t.dtype
 
     def release(self, name: str) -> None:
         """Drop `name`'s device copy: its parameters point at the host copy again (no copy back)."""
@@ -171,8 +200,8 @@ class Residency:
                 self.release(name)
 
 
-def _nbytes(t: Tensor) -> int:
+def _nbytes(t: Tensor, cast: torch.dtype | None = None) -> int:
     if is_traceable_wrapper_subclass(t):  # e.g. torchao's Float8Tensor: fp8 data plus scales
         names, _ = t.__tensor_flatten__()
         return sum(_nbytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
+    return t.numel() * (cast.itemsize if cast is not None and t.is_floating_point() else t.element_size())

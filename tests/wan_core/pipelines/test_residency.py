@@ -7,6 +7,8 @@ pinned staging of the copies.
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 from torch import nn
@@ -108,3 +110,57 @@ def test_pinned_staging_copies_every_byte(monkeypatch: pytest.MonkeyPatch) -> No
     for host, copy in zip(tensors, copies, strict=True):
         assert copy.device == device and copy.dtype == host.dtype and copy.shape == host.shape
         assert torch.equal(copy.cpu(), host)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8))
+
+
+def test_cast_weights_on_the_device_keep_their_host_copy() -> None:
+    """`cast` (convert_model_dtype done on the GPU): bf16 on the device, the fp32 host copy untouched."""
+    models = experts()
+    host = [(p.data_ptr(), p.dtype) for p in models["high"].parameters()]
+    res = Residency(models, META, cast=torch.bfloat16)
+    assert res.nbytes("high") == sum(p.numel() * 2 for p in models["high"].parameters())
+    res.activate("high")
+    assert {p.dtype for p in models["high"].parameters()} == {torch.bfloat16}
+    res.release("high")
+    assert [(p.data_ptr(), p.dtype) for p in models["high"].parameters()] == host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_staging_casts_as_the_cpu_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cast on the way in gives the bits of the CPU's `.to(bf16)` (both round to nearest even),
+    chunk boundaries included; integer and bool tensors keep their dtype."""
+    monkeypatch.setattr(residency, "STAGING_BYTES", 1000)
+    g = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(123, 45, generator=g) * 1e3,  # 23 chunks, values needing rounding
+        torch.randn(40, 30, generator=g).t(),  # not contiguous
+        # ties, a subnormal, inf (not NaN: CUDA writes 0x7FFF where the CPU writes 0x7FC0; weights hold none)
+        torch.tensor([1 + 2**-8, 1 + 3 * 2**-9, -(2**-130), float("inf")]),
+        torch.randint(0, 1 << 40, (301,), generator=g),
+        torch.rand(999, generator=g) > 0.5,
+    ]
+    dtypes = [torch.bfloat16 if t.is_floating_point() else t.dtype for t in tensors]
+    device = torch.device("cuda", torch.cuda.current_device())
+    copies = PinnedStager(device).copy(tensors, torch.cuda.Stream(device), dtypes)
+    for host, copy, dtype in zip(tensors, copies, dtypes, strict=True):
+        assert copy.device == device and copy.dtype == dtype and copy.shape == host.shape
+        assert same_bits(copy.cpu(), host.to(dtype))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_cast_activate_matches_a_converted_model() -> None:
+    """The same forward as a model converted to bf16 on the CPU first, then moved; release keeps fp32."""
+    models = experts()
+    x = torch.randn(3, 8, device="cuda", dtype=torch.bfloat16)
+    converted = {n: deepcopy(m).to(torch.bfloat16) for n, m in models.items()}  # upstream's order
+    device = torch.device("cuda", torch.cuda.current_device())
+    res = Residency(models, device, cast=torch.bfloat16)
+    for name in models:
+        ours = res.activate(name)
+        assert {p.dtype for p in ours.parameters()} == {torch.bfloat16}
+        assert torch.equal(ours(x), converted[name].to(device)(x))
+    res.release_all()
+    assert {p.dtype for m in models.values() for p in m.parameters()} == {torch.float32}
