@@ -24,6 +24,10 @@ files one at a time, and behind a queue of 16 MiB reads each waited its turn, so
 the imports ended 11 s after the readahead instead of overlapping it. A scheduler that honours
 the class (mq-deadline, BFQ) serves the imports' reads first; under `none` the request changes
 nothing.
+
+The pipelines use the same reader for the next A14B expert when it cannot be prefetched onto the
+GPU (`offload_model`, or too little room): from the first step done, its files are read into the
+page cache, so the switch copies from memory instead of waiting on the disk.
 """
 
 from __future__ import annotations
@@ -50,14 +54,19 @@ def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
     the loaders report a broken folder with its reason.
     """
     root = Path(ckpt_dir)
-    dit = root / task.experts[0]
-    shards = [dit / DIT_SINGLE]
+    return [f for f in (root / task.vae_checkpoint, root / T5_CHECKPOINT) if f.is_file()] + dit_files(root / task.experts[0])
+
+
+def dit_files(folder: str | Path) -> list[Path]:
+    """The weight files of one DiT folder (its index's shards in order, or the single file)."""
+    folder = Path(folder)
+    shards = [folder / DIT_SINGLE]
     try:
-        weight_map = json.loads((dit / DIT_INDEX).read_text())["weight_map"]
-        shards = [dit / name for name in dict.fromkeys(weight_map.values())]
+        weight_map = json.loads((folder / DIT_INDEX).read_text())["weight_map"]
+        shards = [folder / name for name in dict.fromkeys(weight_map.values())]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # unsharded, or not a readable index
-    return [f for f in (root / task.vae_checkpoint, root / T5_CHECKPOINT, *shards) if f.is_file()]
+    return [f for f in shards if f.is_file()]
 
 
 def available_memory() -> int | None:

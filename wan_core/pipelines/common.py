@@ -55,6 +55,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from wan_core.checkpoint import readahead
 from wan_core.checkpoint.dit import load_dit_experts
 from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
@@ -452,9 +453,12 @@ class WanPipeline:
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
             x = solver.step(cfg_combine(v_cond[0], v_uncond[0], scale), x)
-            if keep and i == start:  # after the first step (and its compile): copy the next experts in
-                for name in plan[1:]:
-                    self._residency.prefetch(name)
+            if i == start and len(plan) > 1:  # after the first step (and its compile): the next experts
+                if keep:  # copied in on a side stream
+                    for name in plan[1:]:
+                        self._residency.prefetch(name)
+                elif self._residency is not None:  # one at a time: their files in the page cache before the switch
+                    readahead.start([f for name in plan[1:] for f in readahead.dit_files(self.folder.dits[name])])
             if first_frame is not None:
                 x = first_frame.pin(x)
             if opts.checkpoint is not None:

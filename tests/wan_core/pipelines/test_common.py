@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from wan_core.checkpoint import readahead
 from wan_core.pipelines import WanPipeline, initial_noise, resolve_seed
 from wan_core.pipelines.common import FirstFrame, expert_for_step, to_tensor
 from wan_core.sampling.schedule import make_schedule
@@ -65,6 +68,27 @@ def test_progress_callback_reports_each_step_and_its_expert(pipelines: dict[str,
     dense.run("a fox", 32, 32, dense.sampling_options(frame_num=1, sampling_steps=2, seed=0),
               callback=lambda *a: calls.append(a), decode=False)
     assert calls == [(1, 2, None), (2, 2, None)]
+
+
+def test_next_expert_files_read_ahead_after_the_first_step(
+    pipelines: dict[str, WanPipeline], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One expert at a time (here: the CPU): the low-noise expert's files go to the page cache from
+    the first step on, so the switch reads memory; a dense model has nothing to read ahead."""
+    pipe = pipelines["t2v-A14B"]
+    low_files = readahead.dit_files(pipe.folder.dits[LOW])
+    with caplog.at_level(logging.INFO, logger=readahead.__name__):
+        pipe.run("a fox", 32, 16, pipe.sampling_options(frame_num=1, sampling_steps=4, seed=0), decode=False)
+        for thread in threading.enumerate():
+            if thread.name == "wanops-readahead":
+                thread.join(timeout=30)
+    lines = [r.getMessage() for r in caplog.records if r.name == readahead.__name__]
+    assert len(lines) == 1 and f"of {len(low_files)} files read" in lines[0] and low_files
+    caplog.clear()
+    dense = pipelines["ti2v-5B"]
+    with caplog.at_level(logging.INFO, logger=readahead.__name__):
+        dense.run("a fox", 32, 32, dense.sampling_options(frame_num=1, sampling_steps=2, seed=0), decode=False)
+    assert not [r for r in caplog.records if r.name == readahead.__name__]
 
 
 def test_same_seed_same_video_other_seed_other_video(pipelines: dict[str, WanPipeline]) -> None:
