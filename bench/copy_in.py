@@ -54,12 +54,7 @@ def main() -> int:
     name, model = next(iter(experts.items()))
     homes = {way: Residency({name: model}, device, pinned_staging=way == "pinned") for way in ("to", "pinned")}
     nbytes = homes["pinned"].nbytes(name)
-    info: dict[str, object] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-        "ckpt_dir": str(args.ckpt_dir), "model": name, "gb": nbytes / 1e9,
-        "dtype": str(next(model.parameters()).dtype),
-    }
+    info = record(args, device, model=name, gb=nbytes / 1e9, dtype=str(next(model.parameters()).dtype))
     on_device = {}
     for way, home in homes.items():
         seconds = []
@@ -77,21 +72,12 @@ def main() -> int:
         print(f"{way:>12}: median {statistics.median(timed):.2f} s ({', '.join(f'{s:.2f}' for s in timed)}), "
               f"{info[way]['gb_per_s']:.1f} GB/s for {nbytes / 1e9:.1f} GB", flush=True)
     same = all(torch.equal(a, b) for a, b in zip(on_device["to"], on_device["pinned"], strict=True))
-    info["same_bytes"] = same
-    print(f"the same weights on the device both ways: {same}")
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(json.dumps(info) + "\n")
-    return 0 if same else 1
+    return finish(args, info, same, "weights")
 
 
 def cast_where(args: argparse.Namespace, device: torch.device) -> int:
     """Load → bf16 weights on the GPU, the cast on the host or on the device; same bytes either way."""
-    info: dict[str, object] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-        "ckpt_dir": str(args.ckpt_dir), "cast": "float32 -> bfloat16",
-    }
+    info = record(args, device, cast="float32 -> bfloat16")
     on_device = {}
     for way in ("cast_on_host", "cast_on_gpu"):
         seconds = []
@@ -112,8 +98,20 @@ def cast_where(args: argparse.Namespace, device: torch.device) -> int:
         print(f"{way:>12}: median {statistics.median(timed):.2f} s ({', '.join(f'{s:.2f}' for s in timed)}) "
               f"from load to {gb:.1f} GB of bf16 weights on the GPU", flush=True)
     same = all(a.dtype == torch.bfloat16 and torch.equal(a, b) for a, b in zip(on_device["cast_on_host"], on_device["cast_on_gpu"], strict=True))
+    return finish(args, info, same, "bf16 weights")
+
+
+def record(args: argparse.Namespace, device: torch.device, **fields: object) -> dict[str, object]:
+    """The result line's header: when, on what, from which folder, plus `fields`."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
+            "ckpt_dir": str(args.ckpt_dir), **fields}
+
+
+def finish(args: argparse.Namespace, info: dict[str, object], same: bool, what: str) -> int:
+    """Say whether both ways left the same bytes on the device, append the line; exit status."""
     info["same_bytes"] = same
-    print(f"the same bf16 weights on the device both ways: {same}")
+    print(f"the same {what} on the device both ways: {same}")
     if args.out:
         with args.out.open("a") as f:
             f.write(json.dumps(info) + "\n")

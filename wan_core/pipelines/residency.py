@@ -165,9 +165,7 @@ class Residency:
         CUDA by `.to`."""
         model = self.models[name]
         if self._stager is None:
-            model.to(self.device)
-            if self.cast is not None:
-                model.to(self.cast)
+            model.to(self.device, dtype=self.cast)
             return
         stream = stream or torch.cuda.current_stream(self.device)
         host = {id(t): t for t in (*model.parameters(), *model.buffers())
