@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import imageio
@@ -9,8 +10,11 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+from imageio.plugins.ffmpeg import FfmpegFormat
 
 from wan_core.video import save_video, to_frames
+
+WRITER = FfmpegFormat.Writer  # imageio's ffmpeg writer: `_append_data` takes one frame
 
 
 def test_uint8_conversion_truncates_and_clamps() -> None:
@@ -71,3 +75,38 @@ def test_a_stream_that_fails_midway_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no frames"):
         save_video(iter([]), tmp_path / "out.mp4", fps=16)
     assert list(tmp_path.iterdir()) == []  # neither the final name nor the partial one
+
+
+def test_the_next_piece_decodes_while_ffmpeg_takes_the_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller is asked for piece 2 while piece 1 is still being written (ffmpeg's pipe blocks
+    as long as x264 is busy): a caller that wrote the frames itself could not be."""
+    asked_for_second = threading.Event()
+    writes = []
+    append = WRITER._append_data
+
+    def slow_append(self, im, meta=None):  # blocks until the decoder has moved on
+        if not writes:
+            assert asked_for_second.wait(10), "piece 2 was not asked for while piece 1 was written"
+        writes.append(im.shape)
+        return append(self, im, meta)
+
+    monkeypatch.setattr(WRITER, "_append_data", slow_append)
+
+    def pieces():
+        yield torch.zeros(3, 1, 16, 16)
+        asked_for_second.set()
+        yield torch.zeros(3, 2, 16, 16)
+
+    saved = save_video(pieces(), tmp_path / "out.mp4", fps=16)
+    assert saved.frames == 3 and len(writes) == 3 and len(read_frames(saved.path)) == 3
+
+
+def test_an_encoder_error_is_raised_and_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self, im, meta=None):
+        raise OSError("ffmpeg: broken pipe")
+
+    monkeypatch.setattr(WRITER, "_append_data", broken)
+    endless = (torch.zeros(3, 1, 16, 16) for _ in iter(int, 1))  # the error must stop the caller too
+    with pytest.raises(RuntimeError, match="writing the MP4 failed: ffmpeg: broken pipe"):
+        save_video(endless, tmp_path / "out.mp4", fps=16)
+    assert list(tmp_path.iterdir()) == []
