@@ -9,9 +9,7 @@ What is on one GPU, phase by phase (spec §4.4, §9, §11; `wan_core/pipelines/c
 
 - encode: VAE weights (the VAE lives on the GPU for the whole run; sized as fp32); umT5 (bf16) while
   it encodes, unless `t5_cpu`, 1/N of it with `t5_fsdp`; FSDP shards of every DiT (loaded onto the
-  GPUs at load time with `dit_fsdp`). In one process the first DiT is copied in beside umT5 while
-  it encodes only where the free memory measured then holds both: memory that is free anyway,
-  not part of the estimate.
+  GPUs at load time with `dit_fsdp`).
 - image encode (i2v-A14B only: the image plus F−1 zero frames go through the VAE encoder):
   VAE encode working set, assumed equal to the decode's (not measured).
 - denoise: DiT weights — with `dit_fsdp` every expert's shard, `E · P · b / N`, plus two gathered

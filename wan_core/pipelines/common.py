@@ -31,8 +31,7 @@ and also moves umT5 back to the CPU after encoding and the DiT(s) after the loop
 experts stay on the device when they fit (the second copied in while the first samples), else one
 at a time as upstream. In a single process umT5 leaves the device after encoding either way (its
 host copy stays, so that is free), which upstream does only with `offload_model`. `t5_cpu` keeps
-umT5 on the CPU and encodes there. Where the device has room for both, the first DiT is copied
-in on a side stream while umT5 encodes. `convert_model_dtype` stores the DiT weights in bf16 (half the
+umT5 on the CPU and encodes there. `convert_model_dtype` stores the DiT weights in bf16 (half the
 memory); in one process on a GPU the cast happens on the GPU as the weights are copied in, and the
 host copy stays the checkpoint's fp32 file mapping (`residency.py`).
 """
@@ -79,7 +78,6 @@ ProgressCallback = Callable[[int, int, str | None], None]
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 … 2^64 − 1
-T5_ENCODE_BYTES = 1 << 30  # umT5's working set for one 512-token prompt, with room to spare
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -356,14 +354,11 @@ class WanPipeline:
 
     # -- shared steps --------------------------------------------------------------------------
 
-    def encode_prompts(
-        self, prompt: str, n_prompt: str, offload_model: bool, *, prefetch: str | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def encode_prompts(self, prompt: str, n_prompt: str, offload_model: bool) -> tuple[Tensor, Tensor]:
         """(context, context_null), each [1, text_len, text_dim] zero-padded, on the device (§4.3).
 
         An empty negative prompt means the task's default one (§1.3). The two prompts are encoded
-        as two batch-1 calls, as upstream does. `prefetch`: the DiT of the first step, copied in
-        while umT5 encodes when the device has room for both (`_prefetch_beside_t5`).
+        as two batch-1 calls, as upstream does.
         """
         n_prompt = n_prompt or DEFAULT_NEGATIVE_PROMPT
         encoder = self.text_encoder
@@ -372,8 +367,6 @@ class WanPipeline:
         home = self._t5_residency
         if home is not None:
             home.activate("t5")
-            if prefetch is not None:
-                self._prefetch_beside_t5(prefetch)
         else:
             encoder.model.to(where)
         contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
@@ -393,29 +386,6 @@ class WanPipeline:
             padded.append(out)
         return padded[0], padded[1]
 
-    def first_dit(self, opts: SamplingOptions) -> str:
-        """The DiT of the first step: the high-noise expert for A14B, "" for the dense 5B."""
-        solver = make_solver(opts.sample_solver)
-        solver.set_timesteps(opts.sampling_steps, opts.shift, device="cpu")
-        return expert_for_step(self.task, solver.timesteps[0], opts.guide_scale)[0]
-
-    def _prefetch_beside_t5(self, name: str) -> None:
-        """Start copying DiT `name` in on a side stream while umT5 encodes on the GPU.
-
-        Both copies cross the same bus, so umT5's comes first; its encode then runs beside the
-        DiT's copy (≈ 0.5 s of a TI2V-5B start, ≈ 1 s of an A14B one on an H100). Only when the
-        free device memory holds the DiT beside umT5 with the planner's margin: this raises the
-        encode phase's use of memory that is free at that moment, never the run's estimated peak
-        (wanspec.memory), and a device without that room copies the DiT in after encoding as before.
-        """
-        residency = self._residency
-        if residency is None or self.device.type != "cuda" or residency.on_device(name):
-            return
-        free, total = torch.cuda.mem_get_info(self.device)
-        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-        if residency.nbytes(name) + T5_ENCODE_BYTES <= free + cached - total * SAFETY_FRACTION:
-            residency.prefetch(name)
-
     def _active_dit(self, name: str, keep_others: bool) -> WanModel:
         """The DiT `name` on the device (upstream's `_prepare_model_for_timestep`, §11): the others
         released first unless `keep_others` (both A14B experts fit, see `_both_fit`)."""
@@ -433,7 +403,6 @@ class WanPipeline:
         """
         if opts.offload_model or len(experts) < 2 or self._residency is None or self.device.type != "cuda":
             return False
-        self._residency.wait()  # a DiT copied in beside umT5 is counted once, as on the device
         missing = sum(self._residency.nbytes(n) for n in experts if not self._residency.on_device(n))
         tokens = latent.shape[1] * (latent.shape[2] // PATCH_SIZE[1]) * (latent.shape[3] // PATCH_SIZE[2])
         free, total = torch.cuda.mem_get_info(self.device)

@@ -121,7 +121,7 @@ class ImageToVideo(WanPipeline):
         noise = initial_noise(shape, opts.seed, self.device)
 
         # 3. prompt and negative prompt → padded umT5 contexts
-        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model, prefetch=self.first_dit(opts))
+        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model)
 
         # 4. conditioning y = [mask (4), VAE latent of image + zero frames (16)]
         video = conditioning_video(image, opts.frame_num, height, width).to(self.device)

@@ -153,12 +153,6 @@ class Residency:
             self._stream = torch.cuda.Stream(self.device)
         self._pending[name] = self._pool.submit(self._copy_in, name)
 
-    def wait(self) -> None:
-        """Wait for the copies in flight, so the device's free memory counts them; a failed one is
-        dealt with by `activate`."""
-        for pending in list(self._pending.values()):
-            pending.exception()
-
     def _copy_in(self, name: str) -> None:
         assert self._stream is not None
         with torch.cuda.device(self.device):

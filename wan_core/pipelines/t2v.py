@@ -79,7 +79,7 @@ class TextToVideo(WanPipeline):
         noise = initial_noise(shape, opts.seed, self.device)
 
         # 2. prompt and negative prompt (the task's default when empty) → padded umT5 contexts
-        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model, prefetch=self.first_dit(opts))
+        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model)
 
         # 3. sampling loop: expert per step, CFG, solver step
         latent = self.denoise(noise, context, context_null, opts, callback=callback)

@@ -126,7 +126,7 @@ class TextImageToVideo(TextToVideo):
         noise = initial_noise(shape, opts.seed, self.device)
 
         # 3. prompt and negative prompt → padded umT5 contexts
-        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model, prefetch=self.first_dit(opts))
+        context, context_null = self.encode_prompts(prompt, n_prompt, opts.offload_model)
 
         # 4. image latent as frame 0: x = (1 − M)·z + M·noise, M = 0 on latent frame 0
         z = self.vae.encode(pixels[None])[0]  # (48, 1, oh/16, ow/16)

@@ -91,14 +91,6 @@ def test_next_expert_files_read_ahead_after_the_first_step(
     assert not [r for r in caplog.records if r.name == readahead.__name__]
 
 
-def test_first_dit_is_the_first_steps(pipelines: dict[str, WanPipeline]) -> None:
-    """What encode_prompts copies in beside umT5: the high-noise expert at any schedule, the 5B's one DiT."""
-    for task, want in (("t2v-A14B", "high_noise_model"), ("i2v-A14B", "high_noise_model"), ("ti2v-5B", "")):
-        pipe = pipelines[task]
-        for steps, shift in ((40, 12.0), (2, 1.0)):
-            assert pipe.first_dit(pipe.sampling_options(sampling_steps=steps, shift=shift)) == want
-
-
 def test_same_seed_same_video_other_seed_other_video(pipelines: dict[str, WanPipeline]) -> None:
     pipe = pipelines["t2v-A14B"]
     runs = [pipe.run("a fox", 32, 16, pipe.sampling_options(frame_num=5, sampling_steps=2, seed=s), decode=False)
