@@ -19,15 +19,27 @@ SRC=${SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cu128}
 pip=("$PYTHON" -m pip install --disable-pip-version-check)
 
+# The images run with PYTHONDONTWRITEBYTECODE=1 as a user who cannot write the venv, so a module
+# without its .pyc here is compiled from source by every process that imports it: torch's
+# Dynamo/Inductor stack alone is ≈ 9 s of each run's start on an H100 host (BENCHMARKS.md,
+# "Bytecode"). pip compiles what it installs; this makes sure of it, and the checks below prove it.
+compile_bytecode() {
+  "$PYTHON" -m compileall -q -j 0 "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
+}
+
 case "$target" in
 operator)
   "${pip[@]}" "${SRC}[operator]"
-  "$PYTHON" - <<'PY'
-import importlib.util, sys
-import wanops_cli, wanops_operator.__main__  # noqa: F401  (handlers register on import)
+  compile_bytecode
+  "$PYTHON" -B - <<'PY'  # -B: the check must not write the bytecode it looks for
+import importlib.util, os, sys
+import kopf, wanops_cli, wanops_operator.__main__  # noqa: F401  (handlers register on import)
 if importlib.util.find_spec("torch") is not None:
     sys.exit("operator install: torch is installed, but the operator image must stay without it")
-print("operator install: ok (wanops_operator imports, no torch)")
+for module in (kopf, wanops_operator.__main__):
+    if not os.path.exists(importlib.util.cache_from_source(module.__file__)):
+        sys.exit(f"operator install: {module.__name__} has no compiled bytecode")
+print("operator install: ok (wanops_operator imports, no torch, bytecode compiled)")
 PY
   ;;
 runner)
@@ -42,9 +54,14 @@ runner)
     "${pip[@]}" "${SRC}[runner,flashinfer]"
     "$PYTHON" -m wan_core.ops.flashinfer_attention --dtype bfloat16 float16 --install
   fi
-  "$PYTHON" - <<'PY'
-import torch, wanops_cli, runner.main, wan_core.cli  # noqa: F401
-print(f"runner install: ok (torch {torch.__version__}, CUDA {torch.version.cuda})")
+  compile_bytecode
+  "$PYTHON" -B - <<'PY'  # -B: the check must not write the bytecode it looks for
+import importlib.util, os, sys
+import torch, torch._dynamo.symbolic_convert, torch._inductor.compile_fx, wanops_cli, runner.main, wan_core.cli  # noqa: F401
+for module in (torch._dynamo.symbolic_convert, torch._inductor.compile_fx, runner.main, wan_core.cli):
+    if not os.path.exists(importlib.util.cache_from_source(module.__file__)):
+        sys.exit(f"runner install: {module.__name__} has no compiled bytecode")
+print(f"runner install: ok (torch {torch.__version__}, CUDA {torch.version.cuda}, bytecode compiled)")
 PY
   ;;
 *)
