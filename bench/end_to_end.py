@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -67,7 +68,17 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
     bar = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)
     sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
     return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
-            "video": str(video), "command": " ".join(cmd), "log": log}
+            "bytecode": bytecode(), "video": str(video), "command": " ".join(cmd), "log": log}
+
+
+def bytecode() -> str:
+    """Whether the run could use compiled bytecode for torch's compiler stack, as a runner image
+    does ("cached"), or compiled those sources itself ("compiled in the run": ≈ 9 s of a start on
+    an H100 host, BENCHMARKS.md "Bytecode"); the run's environment is this process's."""
+    spec = importlib.util.find_spec("torch")
+    source = Path(next(iter(spec.submodule_search_locations))) / "_dynamo" / "symbolic_convert.py"
+    cached = Path(importlib.util.cache_from_source(str(source))).exists()
+    return "cached" if cached else "compiled in the run" if sys.flags.dont_write_bytecode else "written by the run"
 
 
 def main() -> int:
