@@ -35,6 +35,8 @@ from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
 from wan_core.checkpoint import readahead
+from wan_core.prompt_cache import ENV_VAR as PROMPT_CACHE_ENV
+from wan_core.prompt_cache import PromptCache
 from wanspec import contract
 from wanspec.tasks import TASKS
 
@@ -45,6 +47,8 @@ DEFAULT_DNS_TIMEOUT_S = 300.0  # a busy API server can take minutes to publish a
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # where torch.compile keeps compiled kernels and graphs
 FLASHINFER_CACHE_ENV = "FLASHINFER_WORKSPACE_BASE"  # where FlashInfer keeps kernels it built (images ship them prebuilt)
 TRITON_CACHE_ENV = "TRITON_CACHE_DIR"  # our own Triton kernels' binaries (the VAE's fused norm); Inductor's are in its cache
+# Folders of the shared compile cache for the caches that are not torch.compile's own.
+SUBDIRS = {TRITON_CACHE_ENV: "triton", PROMPT_CACHE_ENV: "prompts"}
 
 
 def resolve_master(addr: str, timeout_s: float, interval_s: float = 1.0) -> str:
@@ -189,7 +193,13 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
 
     # Not before: runner.worker imports the pipelines (transformers and all), seconds of CPU that
     # input refused above should not wait for.
-    from runner.worker import IMAGE_ENV, LATENTS, LOG_FILE_ENV, OUTCOME_DIR_ENV, WORK_DIR_ENV
+    from runner.worker import (
+        IMAGE_ENV,
+        LATENTS,
+        LOG_FILE_ENV,
+        OUTCOME_DIR_ENV,
+        WORK_DIR_ENV,
+    )
 
     latent = store.get_work(run_id, LATENTS)
     if latent is not None:
@@ -197,10 +207,12 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
             decode_saved(cfg, store, run_id, latent, work_dir)
         return
 
-    # The weights before the first step stream into this node's page cache while torchrun starts
-    # the workers and they import torch (wan_core.checkpoint.readahead).
-    readahead.start(readahead.first_step_files(cfg.checkpoint_dir, TASKS[cfg.resolved.task]))
     worker_env = {**env, LOG_FILE_ENV: str(log_file), WORK_DIR_ENV: str(work_dir), **compile_cache_env(env)}
+    # The weights before the first step stream into this node's page cache while torchrun starts
+    # the workers and they import torch (wan_core.checkpoint.readahead); umT5's file only if a
+    # prompt is not in the prompt cache.
+    t5 = not prompts_cached(cfg, worker_env)
+    readahead.start(readahead.first_step_files(cfg.checkpoint_dir, TASKS[cfg.resolved.task], t5=t5))
     if image is not None:
         worker_env[IMAGE_ENV] = str(image)
     master = resolve_master(
@@ -218,11 +230,13 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
 
 
 def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Inductor's, FlashInfer's and Triton's cache dirs on the installation's shared compile cache,
-    when there is one and this pod can write it; otherwise nothing (the run then compiles from
-    scratch, with a warning). A variable already set by hand is left alone."""
+    """Inductor's, FlashInfer's and Triton's cache dirs and the prompt cache's on the
+    installation's shared compile cache, when there is one and this pod can write it; otherwise
+    nothing (the run then compiles and encodes from scratch, with a warning). A variable already
+    set by hand is left alone."""
     where = env.get(contract.COMPILE_CACHE_ENV)
-    unset = [name for name in (INDUCTOR_CACHE_ENV, FLASHINFER_CACHE_ENV, TRITON_CACHE_ENV) if not env.get(name)]
+    names = (INDUCTOR_CACHE_ENV, FLASHINFER_CACHE_ENV, TRITON_CACHE_ENV, PROMPT_CACHE_ENV)
+    unset = [name for name in names if not env.get(name)]
     if not where or not unset:
         return {}
     try:
@@ -233,7 +247,17 @@ def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
         log.warning("compile cache %s is not writable by uid %d (%s): compiling from scratch; "
                     "make the claim of chart value runner.compileCache writable", where, os.getuid(), e)
         return {}
-    return {name: str(Path(where) / "triton") if name == TRITON_CACHE_ENV else where for name in unset}
+    return {name: str(Path(where) / SUBDIRS[name]) if name in SUBDIRS else where for name in unset}
+
+
+def prompts_cached(cfg: contract.RunnerConfig, env: Mapping[str, str]) -> bool:
+    """Whether a one-GPU run will find both prompts in the prompt cache (no prompt extension,
+    whose output is not known yet): then umT5 is neither read ahead nor loaded."""
+    r = cfg.resolved
+    where = env.get(PROMPT_CACHE_ENV)
+    if not where or r.gpus > 1 or r.spec.prompt_extension is not None:
+        return False
+    return PromptCache(where).has_all(cfg.checkpoint_dir, [r.spec.prompt, r.negative_prompt])
 
 
 def upload_log(env: Mapping[str, str], log_file: Path) -> None:

@@ -237,6 +237,7 @@ def log_memory_estimate(cfg: contract.RunnerConfig, layout: Any) -> dict[str, An
 
 def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.ops.quant import check_quantization
     from wan_core.parallel import (
         LayoutError,
         ParallelLayout,
@@ -245,8 +246,8 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         init_distributed,
         shutdown,
     )
-    from wan_core.ops.quant import check_quantization
     from wan_core.pipelines import load_pipeline
+    from wan_core.prompt_cache import PromptCache
 
     r = cfg.resolved
     try:
@@ -288,6 +289,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
                 t5_cpu=r.t5_cpu,
                 parallel=layout,
                 precision=r.precision,
+                prompt_cache=None if layout.distributed else PromptCache.from_env(),
             )
         except CheckpointError as e:
             raise errors.bad_input(

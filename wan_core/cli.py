@@ -11,6 +11,8 @@ i2v-A14B — upstream substitutes an example image we do not ship); --negative_p
 failed save is an error. Prompt extension (§10, `wan_core.prompt_extend`): `dashscope` (DASH_API_KEY,
 DASH_API_URL) or `local_qwen`; the extended prompt is logged, and a failed extension is logged as a
 warning with its reason before generating from the original prompt (upstream: an INFO line).
+--prompt_cache DIR (or WANOPS_PROMPT_CACHE) keeps encoded prompts (`wan_core.prompt_cache`): when
+both prompts were encoded before, umT5's 11 GB are neither read ahead nor loaded.
 
 Multi-GPU (issue 7, `wan_core.parallel`), under torchrun on one node or several:
 
@@ -36,7 +38,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wan_core.parallel.rules import flag_problems
-from wanspec.tasks import EXAMPLE_PROMPT_I2V, EXAMPLE_PROMPT_T2V, PRECISIONS, TASKS, Size, TaskSpec, check_frame_num
+from wan_core.prompt_cache import ENV_VAR as PROMPT_CACHE_ENV
+from wan_core.prompt_cache import PromptCache
+from wanspec.tasks import (
+    DEFAULT_NEGATIVE_PROMPT,
+    EXAMPLE_PROMPT_I2V,
+    EXAMPLE_PROMPT_T2V,
+    PRECISIONS,
+    TASKS,
+    Size,
+    TaskSpec,
+    check_frame_num,
+)
 
 if TYPE_CHECKING:
     from wan_core.parallel import ParallelLayout
@@ -93,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "pip install 'wanops[fp8]'; their cost is in BENCHMARKS.md")
     p.add_argument("--negative_prompt", default="", help="negative prompt (default: the task's, spec §1.3)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 16; 24 for ti2v-5B)")
+    p.add_argument("--prompt_cache", default=os.environ.get(PROMPT_CACHE_ENV) or None,
+                   help=f"keep encoded prompts in this folder and skip umT5 when both prompts are there (one process; default: ${PROMPT_CACHE_ENV})")
     return p
 
 
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("LOCAL_RANK", "0") == "0":  # one reader per node; the page cache is shared
         from wan_core.checkpoint import readahead
 
-        readahead.start(readahead.first_step_files(args.ckpt_dir, task))
+        readahead.start(readahead.first_step_files(args.ckpt_dir, task, t5=not _prompts_cached(args, task)))
     # Heavy imports only after the flags are known to be good.
     from wan_core.parallel import ParallelLayout, collective_timeout, init_distributed, shutdown
 
@@ -253,6 +268,24 @@ def main(argv: list[str] | None = None) -> int:
     if status == 0:  # a failed rank skips the final barrier; its peers' collectives time out
         shutdown(layout)
     return status
+
+
+def _prompt(args: argparse.Namespace, task: TaskSpec) -> str:
+    return args.prompt if args.prompt is not None else (EXAMPLE_PROMPT_I2V if task.needs_image else EXAMPLE_PROMPT_T2V)
+
+
+def _prompt_cache(args: argparse.Namespace, distributed: bool) -> PromptCache | None:
+    """The prompt cache of one process (under torchrun every rank encodes, as upstream)."""
+    return PromptCache(args.prompt_cache) if args.prompt_cache and not distributed else None
+
+
+def _prompts_cached(args: argparse.Namespace, task: TaskSpec) -> bool:
+    """Whether both prompts are in the cache already (before torch is imported: the readahead
+    then leaves umT5's file alone); never with a prompt extension, whose output is not known yet."""
+    if args.use_prompt_extend or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return False
+    cache = _prompt_cache(args, distributed=False)
+    return cache is not None and cache.has_all(args.ckpt_dir, [_prompt(args, task), args.negative_prompt or DEFAULT_NEGATIVE_PROMPT])
 
 
 def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, step_timeout: float | None) -> int:
@@ -273,7 +306,7 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
     from wan_core.pipelines import load_pipeline, resolve_seed
     from wan_core.video import save_video
 
-    prompt = args.prompt if args.prompt is not None else (EXAMPLE_PROMPT_I2V if task.needs_image else EXAMPLE_PROMPT_T2V)
+    prompt = _prompt(args, task)
     seed = broadcast_seed(resolve_seed(args.base_seed), layout)  # every rank draws rank 0's noise
     image = None
     if args.image is not None:
@@ -312,7 +345,7 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
     try:
         pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
                              convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout,
-                             precision=args.precision)
+                             precision=args.precision, prompt_cache=_prompt_cache(args, layout.distributed))
     except CheckpointError as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return 1

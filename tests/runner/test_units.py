@@ -13,11 +13,22 @@ from runner_cases import SPEC
 
 from runner import errors
 from runner.inputs import MAX_IMAGE_PIXELS, check_image, read_limited, run_identity
-from runner.main import FLASHINFER_CACHE_ENV, INDUCTOR_CACHE_ENV, TRITON_CACHE_ENV, compile_cache_env, resolve_master, verdict
+from runner.main import (
+    FLASHINFER_CACHE_ENV,
+    INDUCTOR_CACHE_ENV,
+    PROMPT_CACHE_ENV,
+    TRITON_CACHE_ENV,
+    compile_cache_env,
+    prompts_cached,
+    resolve_master,
+    verdict,
+)
 from runner.report import Throttle
+from wan_core.prompt_cache import PromptCache
 from wanops_operator.config import OperatorConfig
 from wanops_operator.render import runner_config
 from wanspec import contract
+from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER
 from wanspec.validate import parse
 
 
@@ -161,14 +172,34 @@ def test_a_refused_output_report_is_retried_briefly_then_fails_the_attempt() -> 
 def test_compile_cache_is_used_only_where_it_is_writable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = tmp_path / "cache"
     assert compile_cache_env({}) == {}
-    every = {INDUCTOR_CACHE_ENV: str(cache), FLASHINFER_CACHE_ENV: str(cache), TRITON_CACHE_ENV: str(cache / "triton")}
+    every = {INDUCTOR_CACHE_ENV: str(cache), FLASHINFER_CACHE_ENV: str(cache), TRITON_CACHE_ENV: str(cache / "triton"),
+             PROMPT_CACHE_ENV: str(cache / "prompts")}
     assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache)}) == every
     assert cache.is_dir() and not any(cache.iterdir())  # the write probe leaves nothing behind
     # a cache dir set by hand wins
     by_hand = {contract.COMPILE_CACHE_ENV: str(cache), INDUCTOR_CACHE_ENV: "/x", TRITON_CACHE_ENV: "/y"}
-    assert compile_cache_env(by_hand) == {FLASHINFER_CACHE_ENV: str(cache)}
+    assert compile_cache_env(by_hand) == {FLASHINFER_CACHE_ENV: str(cache), PROMPT_CACHE_ENV: str(cache / "prompts")}
     assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache), **dict.fromkeys(every, "/x")}) == {}
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(blocked / "cache")}) == {}
     assert "is not writable" in caplog.text and "compiling from scratch" in caplog.text
+
+
+def test_umt5_is_read_ahead_unless_both_prompts_are_cached(tmp_path: Path) -> None:
+    """The launcher's question before torchrun starts: a one-GPU run without prompt extension
+    whose prompt and negative prompt are in the cache leaves umT5's file alone."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / T5_TOKENIZER).mkdir(parents=True)
+    (ckpt / T5_CHECKPOINT).write_bytes(b"umT5")
+    (ckpt / T5_TOKENIZER / "tokenizer.json").write_text("{}")
+    cfg = _config().model_copy(update={"checkpoint_dir": str(ckpt)})
+    cache = PromptCache(tmp_path / "prompts")
+    env = {PROMPT_CACHE_ENV: str(cache.root)}
+    assert not prompts_cached(cfg, env) and not prompts_cached(cfg, {})
+    cache.root.mkdir()
+    for prompt in (cfg.resolved.spec.prompt, cfg.resolved.negative_prompt):  # an entry of any dtype and GPU
+        (cache.root / f"{cache.digest(ckpt, prompt)}.bfloat16.NVIDIA-H100-80GB-HBM3.safetensors").touch()
+    assert prompts_cached(cfg, env)
+    many = _config(gpus=2).model_copy(update={"checkpoint_dir": str(ckpt)})
+    assert not prompts_cached(many, env)  # under torchrun every rank encodes

@@ -53,7 +53,8 @@ def read_mp4(path: Path) -> tuple[int, dict, np.ndarray]:
         return frames, reader.get_meta_data(), np.stack(list(reader.iter_data()))
 
 
-def test_defaults_are_upstreams() -> None:
+def test_defaults_are_upstreams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANOPS_PROMPT_CACHE", raising=False)
     args = build_parser().parse_args([])
     assert vars(args) == dict(
         task="t2v-A14B", size="1280*720", frame_num=None, ckpt_dir=None, offload_model=None, ulysses_size=None,
@@ -62,6 +63,7 @@ def test_defaults_are_upstreams() -> None:
         base_seed=-1, image=None, sample_solver="unipc", sample_steps=None, sample_shift=None,
         sample_guide_scale=None, convert_model_dtype=False, negative_prompt="", fps=None,
         precision="exact",  # ours: the official numbers unless an opt-in lossy mode is asked for
+        prompt_cache=None,  # ours: no prompt cache unless asked for (or WANOPS_PROMPT_CACHE)
     )
 
 

@@ -46,15 +46,17 @@ from wanspec.tasks import DIT_INDEX, DIT_SINGLE, T5_CHECKPOINT, TaskSpec
 
 log = logging.getLogger(__name__)
 
-def first_step_files(ckpt_dir: str | Path, task: TaskSpec) -> list[Path]:
+def first_step_files(ckpt_dir: str | Path, task: TaskSpec, *, t5: bool = True) -> list[Path]:
     """The files of `ckpt_dir` read before the first denoising step, in the order they are used.
 
-    VAE, umT5, then the shards of the DiT that runs the first step (the high-noise expert for
-    A14B, whose boundary the first timestep always exceeds). Files that are absent are left out:
-    the loaders report a broken folder with its reason.
+    VAE, umT5 (unless `t5` is False: both prompts are in the prompt cache), then the shards of
+    the DiT that runs the first step (the high-noise expert for A14B, whose boundary the first
+    timestep always exceeds). Files that are absent are left out: the loaders report a broken
+    folder with its reason.
     """
     root = Path(ckpt_dir)
-    return [f for f in (root / task.vae_checkpoint, root / T5_CHECKPOINT) if f.is_file()] + dit_files(root / task.experts[0])
+    head = (root / task.vae_checkpoint, root / T5_CHECKPOINT) if t5 else (root / task.vae_checkpoint,)
+    return [f for f in head if f.is_file()] + dit_files(root / task.experts[0])
 
 
 def dit_files(folder: str | Path) -> list[Path]:

@@ -16,6 +16,7 @@ from wan_core.pipelines.common import ProgressCallback, SamplingOptions, WanPipe
 from wan_core.pipelines.i2v import ImageToVideo
 from wan_core.pipelines.t2v import TextToVideo
 from wan_core.pipelines.ti2v import TextImageToVideo
+from wan_core.prompt_cache import PromptCache
 from wanspec.tasks import get_task
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ def load_pipeline(
     t5_cpu: bool = False,
     parallel: ParallelLayout | None = None,
     precision: str = "exact",
+    prompt_cache: PromptCache | None = None,
 ) -> WanPipeline:
     """Load the official checkpoint folder of `task` into its pipeline.
 
@@ -47,11 +49,14 @@ def load_pipeline(
     convert_model_dtype: store the DiT weights in bf16. t5_cpu: encode prompts on the CPU.
     parallel: the torchrun layout (`wan_core.parallel.init_distributed`); None runs on one device.
     precision: "exact" (the official numbers) or an opt-in lossy mode ("fp8", `wan_core.ops.quant`).
+    prompt_cache: encoded prompts on disk (`wan_core.prompt_cache`; one process only, ignored under
+    torchrun); umT5 is then loaded only if a prompt misses.
     """
     spec = get_task(task)
     return PIPELINES[spec.name](
         spec.name, ckpt_dir, device=device, dtype=dtype, offload_model=offload_model,
         convert_model_dtype=convert_model_dtype, t5_cpu=t5_cpu, parallel=parallel, precision=precision,
+        prompt_cache=prompt_cache,
     )
 
 

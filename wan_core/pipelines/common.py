@@ -61,10 +61,12 @@ from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
 from wan_core.checkpoint.vae import load_vae
 from wan_core.models.dit import WanModel
+from wan_core.models.t5 import T5Encoder
 from wan_core.models.vae_blocks import ChunkedVAE
 from wan_core.ops.compile import compile_blocks, compile_wanted
 from wan_core.ops.quant import check_quantization, quantize_dit
 from wan_core.pipelines.residency import Residency
+from wan_core.prompt_cache import PromptCache, entry_variant
 from wan_core.sampling import SOLVER_NAMES, cfg_combine, guide_scales, make_solver, select_expert
 from wanspec.memory import SAFETY_FRACTION, forward_activation_bytes
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, PATCH_SIZE, Size, TaskSpec, check_frame_num, get_task
@@ -248,6 +250,7 @@ class WanPipeline:
         t5_cpu: bool = False,
         parallel: ParallelLayout | None = None,
         precision: str = "exact",
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self.task = get_task(task)
         # Under torchrun: the layout's device, DiT/umT5 built by wan_core.parallel (issue 7).
@@ -269,8 +272,12 @@ class WanPipeline:
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
         self.folder = folder = inspect_folder(ckpt_dir, self.task.name)
-        # umT5 is created on the CPU and visits the device only to encode (§4.4).
-        self.text_encoder = load_t5(folder.root, device="cpu", dtype=self.dtype)
+        # In one process, with a prompt cache, umT5 loads at the first prompt the cache misses.
+        self.prompt_cache = prompt_cache if self.parallel is None else None
+        self._text_encoder: T5Encoder | None = None
+        self._t5_residency: Residency | None = None
+        if self.prompt_cache is None:
+            self._load_t5()
         # The VAE lives on the device for the whole run.
         self.vae = load_task_vae(self.task, folder.vae, self.device, self.dtype)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted
@@ -295,18 +302,28 @@ class WanPipeline:
 
             self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
                                               model_type=self.task.model_type, compile=compile, precision=precision)
-            self.text_encoder = parallelize_t5(self.text_encoder, self.parallel)
+            self._text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
         fsdp = self.parallel is not None and self.parallel.dit_fsdp
         self._residency = None if fsdp else Residency(self.experts, self.device, cast=self.dtype if cast_on_device else None)
-        # umT5 likewise in one process unless it encodes on the CPU (under torchrun it may be
-        # FSDP-sharded: moved as upstream)
-        self._t5_residency = (Residency({"t5": self.text_encoder.model}, self.device)
-                              if self.parallel is None and not t5_cpu else None)
         weights = self.dtype if cast_on_device else next(iter(self.experts.values())).patch_embedding.weight.dtype
         # fp32 weights with a bf16 compute dtype: upstream's autocast(bf16) around the DiT.
         self._dit_autocast = self.dtype != torch.float32 and weights == torch.float32
+
+    @property
+    def text_encoder(self) -> T5Encoder:
+        """umT5: loaded at construction, or with a prompt cache at the first miss (`_load_t5`)."""
+        return self._text_encoder if self._text_encoder is not None else self._load_t5()
+
+    def _load_t5(self) -> T5Encoder:
+        """umT5 created on the CPU; it visits the device only to encode (§4.4), through a
+        residency in one process unless it encodes on the CPU (under torchrun it may be
+        FSDP-sharded: moved as upstream)."""
+        self._text_encoder = load_t5(self.folder.root, device="cpu", dtype=self.dtype)
+        if self.parallel is None and not self.t5_cpu:
+            self._t5_residency = Residency({"t5": self._text_encoder.model}, self.device)
+        return self._text_encoder
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -360,24 +377,33 @@ class WanPipeline:
         An empty negative prompt means the task's default one (§1.3). The two prompts are encoded
         as two batch-1 calls, as upstream does.
         """
-        n_prompt = n_prompt or DEFAULT_NEGATIVE_PROMPT
-        encoder = self.text_encoder
         start = time.perf_counter()
         where = torch.device("cpu") if self.t5_cpu else self.device
-        home = self._t5_residency
-        if home is not None:
-            home.activate("t5")
-        else:
-            encoder.model.to(where)
-        contexts = [encoder.encode([p], where)[0] for p in (prompt, n_prompt)]
-        if home is not None:
-            # In one process umT5 leaves the device after encoding whatever offload_model says
-            # (upstream keeps it there without offload): it is used once per video, leaving costs
-            # no copy (its host copy stays), and its 11 GB go to the DiTs' activations and experts.
-            home.release("t5")
-        elif offload_model and not self.t5_cpu:
-            encoder.model.to("cpu")
-        log.info("prompts encoded in %.1f s (umT5 on %s)", time.perf_counter() - start, where)
+        prompts = [prompt, n_prompt or DEFAULT_NEGATIVE_PROMPT]
+        cache = self.prompt_cache
+        keys = [cache.digest(self.folder.root, p) for p in prompts] if cache is not None else []
+        kind = entry_variant(self.dtype, where) if cache is not None else ""
+        contexts = [cache.load(k, kind, where) for k in keys] if cache is not None else [None, None]
+        if missing := [i for i, c in enumerate(contexts) if c is None]:
+            encoder = self.text_encoder
+            home = self._t5_residency
+            if home is not None:
+                home.activate("t5")
+            else:
+                encoder.model.to(where)
+            for i in missing:
+                contexts[i] = encoder.encode([prompts[i]], where)[0]
+                if cache is not None:
+                    cache.store(keys[i], kind, contexts[i])
+            if home is not None:
+                # In one process umT5 leaves the device after encoding whatever offload_model
+                # says (upstream keeps it there without offload): it is used once per video,
+                # leaving costs no copy (its host copy stays), and its 11 GB go to the DiTs.
+                home.release("t5")
+            elif offload_model and not self.t5_cpu:
+                encoder.model.to("cpu")
+        how = f"umT5 on {where}" if missing else "all from the prompt cache"
+        log.info("prompts encoded in %.1f s (%s)", time.perf_counter() - start, how)
         cfg = next(iter(self.experts.values())).cfg
         padded = []
         for c in contexts:  # rows n_i..511 are exact zeros (§3.3)
