@@ -22,7 +22,8 @@ pip=("$PYTHON" -m pip install --disable-pip-version-check)
 # The images run with PYTHONDONTWRITEBYTECODE=1 as a user who cannot write the venv, so a module
 # without its .pyc here is compiled from source by every process that imports it: torch's
 # Dynamo/Inductor stack alone is ≈ 9 s of each run's start on an H100 host (BENCHMARKS.md,
-# "Bytecode"). pip compiles what it installs; this makes sure of it, and the checks below prove it.
+# "Bytecode"). pip compiles what it installs; this makes sure of it, and the checks below look
+# for the bytecode of modules every process imports.
 compile_bytecode() {
   "$PYTHON" -m compileall -q -j 0 "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null
 }
