@@ -5,6 +5,7 @@ resume after an interruption, bad input with the fatal exit code."""
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import torch
@@ -205,3 +206,23 @@ def test_bad_credentials_are_fatal_and_store_down_is_temporary(make_run, tmp_pat
     code, _ = run.run(**{TERMINATION_PATH_ENV: str(termination)})
     assert code == EXIT_TEMPORARY
     assert contract.parse_termination_message(termination.read_text())[0] == "StoreUnavailable"
+
+
+def test_a_second_run_takes_its_prompts_from_the_shared_cache(make_run, s3, bucket, tmp_path) -> None:
+    """Two VideoGenerations with the same prompts on one compile-cache folder (the chart's
+    runner.compileCache): the second neither reads umT5 ahead nor loads it, and publishes the
+    same video."""
+    cache = {contract.COMPILE_CACHE_ENV: str(tmp_path / "compile-cache")}
+    videos, outs = [], []
+    for name in ("first", "second"):
+        run = make_run(SPEC)
+        code, out = run.run(**cache)
+        assert code == 0, out[-4000:]
+        videos.append(_fetch(s3, bucket, run.config.output.key, tmp_path / f"{name}.mp4"))
+        outs.append(out)
+    assert len(list((tmp_path / "compile-cache" / "prompts").glob("*.safetensors"))) == 2
+    assert "umT5 on cpu" in outs[0] and "all from the prompt cache" in outs[1]
+    read = [[e["message"] for e in log_events(out) if e["message"].startswith("readahead: ")] for out in outs]
+    files = [int(re.search(r" of (\d+) files", r[0]).group(1)) for r in read]
+    assert files[1] == files[0] - 1  # the same files but umT5's
+    assert videos[0] == videos[1]
