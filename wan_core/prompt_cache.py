@@ -13,8 +13,10 @@ tokenizer (real path, size and modification time of both files: a file replaced 
 its entries only if it keeps all three). Torch-free until an entry is read or written, so the
 generate command and the runner's launcher can ask before importing torch whether umT5's file
 needs reading ahead at all. Entries are written whole under a temporary name, then renamed; a
-cache that cannot be read or written costs only the encode, never the run. Nothing is evicted:
-an entry is n_tokens × 8 KB in bf16 (≤ 4 MB; ≈ 0.9 MB for the default negative prompt).
+cache that cannot be read or written costs only the encode, never the run. An entry is
+n_tokens × 8 KB in bf16 (≤ 4 MB; ≈ 0.9 MB for the default negative prompt); a hit marks its entry
+used (its modification time), and a write that leaves more than `MAX_ENTRIES` removes the least
+recently used, so a shared cache stays within a few GB of its claim.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ ENV_VAR = "WANOPS_PROMPT_CACHE"  # the folder, for the generate command's defaul
 FORMAT = 1  # part of every digest: a new layout of entries never reads an old one
 KEY = "context"
 TOKENIZER_FILE = "tokenizer.json"  # as wan_core.checkpoint.folder's, which imports torch
+MAX_ENTRIES = 2048  # ≤ 2 GB of typical prompts, ≤ 8 GB at 512 tokens each
 
 
 def _file_identity(path: Path) -> list[object]:
@@ -81,10 +84,15 @@ class PromptCache:
         from safetensors.torch import load_file
 
         try:
-            return load_file(path, device=str(device))[KEY]
+            context = load_file(path, device=str(device))[KEY]
         except Exception as err:  # a truncated or foreign file is a miss, not a failed run
             log.warning("prompt cache entry %s is unreadable (%s); encoding instead", path, err)
             return None
+        try:
+            os.utime(path)  # used now: the last to go when the cache is pruned
+        except OSError:
+            pass
+        return context
 
     def store(self, digest: str, variant: str, context: Tensor) -> None:
         """Write the entry whole under a temporary name, then rename it; failures are logged."""
@@ -102,6 +110,21 @@ class PromptCache:
                 Path(partial).unlink(missing_ok=True)
         except OSError as err:
             log.warning("cannot write prompt cache entry %s (%s); the next run encodes again", path, err)
+            return
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the least recently used entries beyond `MAX_ENTRIES` (several pods may prune at
+        once: an entry already gone is fine)."""
+        def used(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return float("inf")  # gone meanwhile: not ours to remove
+
+        entries = list(self.root.glob("*.safetensors"))
+        for path in sorted(entries, key=used)[: max(0, len(entries) - MAX_ENTRIES)]:
+            path.unlink(missing_ok=True)
 
     def _path(self, digest: str, variant: str) -> Path:
         return self.root / f"{digest}.{variant}.safetensors"

@@ -19,7 +19,7 @@ import torch
 from wan_core.checkpoint import readahead
 from wan_core.pipelines import load_pipeline
 from wan_core.prompt_cache import PromptCache
-from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, T5_CHECKPOINT, TASKS, Size, get_task
+from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, T5_CHECKPOINT, T5_TOKENIZER, TASKS, Size, get_task
 
 
 def contexts_and_latent(ckpt: Path, cache: PromptCache | None, prompt: str = "a fox") -> tuple:
@@ -100,3 +100,19 @@ def test_readahead_leaves_umt5_alone_when_both_prompts_are_cached(tiny_ckpts: di
             videos.append(np.stack(list(reader.iter_data())))
     assert [ckpt / T5_CHECKPOINT in files for files in read] == [True, False]
     assert videos[0].shape == (5, 32, 64, 3) and np.array_equal(videos[0], videos[1])
+
+
+def test_the_least_recently_used_entries_go_beyond_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = tmp_path / "ckpt"
+    (ckpt / T5_TOKENIZER).mkdir(parents=True)
+    (ckpt / T5_CHECKPOINT).write_bytes(b"umT5")
+    (ckpt / T5_TOKENIZER / "tokenizer.json").write_text("{}")
+    monkeypatch.setattr("wan_core.prompt_cache.MAX_ENTRIES", 2)
+    cache, cpu = PromptCache(tmp_path / "prompts"), torch.device("cpu")
+    digests = {p: cache.digest(ckpt, p) for p in ("a", "b", "c")}
+    for age, prompt in enumerate(("a", "b")):
+        cache.store(digests[prompt], "float32.cpu", torch.full((2, 4), float(age)))
+        os.utime(cache.root / f"{digests[prompt]}.float32.cpu.safetensors", (1000 + age, 1000 + age))
+    assert torch.equal(cache.load(digests["a"], "float32.cpu", cpu), torch.zeros(2, 4))  # "a" used: now the newest
+    cache.store(digests["c"], "float32.cpu", torch.ones(2, 4))
+    assert cache.has_all(ckpt, ["a", "c"]) and not cache.has_all(ckpt, ["b"])
