@@ -138,30 +138,30 @@ class FeedForward(nn.Module):
         return self.fc2(self.fc1(x) * self.gate(x))
 
 
-class RelativeEmbedding(nn.Module):
-    """Bidirectional bucketed relative-position bias, `[1, heads, Lq, Lk]` (§4.1)."""
+def relative_buckets(length: int, num_buckets: int, max_distance: int, device: torch.device) -> Tensor:
+    """[L, L] bucket ids of the key − query offsets (§4.1); half the buckets for keys after the
+    query. The same for every layer, so the encoder computes them once per forward."""
+    rel = torch.arange(length, device=device)[None, :] - torch.arange(length, device=device)[:, None]
+    half = num_buckets // 2
+    buckets = (rel > 0).long() * half
+    rel = rel.abs()
+    max_exact = half // 2
+    large = max_exact + (
+        torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+    ).long()
+    large = torch.min(large, torch.full_like(large, half - 1))
+    return buckets + torch.where(rel < max_exact, rel, large)
 
-    def __init__(self, num_buckets: int, num_heads: int, max_distance: int) -> None:
+
+class RelativeEmbedding(nn.Module):
+    """A layer's own bias per relative-position bucket: `[1, heads, Lq, Lk]` (§4.1)."""
+
+    def __init__(self, num_buckets: int, num_heads: int) -> None:
         super().__init__()
-        self.max_distance = max_distance
         self.embedding = nn.Embedding(num_buckets, num_heads)
 
-    def forward(self, lq: int, lk: int) -> Tensor:
-        device = self.embedding.weight.device
-        rel = torch.arange(lk, device=device)[None, :] - torch.arange(lq, device=device)[:, None]
-        return self.embedding(self.bucket(rel)).permute(2, 0, 1)[None]
-
-    def bucket(self, rel: Tensor) -> Tensor:
-        """key − query offsets → bucket ids; half the buckets for keys after the query."""
-        half = self.embedding.num_embeddings // 2
-        buckets = (rel > 0).long() * half
-        rel = rel.abs()
-        max_exact = half // 2
-        large = max_exact + (
-            torch.log(rel.float() / max_exact) / math.log(self.max_distance / max_exact) * (half - max_exact)
-        ).long()
-        large = torch.min(large, torch.full_like(large, half - 1))
-        return buckets + torch.where(rel < max_exact, rel, large)
+    def forward(self, buckets: Tensor) -> Tensor:
+        return self.embedding(buckets).permute(2, 0, 1)[None]
 
 
 class Block(nn.Module):
@@ -173,13 +173,13 @@ class Block(nn.Module):
         self.attn = Attention(config.dim, config.dim_attn, config.num_heads)
         self.norm2 = RMSNorm(config.dim, config.eps)
         self.ffn = FeedForward(config.dim, config.dim_ffn)
-        self.pos_embedding = RelativeEmbedding(config.num_buckets, config.num_heads, config.max_distance)
+        self.pos_embedding = RelativeEmbedding(config.num_buckets, config.num_heads)
 
-    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
-        """x [B, L, dim]; key_mask [B, 1, 1, L], True where the key is padding."""
+    def forward(self, x: Tensor, key_mask: Tensor, buckets: Tensor) -> Tensor:
+        """x [B, L, dim]; key_mask [B, 1, 1, L], True where the key is padding; buckets [L, L]."""
         length = x.shape[1]
         bias = x.new_zeros(x.shape[0], self.attn.num_heads, length, length)
-        bias += self.pos_embedding(length, length)
+        bias += self.pos_embedding(buckets)
         bias.masked_fill_(key_mask, torch.finfo(x.dtype).min)
         x = x + self.attn(self.norm1(x), bias)
         return x + self.ffn(self.norm2(x))
@@ -199,8 +199,9 @@ class UMT5Encoder(nn.Module):
         """[B, L] ids and mask (1 = real token) → [B, L, dim] in the weights' dtype."""
         x = self.token_embedding(ids)
         key_mask = (mask == 0)[:, None, None, :]
+        buckets = relative_buckets(ids.shape[1], self.config.num_buckets, self.config.max_distance, x.device)
         for block in self.blocks:
-            x = block(x, key_mask)
+            x = block(x, key_mask, buckets)
         return self.norm(x)
 
 
