@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER
+from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 ENV_VAR = "WANOPS_PROMPT_CACHE"  # the folder, for the generate command's default and the runner
 FORMAT = 1  # part of every digest: a new layout of entries never reads an old one
 KEY = "context"
-TOKENIZER_FILE = "tokenizer.json"  # as wan_core.checkpoint.folder's, which imports torch
 MAX_ENTRIES = 2048  # ≤ 2 GB of typical prompts, ≤ 8 GB at 512 tokens each
 
 
@@ -65,7 +64,7 @@ class PromptCache:
     def digest(self, ckpt_dir: str | Path, prompt: str) -> str:
         """What names `prompt`'s entries for the umT5 of `ckpt_dir` (stat calls, no reads)."""
         root = Path(ckpt_dir)
-        ident = [FORMAT, _file_identity(root / T5_CHECKPOINT), _file_identity(root / T5_TOKENIZER / TOKENIZER_FILE), prompt]
+        ident = [FORMAT, _file_identity(root / T5_CHECKPOINT), _file_identity(root / T5_TOKENIZER / T5_TOKENIZER_FILE), prompt]
         return hashlib.sha256(json.dumps(ident, ensure_ascii=False).encode()).hexdigest()
 
     def has_all(self, ckpt_dir: str | Path, prompts: Sequence[str]) -> bool:

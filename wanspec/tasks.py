@@ -34,6 +34,7 @@ T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"  # §1.2 shared_config.t5_chec
 DIT_SINGLE = "diffusion_pytorch_model.safetensors"  # §2.1 a DiT folder: one file, or shards
 DIT_INDEX = "diffusion_pytorch_model.safetensors.index.json"  # listed by this index's weight_map
 T5_TOKENIZER = "google/umt5-xxl"  # §1.2 shared_config.t5_tokenizer (a folder inside the checkpoint)
+T5_TOKENIZER_FILE = "tokenizer.json"  # the file of that folder the encoder reads (the tokenizers library)
 TEXT_LEN = 512  # §1.2 shared_config.text_len: prompts are padded/truncated to 512 tokens
 NUM_TRAIN_TIMESTEPS = 1000  # §1.2: t = int(sigma * 1000)
 PATCH_SIZE = (1, 2, 2)  # §1.2 DiT patch (t, h, w)

@@ -16,11 +16,7 @@ from pathlib import Path
 
 from wan_core.checkpoint.dit import CONFIG_NAME, INDEX_NAME, SINGLE_NAME, read_shapes, shard_keys
 from wan_core.checkpoint.errors import CheckpointError
-from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, TASKS, TaskSpec, get_task
-
-# The tokenizers file the encoder reads (the published google/umt5-xxl folder has it beside its
-# SentencePiece model and configs, §2.1).
-TOKENIZER_FILE = "tokenizer.json"
+from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE, TASKS, TaskSpec, get_task
 
 
 @dataclass(frozen=True)
@@ -124,8 +120,9 @@ def _check_tokenizer(folder: Path, problems: list[tuple[Path, str]]) -> None:
     if not folder.is_dir():
         problems.append((folder, "tokenizer folder missing"))
         return
-    if not (folder / TOKENIZER_FILE).is_file():
-        problems.append((folder / TOKENIZER_FILE, "missing (copy the whole google/umt5-xxl folder as published)"))
+    # the published google/umt5-xxl folder has it beside its SentencePiece model and configs (§2.1)
+    if not (folder / T5_TOKENIZER_FILE).is_file():
+        problems.append((folder / T5_TOKENIZER_FILE, "missing (copy the whole google/umt5-xxl folder as published)"))
 
 
 def inspect_folder(root: str | Path, task: str) -> CheckpointFolder:

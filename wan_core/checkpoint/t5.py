@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 from wan_core.checkpoint.errors import CheckpointError, check_shapes
-from wan_core.checkpoint.folder import TOKENIZER_FILE
 from wan_core.models.t5 import T5Config, T5Encoder, build_umt5
-from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER
+from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE
 
 # umT5's special ids (§4.2); a tokenizer with others belongs to another model.
 PAD_ID, EOS_ID = 0, 1
@@ -40,10 +39,10 @@ def read_pth(path: Path, what: str) -> dict[str, Tensor]:
 
 def load_tokenizer(folder: Path, vocab_size: int | None = None) -> tokenizers.Tokenizer:
     """The folder's `tokenizer.json` (what `AutoTokenizer` loads there), checked to be umT5-like."""
-    what = f"the Hugging Face google/umt5-xxl tokenizer folder with its {TOKENIZER_FILE}"
+    what = f"the Hugging Face google/umt5-xxl tokenizer folder with its {T5_TOKENIZER_FILE}"
     if not folder.is_dir():
         raise CheckpointError(folder, "tokenizer folder not found", what)
-    file = folder / TOKENIZER_FILE
+    file = folder / T5_TOKENIZER_FILE
     if not file.is_file():
         raise CheckpointError(file, "file not found", what)
     try:
