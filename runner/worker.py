@@ -289,7 +289,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
                 t5_cpu=r.t5_cpu,
                 parallel=layout,
                 precision=r.precision,
-                prompt_cache=None if layout.distributed else PromptCache.from_env(),
+                prompt_cache=PromptCache.from_env(),
             )
         except CheckpointError as e:
             raise errors.bad_input(

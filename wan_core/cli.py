@@ -274,17 +274,18 @@ def _prompt(args: argparse.Namespace, task: TaskSpec) -> str:
     return args.prompt if args.prompt is not None else (EXAMPLE_PROMPT_I2V if task.needs_image else EXAMPLE_PROMPT_T2V)
 
 
-def _prompt_cache(args: argparse.Namespace, distributed: bool) -> PromptCache | None:
-    """The prompt cache of one process (under torchrun every rank encodes, as upstream)."""
-    return PromptCache(args.prompt_cache) if args.prompt_cache and not distributed else None
+def _prompt_cache(args: argparse.Namespace) -> PromptCache | None:
+    """--prompt_cache's folder (the pipelines use it in one process only)."""
+    return PromptCache(args.prompt_cache) if args.prompt_cache else None
 
 
 def _prompts_cached(args: argparse.Namespace, task: TaskSpec) -> bool:
     """Whether both prompts are in the cache already (before torch is imported: the readahead
-    then leaves umT5's file alone); never with a prompt extension, whose output is not known yet."""
+    then leaves umT5's file alone); never with a prompt extension, whose output is not known yet,
+    nor under torchrun, where every rank encodes."""
     if args.use_prompt_extend or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return False
-    cache = _prompt_cache(args, distributed=False)
+    cache = _prompt_cache(args)
     return cache is not None and cache.has_all(args.ckpt_dir, [_prompt(args, task), args.negative_prompt or DEFAULT_NEGATIVE_PROMPT])
 
 
@@ -345,7 +346,7 @@ def _generate(args: argparse.Namespace, task: TaskSpec, layout: ParallelLayout, 
     try:
         pipe = load_pipeline(task.name, args.ckpt_dir, offload_model=args.offload_model,
                              convert_model_dtype=args.convert_model_dtype, t5_cpu=args.t5_cpu, parallel=layout,
-                             precision=args.precision, prompt_cache=_prompt_cache(args, layout.distributed))
+                             precision=args.precision, prompt_cache=_prompt_cache(args))
     except CheckpointError as err:
         print(f"generate: error: {err}", file=sys.stderr)
         return 1

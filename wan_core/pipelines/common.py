@@ -381,9 +381,10 @@ class WanPipeline:
         where = torch.device("cpu") if self.t5_cpu else self.device
         prompts = [prompt, n_prompt or DEFAULT_NEGATIVE_PROMPT]
         cache = self.prompt_cache
-        keys = [cache.digest(self.folder.root, p) for p in prompts] if cache is not None else []
-        kind = entry_variant(self.dtype, where) if cache is not None else ""
-        contexts = [cache.load(k, kind, where) for k in keys] if cache is not None else [None, None]
+        contexts: list[Tensor | None] = [None, None]
+        if cache is not None:
+            keys, kind = [cache.digest(self.folder.root, p) for p in prompts], entry_variant(self.dtype, where)
+            contexts = [cache.load(k, kind, where) for k in keys]
         if missing := [i for i, c in enumerate(contexts) if c is None]:
             encoder = self.text_encoder
             home = self._t5_residency
