@@ -163,14 +163,32 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) 
     return next(b for b in BACKENDS.values() if b.exact and b.check(q, k, v) is None)
 
 
-@torch.compiler.disable  # kernel choice reads the environment and imports; one opaque call in compiled blocks
 def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, backend: str | None = None) -> Tensor:
     """softmax(q·kᵀ/√D)·v on (B, L, N, D) tensors; keys ≥ k_lens[b] of sample b are ignored.
 
-    `k_lens` should live on the CPU (it is read on the host; a CUDA tensor costs a sync).
+    `k_lens` should live on the CPU (it is read on the host; a CUDA tensor costs a sync). Returns
+    a contiguous (B, Lq, N, D) tensor in q's dtype.
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention wants (B, L, N, D) q/k/v with matching B, N, D; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    return _attention_op(q, k, v, k_lens, backend)
+
+
+# One opaque operator for the compiler: the kernel is chosen when it runs (the environment, a
+# forced backend, what imports), as eager code does, and a compiled block traces through the
+# call as one graph; as a `torch.compiler.disable`d function it split each DiT block into three
+# graphs and two resume functions, all traced again by every process.
+@torch.library.custom_op("wanops::attention", mutates_args=())
+def _attention_op(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
+    return _attend(q, k, v, k_lens, backend).contiguous()
+
+
+@_attention_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
     run = select_backend(q, k, v, backend).run
     if k_lens is None:
         return run(q, k, v)

@@ -57,3 +57,23 @@ def test_cuda_picks_a_kernel_and_honours_key_padding(dtype: torch.dtype) -> None
     assert select_backend(*args).name in ("flash3", "flashinfer", "flash2", "sdpa")
     out = attention(*args, k_lens=torch.tensor([50, 21])).float().cpu()
     assert (out - ref).abs().max() < (2e-2 if dtype == torch.bfloat16 else 1e-4)
+
+
+def test_compiled_code_chooses_the_kernel_when_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiler sees one opaque operator: its output shape and dtype, not the kernel choice,
+    which reads the forced backend and the environment at each call, as in eager code."""
+    q, k, v = (torch.randn(1, 6, 2, 8) for _ in range(3))
+
+    def block(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return attention(q * 2, k, v, k_lens=torch.tensor([4])) + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)  # fullgraph: no break at attention
+    torch.testing.assert_close(compiled(q, k, v), block(q, k, v), rtol=0, atol=0)
+    out = compiled(q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
+    with attention_backend("sdpa"), pytest.raises(RuntimeError, match="'sdpa' cannot run this request: meant for CUDA"):
+        compiled(q, k, v)
+    monkeypatch.setenv(ENV_VAR, "sdpa")
+    with pytest.raises(RuntimeError, match="'sdpa' cannot run this request"):
+        compiled(q, k, v)

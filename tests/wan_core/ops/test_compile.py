@@ -43,6 +43,20 @@ def test_compiled_blocks_match_eager(flavor: str, monkeypatch: pytest.MonkeyPatc
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
+def test_a_block_traces_as_one_graph() -> None:
+    """Attention is one opaque operator, not a graph break: each process traces a block once,
+    without the two resume functions a break after each attention call would add."""
+    model = _model("tiny-ti2v")
+    seen = {}
+    hook = model.blocks[0].register_forward_pre_hook(lambda _, args: seen.setdefault("args", args))
+    t = torch.full((1, 48), 900.0)
+    with torch.inference_mode():
+        model(torch.randn(1, model.cfg.in_dim, 3, 8, 8), t, torch.randn(1, model.cfg.text_len, model.cfg.text_dim))
+        hook.remove()
+        explained = torch._dynamo.explain(model.blocks[0])(*(a.clone() if torch.is_tensor(a) else a for a in seen["args"]))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
 def test_per_token_time_embedding_keeps_one_row_per_distinct_timestep() -> None:
     model = _model("tiny-ti2v")
     t = torch.tensor([[0.0] * 5 + [700.0] * 11, [0.0] * 5 + [300.0] * 11])
