@@ -8,16 +8,37 @@ our eager kernel choice (`attention` is excluded from tracing). All blocks share
 and parameters are graph inputs, so one compile serves every block and both A14B experts.
 
 `WANOPS_COMPILE=0` turns it off (debugging, or a platform where Triton cannot build kernels).
+
+Saved across processes (`saved=`, one process without hooks): even with Inductor's cache warm,
+every process traces the block again with Dynamo before the first step. torch's AOT compile
+(`aot_compile`, `save_compiled_function`) keeps the traced and compiled forward of one block in a
+file, and a later process loads it instead of tracing; one file serves every block and expert of
+the same shapes, as the in-process compile does. A file is keyed by what its code depends on:
+torch's version, the GPU model, the inputs' shapes, dtypes and devices, the grad and autocast
+state, and the source of `wan_core.models` and `wan_core.ops` (a changed kernel or block never
+runs stale code). A file that cannot be read, or whose guards refuse the call, is compiled again.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "WANOPS_COMPILE"
+SAVED_FORMAT = 1
+_SOURCES = ("models", "ops")  # wan_core subpackages whose code a compiled block runs
 
 
 def compile_wanted(device: torch.device) -> bool:
@@ -31,12 +52,98 @@ def compile_wanted(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
+def compile_blocks(model: nn.Module, backend: str = "inductor", *, saved: Path | None = None) -> nn.Module:
     """Compile each of `model.blocks` in place (hooks included, so Ulysses' run inside); returns model.
 
     Call after the Ulysses hooks and before FSDP2 wraps the blocks (torchtitan's order). `backend`
     is torch.compile's; tests use "aot_eager" to check tracing without generating kernels.
+    `saved`: a folder where the compiled forward is kept across processes (module docstring);
+    only for blocks without hooks, and where this torch has AOT compile.
     """
+    if saved is not None and hasattr(torch.compiler, "load_compiled_function"):
+        shared = SavedForward(saved, backend)
+        for block in model.blocks:
+            block.forward = functools.partial(shared, block)
+        return model
     for block in model.blocks:
         block.compile(backend=backend, dynamic=False)
     return model
+
+
+def saved_folder() -> Path:
+    """Where compiled forwards are kept: beside Inductor's cache (`TORCHINDUCTOR_CACHE_DIR`, or
+    its default), so a runner pod's `runner.compileCache` claim keeps them too."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir()) / "wanops-blocks"
+
+
+class SavedForward:
+    """One block class's forward, compiled once per input signature and kept in `folder`."""
+
+    def __init__(self, folder: Path, backend: str) -> None:
+        self.folder, self.backend = Path(folder), backend
+        self._compiled: dict[str, Callable[..., Tensor]] = {}
+
+    def __call__(self, block: nn.Module, *args: Any) -> Tensor:
+        key = self._key(block, args)
+        if (fn := self._compiled.get(key)) is None:
+            fn = self._compiled[key] = self._load(key) or self._compile(key, block, args)
+        try:
+            return fn(block, *args)
+        except RuntimeError as err:
+            if "guard" not in str(err).lower():
+                raise
+            log.warning("compiled block %s refused its inputs (%s); compiling it again", key[:12], err)
+            fn = self._compiled[key] = self._compile(key, block, args)
+            return fn(block, *args)
+
+    def _key(self, block: nn.Module, args: tuple[Any, ...]) -> str:
+        def describe(a: Any) -> Any:
+            if isinstance(a, Tensor):
+                return [list(a.shape), str(a.dtype), str(a.device)]
+            return repr(a)
+
+        devices = sorted({a.device for a in args if isinstance(a, Tensor) and a.device.type == "cuda"}, key=str)
+        state = [torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
+        state += [[t, torch.is_autocast_enabled(t), str(torch.get_autocast_dtype(t))] for t in ("cuda", "cpu")]
+        ident = [SAVED_FORMAT, torch.__version__, self.backend, type(block).__qualname__, _source_digest(),
+                 [torch.cuda.get_device_name(d) for d in devices], [describe(a) for a in args], state]
+        return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
+
+    def _load(self, key: str) -> Callable[..., Tensor] | None:
+        path = self.folder / f"{key}.bin"
+        if not path.is_file():
+            return None
+        try:
+            with path.open("rb") as f:
+                return torch.compiler.load_compiled_function(f)
+        except Exception as err:  # a truncated file or another torch's: compile again
+            log.warning("compiled block %s cannot be loaded (%s); compiling it again", path, err)
+            return None
+
+    def _compile(self, key: str, block: nn.Module, args: tuple[Any, ...]) -> Callable[..., Tensor]:
+        with torch._dynamo.config.patch(enable_aot_compile=True):
+            compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, backend=self.backend)
+            fn = compiled.aot_compile(((block, *args), {}))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(dir=self.folder, prefix=f".{key[:16]}.", suffix=".partial")
+            os.close(fd)
+            try:
+                fn.save_compiled_function(partial)
+                os.replace(partial, self.folder / f"{key}.bin")
+            finally:
+                Path(partial).unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("cannot keep the compiled block in %s (%s); the next process compiles again", self.folder, err)
+        return fn
+
+
+@functools.cache
+def _source_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(p for sub in _SOURCES for p in (root / sub).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()

@@ -63,7 +63,7 @@ from wan_core.checkpoint.vae import load_vae
 from wan_core.models.dit import WanModel
 from wan_core.models.t5 import T5Encoder
 from wan_core.models.vae_blocks import ChunkedVAE
-from wan_core.ops.compile import compile_blocks, compile_wanted
+from wan_core.ops.compile import compile_blocks, compile_wanted, saved_folder
 from wan_core.ops.quant import check_quantization, quantize_dit
 from wan_core.pipelines.residency import Residency
 from wan_core.prompt_cache import PromptCache, entry_variant
@@ -294,8 +294,8 @@ class WanPipeline:
             for model in self.experts.values():
                 if precision != "exact":
                     quantize_dit(model, precision)
-                if compile:
-                    compile_blocks(model)
+                if compile:  # exact blocks: kept compiled across processes (wan_core.ops.compile)
+                    compile_blocks(model, saved=saved_folder() if precision == "exact" else None)
             self._cfg_branches = sequential_branches
         else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
             from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5

@@ -75,3 +75,44 @@ def test_compile_is_on_for_cuda_only_unless_forced(monkeypatch: pytest.MonkeyPat
     assert not compile_wanted(torch.device("cuda"))
     monkeypatch.setenv("WANOPS_COMPILE", "1")
     assert compile_wanted(torch.device("cpu"))
+
+
+def _block_inputs(model: WanModel) -> list[tuple]:
+    """Each block's inputs in one eager forward of the tiny 5B model (per-token timesteps)."""
+    seen: list[tuple] = []
+    hooks = [b.register_forward_pre_hook(lambda _, args: seen.append(tuple(a.clone() if torch.is_tensor(a) else a for a in args)))
+             for b in model.blocks]
+    with torch.inference_mode():
+        model(torch.randn(1, model.cfg.in_dim, 3, 8, 8), torch.full((1, 48), 900.0), torch.randn(1, model.cfg.text_len, model.cfg.text_dim))
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def _run_blocks(model: WanModel, inputs: list[tuple]) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [block(*(a.clone() if torch.is_tensor(a) else a for a in args)) for block, args in zip(model.blocks, inputs)]
+
+
+def test_a_saved_block_is_loaded_by_the_next_process_without_tracing(tmp_path, monkeypatch, caplog) -> None:
+    """One file serves every block; a later process (a new SavedForward) loads it and never
+    calls torch.compile; it computes what the eager blocks do. A damaged file is compiled again."""
+    model = _model("tiny-ti2v")
+    inputs = _block_inputs(model)
+    eager = _run_blocks(model, inputs)
+    compile_blocks(model, backend="aot_eager", saved=tmp_path)
+    first = _run_blocks(model, inputs)
+    files = list(tmp_path.glob("*.bin"))
+    assert len(files) == 1 and all(torch.equal(a, b) for a, b in zip(first, eager))
+
+    later = _model("tiny-ti2v")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("traced again"))
+    compile_blocks(later, backend="aot_eager", saved=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(_run_blocks(later, inputs), eager))
+    monkeypatch.undo()
+
+    files[0].write_bytes(b"damaged")
+    again = _model("tiny-ti2v")
+    compile_blocks(again, backend="aot_eager", saved=tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(_run_blocks(again, inputs), eager))
+    assert "cannot be loaded" in caplog.text and files[0].read_bytes() != b"damaged"
