@@ -60,7 +60,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", *, saved: Path |
     `saved`: a folder where the compiled forward is kept across processes (module docstring);
     only for blocks without hooks, and where this torch has AOT compile.
     """
-    if saved is not None and hasattr(torch.compiler, "load_compiled_function"):
+    if saved is not None and _aot_compile_available():
         shared = SavedForward(saved, backend)
         for block in model.blocks:
             block.forward = functools.partial(shared, block)
@@ -68,6 +68,13 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", *, saved: Path |
     for block in model.blocks:
         block.compile(backend=backend, dynamic=False)
     return model
+
+
+def _aot_compile_available() -> bool:
+    """torch ≥ 2.10 has AOT compile behind `enable_aot_compile`; older ones compile per process."""
+    import torch._dynamo
+
+    return hasattr(torch.compiler, "load_compiled_function") and hasattr(torch._dynamo.config, "enable_aot_compile")
 
 
 def saved_folder() -> Path:
