@@ -167,10 +167,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, 
     """softmax(q·kᵀ/√D)·v on (B, L, N, D) tensors; keys ≥ k_lens[b] of sample b are ignored.
 
     `k_lens` should live on the CPU (it is read on the host; a CUDA tensor costs a sync). Returns
-    a contiguous (B, Lq, N, D) tensor in q's dtype.
+    a contiguous (B, Lq, N, D) tensor in q's dtype, or autocast's where autocast is on.
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention wants (B, L, N, D) q/k/v with matching B, N, D; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    if torch.is_autocast_enabled(q.device.type):
+        # Autocast does not look inside a custom operator (and a compiled graph runs without it):
+        # cast here as it casts SDPA, to its lower-precision dtype, in eager and compiled code.
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     return _attention_op(q, k, v, k_lens, backend)
 
 

@@ -77,3 +77,18 @@ def test_compiled_code_chooses_the_kernel_when_it_runs(monkeypatch: pytest.Monke
     monkeypatch.setenv(ENV_VAR, "sdpa")
     with pytest.raises(RuntimeError, match="'sdpa' cannot run this request"):
         compiled(q, k, v)
+
+
+def test_autocast_casts_the_inputs_as_it_casts_sdpa() -> None:
+    """Autocast cannot see inside the operator, nor does a compiled graph run under it: fp32 q/k
+    (after fp32 norms) meet a bf16 v from an autocast matmul, and all three must reach the kernel
+    in autocast's dtype, in eager and compiled code alike."""
+    q, k = (torch.randn(1, 6, 2, 8) for _ in range(2))
+    v = torch.randn(1, 6, 2, 8, dtype=torch.bfloat16)
+    want = attention(q.bfloat16(), k.bfloat16(), v)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v), backend="aot_eager", fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for out in (attention(q, k, v), compiled(q, k, v)):
+            assert out.dtype == torch.bfloat16
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
