@@ -142,7 +142,7 @@ class SavedForward:
                 os.replace(partial, self.folder / f"{key}.bin")
             finally:
                 Path(partial).unlink(missing_ok=True)
-        except OSError as err:
+        except Exception as err:  # an unwritable folder, or output torch cannot serialize: only a cost
             log.warning("cannot keep the compiled block in %s (%s); the next process compiles again", self.folder, err)
         return fn
 
