@@ -240,7 +240,7 @@ def per_token(rows: Tensor, token_rows: Tensor | None) -> Tensor:
     Call it where the rows are consumed, one modulation vector at a time: under torch.compile
     the gather then fuses into its consumer, so per-token modulation never exists as a
     [B, L, 6, dim] tensor (the official code keeps one: 2 GB per 5B 720P forward). Gathered up
-    front, the rows used after the attention's graph break would be materialised.
+    front, the rows used after the attention (opaque to the compiler) would be materialised.
     """
     return rows[:, None] if token_rows is None else rows[token_rows]
 

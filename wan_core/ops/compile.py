@@ -4,7 +4,8 @@ The block's non-GEMM work is long chains of element-wise fp32 ops over [L, dim] 
 (LayerNorm, modulation, gated residuals, q/k RMSNorm, RoPE, casts): run eagerly each link reads
 and writes the whole stream, ~1.5–2.5 s per 720P A14B forward. Inductor fuses each chain into one
 kernel and gathers the per-token modulation rows inside it; GEMMs stay cuBLAS and attention stays
-our eager kernel choice (`attention` is excluded from tracing). All blocks share code and shapes,
+our kernel choice at run time (`wanops::attention`, opaque to the compiler, so a block traces as
+one graph). All blocks share code and shapes,
 and parameters are graph inputs, so one compile serves every block and both A14B experts.
 
 `WANOPS_COMPILE=0` turns it off (debugging, or a platform where Triton cannot build kernels).
