@@ -125,10 +125,12 @@ class SavedForward:
             return None
         try:
             with path.open("rb") as f:
-                return torch.compiler.load_compiled_function(f)
+                fn = torch.compiler.load_compiled_function(f)
         except Exception as err:  # a truncated file or another torch's: compile again
             log.warning("compiled block %s cannot be loaded (%s); compiling it again", path, err)
             return None
+        log.info("compiled DiT block loaded from %s (no tracing in this process)", path)
+        return fn
 
     def _compile(self, key: str, block: nn.Module, args: tuple[Any, ...]) -> Callable[..., Tensor]:
         with torch._dynamo.config.patch(enable_aot_compile=True):
@@ -141,6 +143,7 @@ class SavedForward:
             try:
                 fn.save_compiled_function(partial)
                 os.replace(partial, self.folder / f"{key}.bin")
+                log.info("compiled DiT block kept in %s for later processes", self.folder / f"{key}.bin")
             finally:
                 Path(partial).unlink(missing_ok=True)
         except Exception as err:  # an unwritable folder, or output torch cannot serialize: only a cost

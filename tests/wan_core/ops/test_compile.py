@@ -8,6 +8,7 @@ the check is fast on the CPU; Inductor's kernels are measured by bench/dit_forwa
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -98,6 +99,7 @@ def test_a_saved_block_is_loaded_by_the_next_process_without_tracing(tmp_path, m
     """One file serves every block; a later process (a new SavedForward) loads it and never
     calls torch.compile; it runs the same kernels, so the same bits. A damaged file is compiled
     again. Inductor, as in production: torch saves only Inductor's output (2.11 refuses aot_eager's)."""
+    caplog.set_level(logging.INFO, logger="wan_core.ops.compile")
     model = _model("tiny-ti2v")
     inputs = _block_inputs(model)
     eager = _run_blocks(model, inputs)
@@ -108,10 +110,13 @@ def test_a_saved_block_is_loaded_by_the_next_process_without_tracing(tmp_path, m
     for a, b in zip(first, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
+    assert "kept in" in caplog.text and "loaded from" not in caplog.text
+
     later = _model("tiny-ti2v")
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("traced again"))
     compile_blocks(later, backend="inductor", saved=tmp_path)
     assert all(torch.equal(a, b) for a, b in zip(_run_blocks(later, inputs), first))
+    assert "loaded from" in caplog.text
     monkeypatch.undo()
 
     files[0].write_bytes(b"damaged")
