@@ -251,11 +251,11 @@ def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def prompts_cached(cfg: contract.RunnerConfig, env: Mapping[str, str]) -> bool:
-    """Whether a one-GPU run will find both prompts in the prompt cache (no prompt extension,
-    whose output is not known yet): then umT5 is neither read ahead nor loaded."""
+    """Whether the run will find both prompts in the prompt cache (no prompt extension, whose
+    output is not known yet): then umT5 is neither read ahead nor loaded, on any node."""
     r = cfg.resolved
     where = env.get(PROMPT_CACHE_ENV)
-    if not where or r.gpus > 1 or r.spec.prompt_extension is not None:
+    if not where or r.spec.prompt_extension is not None:
         return False
     return PromptCache(where).has_all(cfg.checkpoint_dir, [r.spec.prompt, r.negative_prompt])
 

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative_prompt", default="", help="negative prompt (default: the task's, spec §1.3)")
     p.add_argument("--fps", type=int, default=None, help="output frame rate (default: 16; 24 for ti2v-5B)")
     p.add_argument("--prompt_cache", default=os.environ.get(PROMPT_CACHE_ENV) or None,
-                   help=f"keep encoded prompts in this folder and skip umT5 when both prompts are there (one process; default: ${PROMPT_CACHE_ENV})")
+                   help=f"keep encoded prompts in this folder and skip umT5 when both prompts are there (default: ${PROMPT_CACHE_ENV})")
     return p
 
 
@@ -275,15 +275,16 @@ def _prompt(args: argparse.Namespace, task: TaskSpec) -> str:
 
 
 def _prompt_cache(args: argparse.Namespace) -> PromptCache | None:
-    """--prompt_cache's folder (the pipelines use it in one process only)."""
+    """--prompt_cache's folder."""
     return PromptCache(args.prompt_cache) if args.prompt_cache else None
 
 
 def _prompts_cached(args: argparse.Namespace, task: TaskSpec) -> bool:
     """Whether both prompts are in the cache already (before torch is imported: the readahead
-    then leaves umT5's file alone); never with a prompt extension, whose output is not known yet,
-    nor under torchrun, where every rank encodes."""
-    if args.use_prompt_extend or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    then leaves umT5's file alone); never with a prompt extension, whose output is not known yet.
+    Under torchrun every node's first rank asks the same folder; should a rank miss after all,
+    umT5 is read without the head start."""
+    if args.use_prompt_extend:
         return False
     cache = _prompt_cache(args)
     return cache is not None and cache.has_all(args.ckpt_dir, [_prompt(args, task), args.negative_prompt or DEFAULT_NEGATIVE_PROMPT])

@@ -28,6 +28,7 @@ from wan_core.prompt_cache import PromptCache
 from wanops_operator.config import OperatorConfig
 from wanops_operator.render import runner_config
 from wanspec import contract
+from wanspec.spec import PromptExtension
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER
 from wanspec.validate import parse
 
@@ -187,8 +188,8 @@ def test_compile_cache_is_used_only_where_it_is_writable(tmp_path: Path, caplog:
 
 
 def test_umt5_is_read_ahead_unless_both_prompts_are_cached(tmp_path: Path) -> None:
-    """The launcher's question before torchrun starts: a one-GPU run without prompt extension
-    whose prompt and negative prompt are in the cache leaves umT5's file alone."""
+    """The launcher's question before torchrun starts: a run without prompt extension whose
+    prompt and negative prompt are in the cache leaves umT5's file alone, on one GPU or several."""
     ckpt = tmp_path / "ckpt"
     (ckpt / T5_TOKENIZER).mkdir(parents=True)
     (ckpt / T5_CHECKPOINT).write_bytes(b"umT5")
@@ -202,4 +203,7 @@ def test_umt5_is_read_ahead_unless_both_prompts_are_cached(tmp_path: Path) -> No
         (cache.root / f"{cache.digest(ckpt, prompt)}.bfloat16.NVIDIA-H100-80GB-HBM3.safetensors").touch()
     assert prompts_cached(cfg, env)
     many = _config(gpus=2).model_copy(update={"checkpoint_dir": str(ckpt)})
-    assert not prompts_cached(many, env)  # under torchrun every rank encodes
+    assert prompts_cached(many, env)  # every rank reads the same entries (they agree on a miss)
+    extended = cfg.model_copy(update={"resolved": cfg.resolved.model_copy(
+        update={"spec": cfg.resolved.spec.model_copy(update={"prompt_extension": PromptExtension()})})})
+    assert not prompts_cached(extended, env)  # the extended prompt is not known before the run

@@ -1,7 +1,8 @@
 """Multi-GPU inference put on from outside the one-device models (spec §9, issue 7).
 
 - `mesh`: `ParallelLayout` (world, Ulysses degree, CFG-parallel degree, FSDP switches) from
-  torchrun's environment; `init_distributed` with bounded timeouts; seed broadcast.
+  torchrun's environment; `init_distributed` with bounded timeouts; seed broadcast;
+  `any_rank` (one decision for every rank).
 - `rules`: the layout rules for flags (wanspec's), torch-free for the CLI's early checks.
 - `ulysses`: sequence parallelism as hooks listed in `SP_PLAN`.
 - `fsdp`: FSDP2 per block, sharded safetensors loading.
@@ -20,6 +21,7 @@ _EXPORTS = {
     "cfg_parallel_branches": "cfg",
     "LayoutError": "mesh",
     "ParallelLayout": "mesh",
+    "any_rank": "mesh",
     "broadcast_seed": "mesh",
     "collective_timeout": "mesh",
     "init_distributed": "mesh",

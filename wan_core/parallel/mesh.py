@@ -174,6 +174,16 @@ def broadcast_seed(seed: int, layout: ParallelLayout) -> int:
     return int(box[0])
 
 
+def any_rank(flag: bool, layout: ParallelLayout) -> bool:
+    """Whether `flag` holds on any rank: one all-reduce, so ranks whose local views differ (a
+    prompt-cache hit on one, a miss on another) take the same branch and make the same collectives."""
+    if not layout.distributed:
+        return flag
+    box = torch.tensor([int(flag)], device=layout.device)  # NCCL reduces device tensors only
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def shutdown(layout: ParallelLayout) -> None:
     """Final barrier (every rank finished, rank 0 saved), then leave the process group."""
     if layout.distributed and dist.is_initialized():

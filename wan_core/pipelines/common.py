@@ -272,8 +272,9 @@ class WanPipeline:
 
         # One pre-flight of the whole folder (headers only) so a bad folder fails before any load.
         self.folder = folder = inspect_folder(ckpt_dir, self.task.name)
-        # In one process, with a prompt cache, umT5 loads at the first prompt the cache misses.
-        self.prompt_cache = prompt_cache if self.parallel is None else None
+        # With a prompt cache, umT5 loads at the first prompt the cache misses (under torchrun:
+        # that any rank misses, so that every rank loads, shards and encodes alike).
+        self.prompt_cache = prompt_cache
         self._text_encoder: T5Encoder | None = None
         self._t5_residency: Residency | None = None
         if self.prompt_cache is None:
@@ -298,11 +299,10 @@ class WanPipeline:
                     compile_blocks(model, saved=saved_folder() if precision == "exact" else None)
             self._cfg_branches = sequential_branches
         else:  # FSDP-sharded on the device, or replicas on the CPU with Ulysses hooks
-            from wan_core.parallel import cfg_parallel_branches, load_parallel_dits, parallelize_t5
+            from wan_core.parallel import cfg_parallel_branches, load_parallel_dits
 
             self.experts = load_parallel_dits(folder.root, self.parallel, dtype=stored, param_dtype=self.dtype,
                                               model_type=self.task.model_type, compile=compile, precision=precision)
-            self._text_encoder = parallelize_t5(self.text_encoder, self.parallel)
             self._cfg_branches = cfg_parallel_branches(self.parallel) if self.parallel.cfg == 2 else sequential_branches
         # Where the DiTs live between uses (residency.py); FSDP shards stay on their GPUs.
         fsdp = self.parallel is not None and self.parallel.dit_fsdp
@@ -318,12 +318,17 @@ class WanPipeline:
 
     def _load_t5(self) -> T5Encoder:
         """umT5 created on the CPU; it visits the device only to encode (§4.4), through a
-        residency in one process unless it encodes on the CPU (under torchrun it may be
-        FSDP-sharded: moved as upstream)."""
-        self._text_encoder = load_t5(self.folder.root, device="cpu", dtype=self.dtype)
-        if self.parallel is None and not self.t5_cpu:
-            self._t5_residency = Residency({"t5": self._text_encoder.model}, self.device)
-        return self._text_encoder
+        residency in one process unless it encodes on the CPU (under torchrun it is FSDP-sharded
+        onto the device with t5_fsdp, else moved as upstream)."""
+        encoder = load_t5(self.folder.root, device="cpu", dtype=self.dtype)
+        if self.parallel is not None:
+            from wan_core.parallel import parallelize_t5
+
+            encoder = parallelize_t5(encoder, self.parallel)
+        elif not self.t5_cpu:
+            self._t5_residency = Residency({"t5": encoder.model}, self.device)
+        self._text_encoder = encoder
+        return encoder
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -385,7 +390,13 @@ class WanPipeline:
         if cache is not None:
             keys, kind = [cache.digest(self.folder.root, p) for p in prompts], entry_variant(self.dtype, where)
             contexts = [cache.load(k, kind, where) for k in keys]
-        if missing := [i for i, c in enumerate(contexts) if c is None]:
+        missing = [i for i, c in enumerate(contexts) if c is None]
+        if cache is not None and self.parallel is not None:
+            from wan_core.parallel import any_rank
+
+            # umT5 may be sharded: a miss on any rank has every rank encode both prompts.
+            missing = [0, 1] if any_rank(bool(missing), self.parallel) else []
+        if missing:
             encoder = self.text_encoder
             home = self._t5_residency
             if home is not None:
@@ -394,8 +405,8 @@ class WanPipeline:
                 encoder.model.to(where)
             for i in missing:
                 contexts[i] = encoder.encode([prompts[i]], where)[0]
-                if cache is not None:
-                    cache.store(keys[i], kind, contexts[i])
+                if cache is not None and (self.parallel is None or self.parallel.is_main):
+                    cache.store(keys[i], kind, contexts[i])  # one writer per entry
             if home is not None:
                 # In one process umT5 leaves the device after encoding whatever offload_model
                 # says (upstream keeps it there without offload): it is used once per video,
