@@ -49,8 +49,8 @@ def load_pipeline(
     convert_model_dtype: store the DiT weights in bf16. t5_cpu: encode prompts on the CPU.
     parallel: the torchrun layout (`wan_core.parallel.init_distributed`); None runs on one device.
     precision: "exact" (the official numbers) or an opt-in lossy mode ("fp8", `wan_core.ops.quant`).
-    prompt_cache: encoded prompts on disk (`wan_core.prompt_cache`; one process only, ignored under
-    torchrun); umT5 is then loaded only if a prompt misses.
+    prompt_cache: encoded prompts on disk (`wan_core.prompt_cache`); umT5 is then loaded only if
+    a prompt misses (under torchrun: on any rank, and then on every rank).
     """
     spec = get_task(task)
     return PIPELINES[spec.name](
