@@ -8,7 +8,8 @@ compile, as a pod without `runner.compileCache` does; `--inductor-cache DIR` reu
 each run's wall time and the moments its log names (readahead done, loaded, prompts encoded, the
 first DiT on the GPU; first step done, the end of a cold start; saved), and the PSNR of each
 lossy run's decoded MP4 frames against the exact run's (same seed, so the difference is the
-precision mode's cost); with `--out`, each run's whole log beside.
+precision mode's cost), and whether the compiled DiT block was loaded or traced; with `--out`,
+each run's whole log beside.
 
     python bench/end_to_end.py --ckpt_dir /tmp/ck5 --task ti2v-5B --size 1280*704 \\
         --precision fp8-full exact --out bench.jsonl
@@ -68,7 +69,17 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
     bar = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)
     sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
     return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
-            "bytecode": bytecode(), "video": str(video), "command": " ".join(cmd), "log": log}
+            "bytecode": bytecode(), "compiled_block": compiled_block(log), "video": str(video),
+            "command": " ".join(cmd), "log": log}
+
+
+def compiled_block(log: str) -> str:
+    """How the run got its compiled DiT block (`wan_core.ops.compile`, saved across processes in
+    exact mode): "loaded" (no tracing), "kept" (traced, compiled and saved for the next run), or
+    "per process" (compiled in the process only: a lossy mode, or no saving on this torch)."""
+    if "compiled DiT block loaded from" in log:
+        return "loaded"
+    return "kept" if "compiled DiT block kept in" in log else "per process"
 
 
 def bytecode() -> str:
