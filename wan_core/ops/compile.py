@@ -18,10 +18,13 @@ the same shapes, as the in-process compile does. A file is keyed by what its cod
 torch's version, the GPU model, the inputs' shapes, dtypes and devices, the grad and autocast
 state, and the source of `wan_core.models` and `wan_core.ops` (a changed kernel or block never
 runs stale code). A file that cannot be read, or whose guards refuse the call, is compiled again.
+A load marks its file used; a save beyond `MAX_SAVED` files removes the least recently used, so
+the files of past torch versions, GPU kinds, sizes and our past code do not pile up on a claim.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ENV_VAR = "WANOPS_COMPILE"
 SAVED_FORMAT = 1
+MAX_SAVED = 64  # compiled blocks kept per folder (a few MB each)
 _SOURCES = ("models", "ops")  # wan_core subpackages whose code a compiled block runs
 
 
@@ -93,6 +97,11 @@ class SavedForward:
         self.folder, self.backend = Path(folder), backend
         self._compiled: dict[str, Callable[..., Tensor]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Saving a block pickles its guards' state, which reaches this object through the block's
+        # `forward`; a compiled function held here (its guard manager) cannot be pickled.
+        return {**self.__dict__, "_compiled": {}}
+
     def __call__(self, block: nn.Module, *args: Any) -> Tensor:
         key = self._key(block, args)
         if (fn := self._compiled.get(key)) is None:
@@ -130,6 +139,8 @@ class SavedForward:
             log.warning("compiled block %s cannot be loaded (%s); compiling it again", path, err)
             return None
         log.info("compiled DiT block loaded from %s (no tracing in this process)", path)
+        with contextlib.suppress(OSError):  # marks it used (a read-only claim: merely not marked)
+            os.utime(path)
         return fn
 
     def _compile(self, key: str, block: nn.Module, args: tuple[Any, ...]) -> Callable[..., Tensor]:
@@ -146,9 +157,24 @@ class SavedForward:
                 log.info("compiled DiT block kept in %s for later processes", self.folder / f"{key}.bin")
             finally:
                 Path(partial).unlink(missing_ok=True)
+            self._prune()
         except Exception as err:  # an unwritable folder, or output torch cannot serialize: only a cost
             log.warning("cannot keep the compiled block in %s (%s); the next process compiles again", self.folder, err)
         return fn
+
+
+    def _prune(self) -> None:
+        """Remove the least recently used files beyond `MAX_SAVED` (pods may prune at once: a file
+        already gone is fine)."""
+        def used(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return float("inf")  # gone meanwhile: not ours to remove
+
+        files = list(self.folder.glob("*.bin"))
+        for path in sorted(files, key=used)[: max(0, len(files) - MAX_SAVED)]:
+            path.unlink(missing_ok=True)
 
 
 @functools.cache

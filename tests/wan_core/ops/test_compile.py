@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import pytest
 import torch
 
 from wan_core.models import dit
 from wan_core.models.dit import DiTConfig, WanModel
+from wan_core.ops import compile as compile_mod
 from wan_core.ops.compile import compile_blocks, compile_wanted
 
 
@@ -78,13 +80,14 @@ def test_compile_is_on_for_cuda_only_unless_forced(monkeypatch: pytest.MonkeyPat
     assert compile_wanted(torch.device("cpu"))
 
 
-def _block_inputs(model: WanModel) -> list[tuple]:
+def _block_inputs(model: WanModel, frames: int = 3) -> list[tuple]:
     """Each block's inputs in one eager forward of the tiny 5B model (per-token timesteps)."""
     seen: list[tuple] = []
     hooks = [b.register_forward_pre_hook(lambda _, args: seen.append(tuple(a.clone() if torch.is_tensor(a) else a for a in args)))
              for b in model.blocks]
     with torch.inference_mode():
-        model(torch.randn(1, model.cfg.in_dim, 3, 8, 8), torch.full((1, 48), 900.0), torch.randn(1, model.cfg.text_len, model.cfg.text_dim))
+        model(torch.randn(1, model.cfg.in_dim, frames, 8, 8), torch.full((1, frames * 16), 900.0),
+              torch.randn(1, model.cfg.text_len, model.cfg.text_dim))
     for hook in hooks:
         hook.remove()
     return seen
@@ -138,3 +141,21 @@ def test_a_block_that_cannot_be_kept_still_runs(tmp_path, caplog) -> None:
     for a, b in zip(_run_blocks(model, inputs), eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert "cannot keep the compiled block" in caplog.text
+
+
+def test_the_least_recently_used_saved_blocks_go_beyond_the_limit(tmp_path, monkeypatch) -> None:
+    """Files of other torch versions, GPUs, sizes or code stay until a save passes MAX_SAVED; then
+    the least recently used go, and a block loaded lately counts as used however old its file."""
+    monkeypatch.setattr(compile_mod, "MAX_SAVED", 2)
+    compile_blocks(first := _model("tiny-ti2v"), backend="inductor", saved=tmp_path)
+    _run_blocks(first, _block_inputs(first))
+    (block,) = tmp_path.glob("*.bin")
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"another torch's block")
+    for age, path in ((500, block), (300, other)):
+        os.utime(path, (path.stat().st_atime - age, path.stat().st_mtime - age))
+    compile_blocks(later := _model("tiny-ti2v"), backend="inductor", saved=tmp_path)
+    _run_blocks(later, _block_inputs(later))  # loads the oldest file: now the most recently used
+    assert block.exists() and other.exists()
+    _run_blocks(later, _block_inputs(later, frames=5))  # a new size, saved by this process too: one too many
+    assert block.exists() and not other.exists() and len(list(tmp_path.glob("*.bin"))) == 2
