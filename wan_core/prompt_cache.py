@@ -8,9 +8,11 @@ device in that dtype, which is part of the entry's name (a bf16 encode on anothe
 on the CPU, may differ in the last bits).
 
 An entry is `<digest>.<dtype>.<device>.safetensors` under the cache folder: the unpadded
-[n_tokens, 4096] context. The digest covers the prompt and the identity of the umT5 weights and
+[n_tokens, 4096] context. The digest covers the prompt, the identity of the umT5 weights and
 tokenizer (real path, size and modification time of both files: a file replaced in place keeps
-its entries only if it keeps all three). Torch-free until an entry is read or written, so the
+its entries only if it keeps all three), and the code that encodes (the source of our umT5 and
+its loader, the versions of torch and of the text cleaners and tokenizer), so an upgrade that
+could change the bits never returns an older encode. Torch-free until an entry is read or written, so the
 generate command and the runner's launcher can ask before importing torch whether umT5's file
 needs reading ahead at all. Entries are written whole under a temporary name, then renamed; a
 cache that cannot be read or written costs only the encode, never the run. An entry is
@@ -21,7 +23,9 @@ recently used, so a shared cache stays within a few GB of its claim.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -45,6 +49,25 @@ KEY = "context"
 MAX_ENTRIES = 2048  # ≤ 2 GB of typical prompts, ≤ 8 GB at 512 tokens each
 
 
+_CODE = ("models/t5.py", "checkpoint/t5.py")  # wan_core files whose code an encode runs
+_PACKAGES = ("torch", "tokenizers", "ftfy", "regex")  # and the packages it runs
+
+
+@functools.cache
+def _code_identity() -> list[object]:
+    """The encoding code's identity: our sources' digest and the packages' versions (file reads
+    and package metadata only: the readahead asks before torch is imported)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256(b"".join((root / name).read_bytes() for name in _CODE)).hexdigest()
+    versions = []
+    for name in _PACKAGES:
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(None)
+    return [digest, versions]
+
+
 def _file_identity(path: Path) -> list[object]:
     stat = path.stat()
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
@@ -64,7 +87,8 @@ class PromptCache:
     def digest(self, ckpt_dir: str | Path, prompt: str) -> str:
         """What names `prompt`'s entries for the umT5 of `ckpt_dir` (stat calls, no reads)."""
         root = Path(ckpt_dir)
-        ident = [FORMAT, _file_identity(root / T5_CHECKPOINT), _file_identity(root / T5_TOKENIZER / T5_TOKENIZER_FILE), prompt]
+        ident = [FORMAT, _code_identity(), _file_identity(root / T5_CHECKPOINT),
+                 _file_identity(root / T5_TOKENIZER / T5_TOKENIZER_FILE), prompt]
         return hashlib.sha256(json.dumps(ident, ensure_ascii=False).encode()).hexdigest()
 
     def has_all(self, ckpt_dir: str | Path, prompts: Sequence[str]) -> bool:

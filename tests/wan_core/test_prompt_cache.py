@@ -6,6 +6,7 @@ Tiny official-layout checkpoints on the CPU, loaded by the same code as real one
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from wan_core import prompt_cache
 from wan_core.checkpoint import readahead
 from wan_core.pipelines import load_pipeline
 from wan_core.prompt_cache import PromptCache
@@ -69,6 +71,23 @@ def test_other_weights_or_a_bad_entry_are_misses(tiny_ckpts: dict[str, Path], tm
     entries[0].write_bytes(b"not safetensors")
     digest, kind = entries[0].name.split(".", 1)[0], entries[0].name.split(".", 1)[1].removesuffix(".safetensors")
     assert cache.load(digest, kind, torch.device("cpu")) is None and "is unreadable" in caplog.text
+
+
+def test_an_upgrade_of_the_encoding_code_is_a_miss(tiny_ckpts: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries name the code that encoded them: a changed umT5 source, torch, tokenizer or text
+    cleaner (an image upgrade on a shared claim) misses instead of returning an older encode."""
+    ckpt, cache = tiny_ckpts["ti2v-5B"], PromptCache(tmp_path / "prompts")
+    contexts_and_latent(ckpt, cache)
+    assert cache.has_all(ckpt, ["a fox", DEFAULT_NEGATIVE_PROMPT])
+    source, versions = prompt_cache._code_identity()
+    assert versions[0] == importlib.metadata.version("torch") and len(source) == 64
+    monkeypatch.setattr(prompt_cache, "_code_identity", lambda: [source, [*versions[:-1], "0.0.1"]])
+    assert not cache.has_all(ckpt, ["a fox"])
+    monkeypatch.setattr(prompt_cache, "_code_identity", lambda: ["0" * 64, versions])
+    assert not cache.has_all(ckpt, ["a fox"])
+    pipe, contexts, _ = contexts_and_latent(ckpt, cache)
+    assert pipe._text_encoder is not None and len(list(cache.root.glob("*.safetensors"))) == 4
 
 
 def test_an_unwritable_cache_costs_only_the_encode(tiny_ckpts: dict[str, Path], tmp_path: Path,
