@@ -19,9 +19,12 @@ In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +34,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import wan_core
 from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
@@ -49,6 +53,42 @@ FLASHINFER_CACHE_ENV = "FLASHINFER_WORKSPACE_BASE"  # where FlashInfer keeps ker
 TRITON_CACHE_ENV = "TRITON_CACHE_DIR"  # our own Triton kernels' binaries (the VAE's fused norm); Inductor's are in its cache
 # Folders of the shared compile cache for the caches that are not torch.compile's own.
 SUBDIRS = {TRITON_CACHE_ENV: "triton", PROMPT_CACHE_ENV: "prompts"}
+# The shared compile cache holds one folder per generation of what its entries depend on (below);
+# a generation no pod has started with for this long is removed, so upgrades do not fill the claim.
+GENERATION_PREFIX = "gen-"
+GENERATION_KEEP_S = 14 * 24 * 3600
+_GENERATION_PACKAGES = ("torch", "flashinfer-python")  # Inductor's and Triton's entries; FlashInfer's kernels
+
+
+def cache_generation() -> str:
+    """This image's folder name in the shared compile cache: the versions of torch and FlashInfer
+    and a digest of our model and kernel code (what compiled entries depend on), so an upgrade
+    starts a fresh folder instead of adding to one it never reads again. Torch-free."""
+    versions = []
+    for name in _GENERATION_PACKAGES:
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append("none")
+    root = Path(wan_core.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for sub in ("models", "ops") for p in (root / sub).rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return f"{GENERATION_PREFIX}torch-{versions[0]}-flashinfer-{versions[1]}-{digest.hexdigest()[:12]}"
+
+
+def prune_generations(root: Path, keep: str, now: float | None = None) -> None:
+    """Remove the compile cache's generations other than `keep` that no pod has started with for
+    GENERATION_KEEP_S (best effort: pods prune concurrently, and a failure only leaves files)."""
+    now = time.time() if now is None else now
+    for folder in root.glob(f"{GENERATION_PREFIX}*"):
+        try:
+            idle = now - folder.stat().st_mtime
+        except OSError:
+            continue
+        if folder.name != keep and folder.is_dir() and idle > GENERATION_KEEP_S:
+            log.info("removing compile cache generation %s, unused for %.0f days", folder.name, idle / 86400)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def resolve_master(addr: str, timeout_s: float, interval_s: float = 1.0) -> str:
@@ -230,24 +270,28 @@ def launch(env: dict[str, str], work_dir: Path, log_file: Path) -> None:
 
 
 def compile_cache_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Inductor's, FlashInfer's and Triton's cache dirs and the prompt cache's on the
-    installation's shared compile cache, when there is one and this pod can write it; otherwise
-    nothing (the run then compiles and encodes from scratch, with a warning). A variable already
-    set by hand is left alone."""
+    """Inductor's, FlashInfer's and Triton's cache dirs and the prompt cache's in this image's
+    generation of the installation's shared compile cache (`cache_generation`), when there is one
+    and this pod can write it; otherwise nothing (the run then compiles and encodes from scratch,
+    with a warning). A variable already set by hand is left alone. Marks the generation used and
+    prunes the generations unused for GENERATION_KEEP_S."""
     where = env.get(contract.COMPILE_CACHE_ENV)
     names = (INDUCTOR_CACHE_ENV, FLASHINFER_CACHE_ENV, TRITON_CACHE_ENV, PROMPT_CACHE_ENV)
     unset = [name for name in names if not env.get(name)]
     if not where or not unset:
         return {}
+    generation = Path(where) / cache_generation()
     try:
-        Path(where).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=where):
+        generation.mkdir(parents=True, exist_ok=True)
+        os.utime(generation)  # used now: kept by the pruning
+        with tempfile.NamedTemporaryFile(dir=generation):
             pass
     except OSError as e:
         log.warning("compile cache %s is not writable by uid %d (%s): compiling from scratch; "
                     "make the claim of chart value runner.compileCache writable", where, os.getuid(), e)
         return {}
-    return {name: str(Path(where) / SUBDIRS[name]) if name in SUBDIRS else where for name in unset}
+    prune_generations(Path(where), keep=generation.name)
+    return {name: str(generation / SUBDIRS[name]) if name in SUBDIRS else str(generation) for name in unset}
 
 
 def prompts_cached(cfg: contract.RunnerConfig, env: Mapping[str, str]) -> bool:

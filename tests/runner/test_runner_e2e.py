@@ -220,7 +220,7 @@ def test_a_second_run_takes_its_prompts_from_the_shared_cache(make_run, s3, buck
         assert code == 0, out[-4000:]
         videos.append(_fetch(s3, bucket, run.config.output.key, tmp_path / f"{name}.mp4"))
         outs.append(out)
-    assert len(list((tmp_path / "compile-cache" / "prompts").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "compile-cache").glob("gen-*/prompts/*.safetensors"))) == 2
     assert "umT5 on cpu" in outs[0] and "all from the prompt cache" in outs[1]
     read = [[e["message"] for e in log_events(out) if e["message"].startswith("readahead: ")] for out in outs]
     files = [int(re.search(r" of (\d+) files", r[0]).group(1)) for r in read]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from runner.main import (
     INDUCTOR_CACHE_ENV,
     PROMPT_CACHE_ENV,
     TRITON_CACHE_ENV,
+    cache_generation,
     compile_cache_env,
     prompts_cached,
     resolve_master,
@@ -171,20 +175,40 @@ def test_a_refused_output_report_is_retried_briefly_then_fails_the_attempt() -> 
 
 
 def test_compile_cache_is_used_only_where_it_is_writable(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cache = tmp_path / "cache"
+    root = tmp_path / "cache"
+    cache = root / cache_generation()
     assert compile_cache_env({}) == {}
     every = {INDUCTOR_CACHE_ENV: str(cache), FLASHINFER_CACHE_ENV: str(cache), TRITON_CACHE_ENV: str(cache / "triton"),
              PROMPT_CACHE_ENV: str(cache / "prompts")}
-    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache)}) == every
+    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(root)}) == every
     assert cache.is_dir() and not any(cache.iterdir())  # the write probe leaves nothing behind
     # a cache dir set by hand wins
-    by_hand = {contract.COMPILE_CACHE_ENV: str(cache), INDUCTOR_CACHE_ENV: "/x", TRITON_CACHE_ENV: "/y"}
+    by_hand = {contract.COMPILE_CACHE_ENV: str(root), INDUCTOR_CACHE_ENV: "/x", TRITON_CACHE_ENV: "/y"}
     assert compile_cache_env(by_hand) == {FLASHINFER_CACHE_ENV: str(cache), PROMPT_CACHE_ENV: str(cache / "prompts")}
-    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(cache), **dict.fromkeys(every, "/x")}) == {}
+    assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(root), **dict.fromkeys(every, "/x")}) == {}
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     assert compile_cache_env({contract.COMPILE_CACHE_ENV: str(blocked / "cache")}) == {}
     assert "is not writable" in caplog.text and "compiling from scratch" in caplog.text
+
+
+def test_a_compile_cache_generation_unused_for_two_weeks_is_removed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade (torch, FlashInfer or our model code) starts a new folder; the old ones go once
+    no pod has started with them for GENERATION_KEEP_S, whatever their age on disk; other files
+    on the claim are not ours to remove."""
+    caplog.set_level(logging.INFO, logger="runner")
+    root = tmp_path / "cache"
+    mine, stale, recent = root / cache_generation(), root / "gen-torch-2.8.0-old", root / "gen-torch-2.9.0-recent"
+    for folder in (mine, stale, recent):
+        (folder / "fxgraph").mkdir(parents=True)
+    (root / "notes.txt").write_text("the platform team's")
+    day = 24 * 3600
+    for folder, idle in ((mine, 40 * day), (stale, 15 * day), (recent, 13 * day)):
+        os.utime(folder, (time.time() - idle, time.time() - idle))
+    compile_cache_env({contract.COMPILE_CACHE_ENV: str(root)})
+    assert sorted(p.name for p in root.iterdir()) == sorted([mine.name, recent.name, "notes.txt"])
+    assert "removing compile cache generation gen-torch-2.8.0-old, unused for 15 days" in caplog.text
+    assert (mine / "fxgraph").is_dir() and time.time() - mine.stat().st_mtime < 60  # marked used
 
 
 def test_umt5_is_read_ahead_unless_both_prompts_are_cached(tmp_path: Path) -> None:
