@@ -19,7 +19,6 @@ In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -34,13 +33,13 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import wan_core
 from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
 from wan_core.checkpoint import readahead
 from wan_core.prompt_cache import ENV_VAR as PROMPT_CACHE_ENV
 from wan_core.prompt_cache import PromptCache
+from wan_core.sources import source_digest
 from wanspec import contract
 from wanspec.tasks import TASKS
 
@@ -70,17 +69,13 @@ def cache_generation() -> str:
             versions.append(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
             versions.append("none")
-    root = Path(wan_core.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(p for sub in ("models", "ops") for p in (root / sub).rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return f"{GENERATION_PREFIX}torch-{versions[0]}-flashinfer-{versions[1]}-{digest.hexdigest()[:12]}"
+    return f"{GENERATION_PREFIX}torch-{versions[0]}-flashinfer-{versions[1]}-{source_digest('models', 'ops')[:12]}"
 
 
-def prune_generations(root: Path, keep: str, now: float | None = None) -> None:
+def prune_generations(root: Path, keep: str) -> None:
     """Remove the compile cache's generations other than `keep` that no pod has started with for
     GENERATION_KEEP_S (best effort: pods prune concurrently, and a failure only leaves files)."""
-    now = time.time() if now is None else now
+    now = time.time()
     for folder in root.glob(f"{GENERATION_PREFIX}*"):
         try:
             idle = now - folder.stat().st_mtime

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wan_core.sources import source_digest
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE
 
 if TYPE_CHECKING:
@@ -57,15 +58,13 @@ _PACKAGES = ("torch", "tokenizers", "ftfy", "regex")  # and the packages it runs
 def _code_identity() -> list[object]:
     """The encoding code's identity: our sources' digest and the packages' versions (file reads
     and package metadata only: the readahead asks before torch is imported)."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256(b"".join((root / name).read_bytes() for name in _CODE)).hexdigest()
     versions = []
     for name in _PACKAGES:
         try:
             versions.append(importlib.metadata.version(name))
         except importlib.metadata.PackageNotFoundError:
             versions.append(None)
-    return [digest, versions]
+    return [source_digest(*_CODE), versions]
 
 
 def _file_identity(path: Path) -> list[object]:

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from wan_core.sources import source_digest
+
 log = logging.getLogger(__name__)
 
 ENV_VAR = "WANOPS_COMPILE"
@@ -124,7 +126,7 @@ class SavedForward:
         devices = sorted({a.device for a in args if isinstance(a, Tensor) and a.device.type == "cuda"}, key=str)
         state = [torch.is_grad_enabled(), torch.is_inference_mode_enabled()]
         state += [[t, torch.is_autocast_enabled(t), str(torch.get_autocast_dtype(t))] for t in ("cuda", "cpu")]
-        ident = [SAVED_FORMAT, torch.__version__, self.backend, type(block).__qualname__, _source_digest(),
+        ident = [SAVED_FORMAT, torch.__version__, self.backend, type(block).__qualname__, source_digest(*_SOURCES),
                  [torch.cuda.get_device_name(d) for d in devices], [describe(a) for a in args], state]
         return hashlib.sha256(json.dumps(ident).encode()).hexdigest()
 
@@ -175,12 +177,3 @@ class SavedForward:
         files = list(self.folder.glob("*.bin"))
         for path in sorted(files, key=used)[: max(0, len(files) - MAX_SAVED)]:
             path.unlink(missing_ok=True)
-
-
-@functools.cache
-def _source_digest() -> str:
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(p for sub in _SOURCES for p in (root / sub).rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
