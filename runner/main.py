@@ -37,9 +37,9 @@ from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
 from wan_core.checkpoint import readahead
+from wan_core.kept import source_digest
 from wan_core.prompt_cache import ENV_VAR as PROMPT_CACHE_ENV
 from wan_core.prompt_cache import PromptCache
-from wan_core.sources import source_digest
 from wanspec import contract
 from wanspec.tasks import TASKS
 

@@ -30,12 +30,11 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wan_core.sources import source_digest
+from wan_core.kept import mark_used, prune_least_used, source_digest, write_whole
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE
 
 if TYPE_CHECKING:
@@ -110,10 +109,7 @@ class PromptCache:
         except Exception as err:  # a truncated or foreign file is a miss, not a failed run
             log.warning("prompt cache entry %s is unreadable (%s); encoding instead", path, err)
             return None
-        try:
-            os.utime(path)  # used now: the last to go when the cache is pruned
-        except OSError:
-            pass
+        mark_used(path)
         return context
 
     def store(self, digest: str, variant: str, context: Tensor) -> None:
@@ -122,31 +118,11 @@ class PromptCache:
 
         path = self._path(digest, variant)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, partial = tempfile.mkstemp(dir=self.root, prefix=f".{digest[:16]}.", suffix=".partial")
-            os.close(fd)
-            try:
-                save_file({KEY: context.detach().contiguous().cpu()}, partial)
-                os.replace(partial, path)
-            finally:
-                Path(partial).unlink(missing_ok=True)
+            write_whole(path, lambda partial: save_file({KEY: context.detach().contiguous().cpu()}, partial))
         except OSError as err:
             log.warning("cannot write prompt cache entry %s (%s); the next run encodes again", path, err)
             return
-        self._prune()
-
-    def _prune(self) -> None:
-        """Remove the least recently used entries beyond `MAX_ENTRIES` (several pods may prune at
-        once: an entry already gone is fine)."""
-        def used(path: Path) -> float:
-            try:
-                return path.stat().st_mtime
-            except OSError:
-                return float("inf")  # gone meanwhile: not ours to remove
-
-        entries = list(self.root.glob("*.safetensors"))
-        for path in sorted(entries, key=used)[: max(0, len(entries) - MAX_ENTRIES)]:
-            path.unlink(missing_ok=True)
+        prune_least_used(self.root, "*.safetensors", MAX_ENTRIES)
 
     def _path(self, digest: str, variant: str) -> Path:
         return self.root / f"{digest}.{variant}.safetensors"

@@ -24,13 +24,11 @@ the files of past torch versions, GPU kinds, sizes and our past code do not pile
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wan_core.sources import source_digest
+from wan_core.kept import mark_used, prune_least_used, source_digest, write_whole
 
 log = logging.getLogger(__name__)
 
@@ -141,39 +139,18 @@ class SavedForward:
             log.warning("compiled block %s cannot be loaded (%s); compiling it again", path, err)
             return None
         log.info("compiled DiT block loaded from %s (no tracing in this process)", path)
-        with contextlib.suppress(OSError):  # marks it used (a read-only claim: merely not marked)
-            os.utime(path)
+        mark_used(path)
         return fn
 
     def _compile(self, key: str, block: nn.Module, args: tuple[Any, ...]) -> Callable[..., Tensor]:
         with torch._dynamo.config.patch(enable_aot_compile=True):
             compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, backend=self.backend)
             fn = compiled.aot_compile(((block, *args), {}))
+        path = self.folder / f"{key}.bin"
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, partial = tempfile.mkstemp(dir=self.folder, prefix=f".{key[:16]}.", suffix=".partial")
-            os.close(fd)
-            try:
-                fn.save_compiled_function(partial)
-                os.replace(partial, self.folder / f"{key}.bin")
-                log.info("compiled DiT block kept in %s for later processes", self.folder / f"{key}.bin")
-            finally:
-                Path(partial).unlink(missing_ok=True)
-            self._prune()
+            write_whole(path, fn.save_compiled_function)
+            log.info("compiled DiT block kept in %s for later processes", path)
+            prune_least_used(self.folder, "*.bin", MAX_SAVED)
         except Exception as err:  # an unwritable folder, or output torch cannot serialize: only a cost
             log.warning("cannot keep the compiled block in %s (%s); the next process compiles again", self.folder, err)
         return fn
-
-
-    def _prune(self) -> None:
-        """Remove the least recently used files beyond `MAX_SAVED` (pods may prune at once: a file
-        already gone is fine)."""
-        def used(path: Path) -> float:
-            try:
-                return path.stat().st_mtime
-            except OSError:
-                return float("inf")  # gone meanwhile: not ours to remove
-
-        files = list(self.folder.glob("*.bin"))
-        for path in sorted(files, key=used)[: max(0, len(files) - MAX_SAVED)]:
-            path.unlink(missing_ok=True)
