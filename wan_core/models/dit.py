@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from wan_core.checkpoint.errors import CheckpointError
 from wan_core.ops import fused_norm
 from wan_core.ops.attention import attention
+from wan_core.ops.fp8 import E4M3, RowScaled, quantize_rows, split_rows
 
 # Parameters whose computation the official forward keeps in fp32 (§3.8): the time embedding and
 # its projection, the per-block and head modulation tables, the affine LayerNorm before
@@ -260,18 +261,20 @@ def _fp32_linear(layer: nn.Linear, x: Tensor) -> Tensor:
         return F.linear(x.float(), layer.weight.float(), layer.bias.float())
 
 
-def _ffn(ffn: nn.Sequential, x: Tensor) -> Tensor:
+def _ffn(ffn: nn.Sequential, x: Tensor | RowScaled) -> Tensor:
     """`ffn` (Linear → GELU(tanh) → Linear) on x, with the GELU in the first GEMM's epilogue on CUDA.
 
     `torch._addmm_activation` runs bias and tanh-GELU on cuBLASLt's fp32 accumulator before the one
     rounding, so the [L, ffn_dim] hidden activation is written once instead of written, read and
     written again by a separate kernel (an H100 5B 720P forward: 0.865 → 0.851 s); Inductor keeps
     the call as is. Same numerics class as upstream's (which rounds to bf16 before the GELU).
-    Plain bf16/fp16 weights in x's dtype only: quantized (tensor-subclass) weights, fp32 weights
+    Plain bf16/fp16 weights in x's dtype only: FP8 layers (lossy precisions), fp32 weights
     (exact fp32, or autocast's bf16 casts; Dynamo does not guard on autocast state) take the
     modules, and so does the CPU, where the op's GELU is the erf one.
     """
     up, act, down = ffn
+    if isinstance(x, RowScaled):  # FP8 layers: the rows come quantized from the norm
+        return down(act(up(x)))
     weight = up.weight
     if (x.is_cuda and type(weight) is nn.Parameter and weight.dtype in (torch.bfloat16, torch.float16)
             and x.dtype == weight.dtype and up.bias is not None):
@@ -280,9 +283,18 @@ def _ffn(ffn: nn.Sequential, x: Tensor) -> Tensor:
     return down(act(up(x)))
 
 
-def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """A Linear in the weights' dtype: the input is rounded to it (upstream's bf16 autocast)."""
-    return layer(x.to(layer.weight.dtype))
+def _linear(layer: nn.Module, x: Tensor | RowScaled) -> Tensor:
+    """A Linear in the weights' dtype: the input is rounded to it (upstream's bf16 autocast).
+    The lossy precisions' FP8 layers (`wan_core.ops.fp8.Fp8Linear`) take x as it comes: rows
+    already quantized by the norm, or a float tensor they quantize themselves."""
+    if isinstance(layer, nn.Linear):
+        return layer(x.to(layer.weight.dtype))
+    return layer(x)
+
+
+def _out_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype `_linear(layer, ·)` returns: the weights', or an FP8 layer's output dtype."""
+    return layer.weight.dtype if isinstance(layer, nn.Linear) else layer.out_dtype
 
 
 def _layer_norm(x: Tensor, eps: float) -> Tensor:
@@ -301,9 +313,10 @@ def _add_norm(
     modulate: bool,
     eps: float,
     dtype: torch.dtype,
-) -> Tensor:
+) -> Tensor | RowScaled:
     """The fp32 stream x += y (· gate) in place when y is given, then its LayerNorm in `dtype`:
     modulated ·(1 + weight) + bias with [R, dim] rows (`per_token`), or affine with [dim] ones.
+    For e4m3 (FP8 layers) the fp32 rows are quantized, each with its scale (`RowScaled`).
 
     On CUDA one hand-written Triton kernel per call (`wan_core.ops.fused_norm`: 4–25% faster than
     Inductor's kernel for the same expression); elsewhere the same expressions eagerly.
@@ -318,7 +331,7 @@ def _add_norm(
         normed = _layer_norm(x, eps) * (1 + per_token(weight, token_rows)) + per_token(bias, token_rows)
     else:
         normed = F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-    return normed.to(dtype)
+    return quantize_rows(normed) if dtype == E4M3 else normed.to(dtype)
 
 
 class WanRMSNorm(nn.Module):
@@ -373,25 +386,28 @@ class WanSelfAttention(_Projections):
     # mode); None: the exact kernel the attention entry point picks.
     attention_backend: str | None = None
 
-    def qkv(self, x: Tensor, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the weights' dtype."""
-        def rotated(proj: nn.Linear, norm: WanRMSNorm) -> Tensor:
+    def qkv(self, x: Tensor | RowScaled, freqs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, L, dim] → rotated q, k and v, each [B, L, N, D] in the projections' output dtype."""
+        def rotated(proj: nn.Module, norm: WanRMSNorm) -> Tensor:
             normed, swapped = (t.unflatten(-1, (self.num_heads, -1)) for t in norm.with_swapped_pairs(_linear(proj, x)))
-            return apply_rope(normed, freqs, swapped).to(self.q.weight.dtype)  # (B, L, N, D)
+            return apply_rope(normed, freqs, swapped).to(_out_dtype(self.q))  # (B, L, N, D)
 
         v = _linear(self.v, x).unflatten(-1, (self.num_heads, -1))
         return rotated(self.q, self.norm_q), rotated(self.k, self.norm_k), v
 
-    def forward(self, x: Tensor, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor | RowScaled, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
-        out = attention(q, k, v, k_lens=k_lens, backend=self.attention_backend)  # (B, L, N, D)
+        return self.project_out(attention(q, k, v, k_lens=k_lens, backend=self.attention_backend))
+
+    def project_out(self, out: Tensor) -> Tensor:
+        """The attention's (B, L, N, D) output through `o`: [B, L, dim]."""
         return _linear(self.o, out.flatten(2))
 
 
 class WanCrossAttention(_Projections):
     """Cross-attention to the embedded text (`blocks.N.cross_attn`): no RoPE, no key mask (§3.6)."""
 
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+    def forward(self, x: Tensor | RowScaled, context: Tensor) -> Tensor:
         q = self.norm_q(_linear(self.q, x)).unflatten(-1, (self.num_heads, -1))  # (B, L, N, D)
         k = self.norm_k(_linear(self.k, context)).unflatten(-1, (self.num_heads, -1))  # (B, 512, N, D)
         v = _linear(self.v, context).unflatten(-1, (self.num_heads, -1))
@@ -430,7 +446,8 @@ class WanAttentionBlock(nn.Module):
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(1)  # (R, dim) each; per_token at use
         dtype = self.ffn[0].weight.dtype
         # 1. self-attention on the modulated, normalised stream, handed over in the weights' dtype
-        #    (the projections round to it first anyway; an fp32 handover is 1.4 GiB at 720P A14B)
+        #    (the projections round to it first anyway; an fp32 handover is 1.4 GiB at 720P A14B);
+        #    FP8 layers' e4m3 weights take e4m3 rows with their scales, quantized once for q, k, v
         normed = _add_norm(x, None, None, scale1, shift1, token_rows, modulate=True, eps=self.eps, dtype=dtype)
         y = self.self_attn(normed, freqs, k_lens)
         # 2. cross-attention to the text after the gated residual: affine LayerNorm (fp32), no gate
@@ -440,7 +457,8 @@ class WanAttentionBlock(nn.Module):
         # 3. feed-forward in the weights' dtype over token chunks (rows are independent, so this
         #    is exact; it caps the [L, ffn_dim] hidden activation), gated residual in fp32
         h = _add_norm(x, y, None, scale2, shift2, token_rows, modulate=True, eps=self.eps, dtype=dtype)
-        y = torch.cat([_ffn(self.ffn, chunk) for chunk in h.split(FFN_CHUNK_TOKENS, dim=1)], dim=1)
+        chunks = split_rows(h, FFN_CHUNK_TOKENS, 1) if isinstance(h, RowScaled) else h.split(FFN_CHUNK_TOKENS, dim=1)
+        y = torch.cat([_ffn(self.ffn, chunk) for chunk in chunks], dim=1)
         return x.add_(y.float() * per_token(gate2, token_rows))
 
 

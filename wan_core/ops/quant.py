@@ -1,8 +1,8 @@
 """Opt-in lossy DiT precision modes, put on from outside the model like `compile_blocks`.
 
 `fp8`: the transformer blocks' Linear layers run as FP8 (e4m3) GEMMs with one scale per row of
-the activations and per output channel of the weights, quantized on the fly (torchao's
-`Float8DynamicActivationFloat8WeightConfig(PerRow)`, Hopper/Ada `_scaled_mm`). GEMMs are ~29% of
+the activations and per output channel of the weights (`wan_core.ops.fp8.Fp8Linear`, Hopper/Ada
+`_scaled_mm`); the norms hand the projections their rows already quantized. GEMMs are ~29% of
 a 720P A14B forward's FLOPs and FP8 runs them at ~1.7× bf16's rate on an H100; the stored weights
 halve (an A14B expert: 26.6 → 13.3 GiB). The fp32 islands (time/text embeddings, modulation,
 head) and attention stay as in exact mode.
@@ -17,13 +17,12 @@ against exact at the same seed).
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import nn
 
 from wan_core.models.dit import WanSelfAttention
 from wan_core.ops import fp8_attention
+from wan_core.ops.fp8 import Fp8Linear
 from wanspec.tasks import FP8_ATTENTION_PRECISIONS, PRECISIONS
 
 QUANT_MODES = tuple(p for p in PRECISIONS if p != "exact")
@@ -43,34 +42,27 @@ def check_quantization(mode: str, device: torch.device, dit_fsdp: bool) -> None:
     if dit_fsdp:
         raise ValueError(f"precision {mode!r} cannot be combined with FSDP-sharded DiTs (--dit_fsdp): "
                          "drop --dit_fsdp (Ulysses and CFG-parallel work) or use precision 'exact'")
-    if importlib.util.find_spec("torchao") is None:
-        raise ValueError(f"precision {mode!r} needs torchao: pip install 'wanops[fp8]' (the runner image has it)")
     if mode in FP8_ATTENTION_PRECISIONS:
         if reason := fp8_attention.device_problem(device):
             raise ValueError(f"precision {mode!r}: FP8 attention {reason}; use precision 'fp8' (FP8 GEMMs only) or 'exact'")
 
 
 def quantize_dit(model: nn.Module, mode: str) -> nn.Module:
-    """Quantize `model.blocks`' Linear layers in place for `mode` (and, for `fp8-full`, point
-    their self-attention at the FP8 kernel); returns model.
+    """Replace `model.blocks`' Linear layers by FP8 ones in place for `mode` (and, for `fp8-full`,
+    point their self-attention at the FP8 kernel); returns model.
 
-    Call on the bf16 model (on the CPU or its GPU; the quantized weights move with `.to`, so
-    offloading works) before `compile_blocks`, so the activation quantization fuses into the
-    blocks' Triton kernels, and without FSDP (sharding torchao's tensor subclasses is not
-    supported here). Needs `torchao` (the `fp8` extra); `check_quantization` first.
+    Call on the bf16 model (on the CPU or its GPU; the FP8 weights are buffers and move with
+    `.to`, so offloading works) before `compile_blocks`, so the remaining activation
+    quantization fuses into the blocks' kernels, and without FSDP (it shards parameters, and
+    the FP8 weights are buffers: every rank would hold all of them; `check_quantization`
+    refuses that first).
     """
     if mode not in QUANT_MODES:
         raise ValueError(f"unknown DiT quantization {mode!r}; choose one of {', '.join(QUANT_MODES)}")
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as e:
-        raise RuntimeError(f"precision {mode!r} needs torchao: pip install 'wanops[fp8]'") from e
-    quantize_(
-        model.blocks,
-        # set_inductor_config=False: torchao would otherwise switch fp32 matmuls to TF32 process-wide
-        Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False),
-        filter_fn=lambda module, _name: isinstance(module, nn.Linear),
-    )
+    for parent in list(model.blocks.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear:
+                setattr(parent, name, Fp8Linear(child))
     if mode in FP8_ATTENTION_PRECISIONS:
         for module in model.blocks.modules():
             if isinstance(module, WanSelfAttention):

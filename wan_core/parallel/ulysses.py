@@ -139,7 +139,7 @@ class _Plan:
         q, k, v = (self._sequence_to_heads(z) for z in (q, k, v))  # (B, L_pad, N/P, D)
         lens = None if shard.padded == shard.tokens else torch.full((q.shape[0],), shard.tokens)
         out = self._heads_to_sequence(attention(q, k, v, k_lens=lens, backend=attn.attention_backend))  # (B, S, N, D)
-        return attn.o(out.flatten(2).to(attn.o.weight.dtype))
+        return attn.project_out(out)
 
     # head: per-token rows in, gathered sequence out
     def head_input(self, module: nn.Module, args: tuple) -> tuple:

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import chain
 
 import torch
 from torch import Tensor, nn
-from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +112,10 @@ class Residency:
         self.models = dict(models)
         self.device = device
         self.cast = cast
-        # parameter name → a detached alias of its host tensor: keeps the host copy alive while the
-        # parameter holds the device copy.
+        # weight name → a detached alias of its host tensor: keeps the host copy alive while the
+        # module holds the device copy.
         self._host: dict[str, dict[str, Tensor]] = {
-            name: {n: p.detach() for n, p in model.named_parameters() if p.device.type == "cpu"}
+            name: {n: t.detach() for n, t in _weights(model) if t.device.type == "cpu"}
             for name, model in self.models.items()
         }
         self._pending: dict[str, Future[None]] = {}
@@ -127,8 +127,8 @@ class Residency:
         return next(self.models[name].parameters()).device == self.device
 
     def nbytes(self, name: str) -> int:
-        """Bytes of `name`'s weights as they will sit on the device (tensor subclasses: their inner data)."""
-        return sum(_nbytes(p, self.cast) for p in self.models[name].parameters())
+        """Bytes of `name`'s weights as they will sit on the device."""
+        return sum(_nbytes(t, self.cast) for _, t in _weights(self.models[name]))
 
     def activate(self, name: str, keep_others: bool = False) -> nn.Module:
         """`name` on the device (waiting for its prefetch), the others released unless `keep_others`."""
@@ -160,16 +160,14 @@ class Residency:
         self._stream.synchronize()  # the copies are done before `activate` hands the model out
 
     def _move_in(self, name: str, stream: torch.cuda.Stream | None = None) -> None:
-        """`name`'s host tensors to the device: plain ones through the pinned stager on `stream`
-        (default: the current one), tensor subclasses (torchao's FP8 weights) and everything off
-        CUDA by `.to`."""
+        """`name`'s host tensors to the device: through the pinned stager on `stream` (default: the
+        current one), or by `.to` off CUDA."""
         model = self.models[name]
         if self._stager is None:
             model.to(self.device, dtype=self.cast)
             return
         stream = stream or torch.cuda.current_stream(self.device)
-        host = {id(t): t for t in (*model.parameters(), *model.buffers())
-                if t.device.type == "cpu" and not is_traceable_wrapper_subclass(t)}
+        host = {id(t): t for _, t in _weights(model) if t.device.type == "cpu"}
         dtypes = [self._device_dtype(t) for t in host.values()]
         moved = dict(zip(host, self._stager.copy([t.detach() for t in host.values()], stream, dtypes)))
         with torch.cuda.stream(stream):
@@ -189,7 +187,7 @@ class Residency:
             # on the side stream is reused by later side-stream copies without waiting for them.
             torch.cuda.current_stream(self.device).synchronize()
         model, host = self.models[name], self._host[name]
-        back = {id(p): host[n] for n, p in model.named_parameters() if n in host}  # the current objects
+        back = {id(t): host[n] for n, t in _weights(model) if n in host}  # the current objects
         model._apply(lambda t: back[id(t)] if id(t) in back else t.to("cpu"))
 
     def release_all(self, except_: str | None = None) -> None:
@@ -198,8 +196,11 @@ class Residency:
                 self.release(name)
 
 
+def _weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """Parameters and buffers by name: the FP8 layers of the lossy precisions keep their weights
+    as buffers (`wan_core.ops.fp8.Fp8Linear`)."""
+    return chain(model.named_parameters(), model.named_buffers())
+
+
 def _nbytes(t: Tensor, cast: torch.dtype | None = None) -> int:
-    if is_traceable_wrapper_subclass(t):  # e.g. torchao's Float8Tensor: fp8 data plus scales
-        names, _ = t.__tensor_flatten__()
-        return sum(_nbytes(getattr(t, n)) for n in names)
     return t.numel() * (cast.itemsize if cast is not None and t.is_floating_point() else t.element_size())

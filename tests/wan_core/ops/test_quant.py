@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from wan_core.models.dit import DiTConfig, WanModel
+from wan_core.ops.fp8 import Fp8Linear
 from wan_core.ops.quant import QUANT_MODES, check_quantization, quantize_dit
 from wanspec.tasks import PRECISIONS
 
@@ -39,6 +40,31 @@ def test_what_cannot_run_is_refused_with_the_fix(mode: str, dit_fsdp: bool, mess
 def test_quantize_refuses_an_unknown_mode() -> None:
     with pytest.raises(ValueError, match="unknown DiT quantization 'exact'"):
         quantize_dit(WanModel(DiTConfig.flavor("tiny-t2v")), "exact")
+
+
+def test_fp8_layers_follow_exact_mode_on_the_cpu() -> None:
+    """Every block Linear becomes an FP8 layer, fed e4m3 rows by the norms (the eager path)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(DiTConfig.flavor("tiny-ti2v"), dim=256, ffn_dim=512, num_heads=2, text_len=16)
+    exact = WanModel(cfg).eval().to(torch.bfloat16)
+    fp8 = WanModel(cfg).eval().to(torch.bfloat16)
+    fp8.load_state_dict(exact.state_dict())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in exact.blocks.modules())
+    quantize_dit(fp8, "fp8")
+    assert sum(isinstance(m, Fp8Linear) for m in fp8.blocks.modules()) == linears
+    assert not any(isinstance(m, torch.nn.Linear) for m in fp8.blocks.modules())
+    x = torch.randn(1, cfg.in_dim, 3, 16, 16)
+    context = torch.randn(1, cfg.text_len, cfg.text_dim)
+    t = torch.tensor([700.0])
+    try:
+        with torch.inference_mode():
+            got = fp8(x, t, context)
+    except (RuntimeError, NotImplementedError) as e:  # torch builds without CPU FP8 GEMMs
+        pytest.skip(f"torch._scaled_mm does not run on the CPU here: {e}")
+    with torch.inference_mode():
+        want = exact(x, t, context)
+    cosine = torch.nn.functional.cosine_similarity(got.flatten().double(), want.flatten().double(), dim=0)
+    assert cosine > 0.99
 
 
 def _runnable(mode: str) -> bool:

@@ -50,20 +50,18 @@ def test_keep_others_and_release_all_but_one() -> None:
     assert res.nbytes("high") == sum(p.numel() * 4 for p in models["high"].parameters())
 
 
-def test_tensor_subclass_weights_come_back_too() -> None:
-    """Quantized (fp8) weights are wrapper subclasses, which `_apply` swaps rather than re-points."""
-    from torch.testing._internal.two_tensor import TwoTensor
+def test_buffer_weights_come_back_and_count_too() -> None:
+    """The FP8 layers of the lossy precisions keep their weights as buffers."""
+    from wan_core.ops.fp8 import Fp8Linear
 
-    layer = nn.Linear(4, 4)
-    layer.weight = nn.Parameter(TwoTensor(torch.randn(4, 4), torch.randn(4, 4)), requires_grad=False)
-    inner = layer.weight.a.data_ptr()
+    layer = Fp8Linear(nn.Linear(16, 32).bfloat16())
+    host = {n: t.data_ptr() for n, t in layer.named_buffers()}
     res = Residency({"q": layer}, META)
     res.activate("q")
-    assert layer.weight.device == META
+    assert layer.weight.device == META and layer.weight_scale.device == META and layer.bias.device == META
     res.release("q")
-    assert type(layer.weight) is TwoTensor and isinstance(layer.weight, nn.Parameter)
-    assert layer.weight.a.data_ptr() == inner
-    assert res.nbytes("q") == 2 * 16 * 4 + 4 * 4  # both inner tensors and the bias
+    assert {n: t.data_ptr() for n, t in layer.named_buffers()} == host  # re-pointed, not copied back
+    assert res.nbytes("q") == 32 * 16 * 1 + 32 * 4 + 32 * 2  # e4m3 weight, fp32 scales, bf16 bias
 
 
 def test_prefetch_is_a_no_op_off_cuda() -> None:
