@@ -145,7 +145,12 @@ class SavedForward:
     def _compile(self, key: str, block: nn.Module, args: tuple[Any, ...]) -> Callable[..., Tensor]:
         with torch._dynamo.config.patch(enable_aot_compile=True):
             compiled = torch.compile(type(block).forward, fullgraph=True, dynamic=False, backend=self.backend)
-            fn = compiled.aot_compile(((block, *args), {}))
+            try:
+                fn = compiled.aot_compile(((block, *args), {}))
+            except Exception as err:  # e.g. torch 2.11 with aot_eager ("expected OutputCode"): compile as usual
+                log.warning("cannot keep the compiled block (this torch cannot compile it ahead of time: %s); "
+                            "it is compiled in this process only", err)
+                return compiled
         path = self.folder / f"{key}.bin"
         try:
             write_whole(path, fn.save_compiled_function)

@@ -143,6 +143,33 @@ def test_a_block_that_cannot_be_kept_still_runs(tmp_path, caplog) -> None:
     assert "cannot keep the compiled block" in caplog.text
 
 
+def test_a_block_this_torch_cannot_compile_ahead_of_time_is_compiled_as_usual(tmp_path, caplog, monkeypatch) -> None:
+    """torch 2.11 cannot `aot_compile` with every backend (aot_eager: "expected OutputCode"): the
+    block is then compiled in the process as plain torch.compile does, and nothing is kept."""
+    compile_plain = torch.compile
+
+    def without_aot(*args, **kwargs):
+        compiled = compile_plain(*args, **kwargs)
+
+        def call(*a, **k):
+            return compiled(*a, **k)
+
+        def refuse(*a, **k):
+            raise AssertionError("expected OutputCode, got <class 'function'>")
+
+        call.aot_compile = refuse
+        return call
+
+    monkeypatch.setattr(torch, "compile", without_aot)
+    model = _model("tiny-ti2v")
+    inputs = _block_inputs(model)
+    eager = _run_blocks(model, inputs)
+    compile_blocks(model, backend="aot_eager", saved=tmp_path)
+    for a, b in zip(_run_blocks(model, inputs), eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert "cannot keep the compiled block" in caplog.text and not list(tmp_path.iterdir())
+
+
 def test_the_least_recently_used_saved_blocks_go_beyond_the_limit(tmp_path, monkeypatch) -> None:
     """Files of other torch versions, GPUs, sizes or code stay until a save passes MAX_SAVED; then
     the least recently used go, and a block loaded lately counts as used however old its file."""
