@@ -68,7 +68,8 @@ if triton is not None:
         mean = tl.sum(x, axis=0) / n_cols
         centred = tl.where(mask, x - mean, 0.0)
         var = tl.sum(centred * centred, axis=0) / n_cols
-        normed = centred * tl.math.rsqrt(var + eps)
+        # eps in fp32: Inductor passes a Python float as fp64, which would make the row fp64 from here
+        normed = centred * tl.math.rsqrt(var + tl.cast(eps, tl.float32))
         w = tl.load(w_ptr + r * wb_stride + cols, mask=mask, other=0.0)
         b = tl.load(b_ptr + r * wb_stride + cols, mask=mask, other=0.0)
         out = normed * (1.0 + w) + b if MODULATE else normed * w + b
