@@ -19,7 +19,6 @@ In every pod of a VideoGeneration's Job (contract in `wanspec.contract`):
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from runner import errors, logs
 from runner.inputs import fetch_image, load_config, run_identity
 from runner.store import Store
 from wan_core.checkpoint import readahead
-from wan_core.kept import source_digest
+from wan_core.kept import package_versions, source_digest
 from wan_core.prompt_cache import ENV_VAR as PROMPT_CACHE_ENV
 from wan_core.prompt_cache import PromptCache
 from wanspec import contract
@@ -63,13 +62,8 @@ def cache_generation() -> str:
     """This image's folder name in the shared compile cache: the versions of torch and FlashInfer
     and a digest of our model and kernel code (what compiled entries depend on), so an upgrade
     starts a fresh folder instead of adding to one it never reads again. Torch-free."""
-    versions = []
-    for name in _GENERATION_PACKAGES:
-        try:
-            versions.append(importlib.metadata.version(name))
-        except importlib.metadata.PackageNotFoundError:
-            versions.append("none")
-    return f"{GENERATION_PREFIX}torch-{versions[0]}-flashinfer-{versions[1]}-{source_digest('models', 'ops')[:12]}"
+    torch_version, flashinfer_version = (v or "none" for v in package_versions(*_GENERATION_PACKAGES))
+    return f"{GENERATION_PREFIX}torch-{torch_version}-flashinfer-{flashinfer_version}-{source_digest('models', 'ops')[:12]}"
 
 
 def prune_generations(root: Path, keep: str) -> None:

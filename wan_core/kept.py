@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,6 +25,18 @@ def source_digest(*parts: str) -> str:
     for path in files:
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def package_versions(*names: str) -> list[str | None]:
+    """The installed versions of `names` (None where one is missing), from package metadata:
+    with `source_digest`, what names kept files made by other packages' code."""
+    versions: list[str | None] = []
+    for name in names:
+        try:
+            versions.append(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(None)
+    return versions
 
 
 def write_whole(path: Path, write: Callable[[str], None]) -> None:

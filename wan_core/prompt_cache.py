@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wan_core.kept import mark_used, prune_least_used, source_digest, write_whole
+from wan_core.kept import mark_used, package_versions, prune_least_used, source_digest, write_whole
 from wanspec.tasks import T5_CHECKPOINT, T5_TOKENIZER, T5_TOKENIZER_FILE
 
 if TYPE_CHECKING:
@@ -57,13 +56,7 @@ _PACKAGES = ("torch", "tokenizers", "ftfy", "regex")  # and the packages it runs
 def _code_identity() -> list[object]:
     """The encoding code's identity: our sources' digest and the packages' versions (file reads
     and package metadata only: the readahead asks before torch is imported)."""
-    versions = []
-    for name in _PACKAGES:
-        try:
-            versions.append(importlib.metadata.version(name))
-        except importlib.metadata.PackageNotFoundError:
-            versions.append(None)
-    return [source_digest(*_CODE), versions]
+    return [source_digest(*_CODE), package_versions(*_PACKAGES)]
 
 
 def _file_identity(path: Path) -> list[object]:

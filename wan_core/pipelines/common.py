@@ -395,7 +395,7 @@ class WanPipeline:
             from wan_core.parallel import any_rank
 
             # umT5 may be sharded: a miss on any rank has every rank encode both prompts.
-            missing = [0, 1] if any_rank(bool(missing), self.parallel) else []
+            missing = list(range(len(prompts))) if any_rank(bool(missing), self.parallel) else []
         if missing:
             encoder = self.text_encoder
             home = self._t5_residency

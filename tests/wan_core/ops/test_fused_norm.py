@@ -20,33 +20,46 @@ triton = pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[3]
 
+
+def draw_case(case: tuple[bool, bool, bool, bool], B: int, L: int, D: int, R: int, device: str = "cpu") -> tuple:
+    """Random inputs of one CASES entry: (x, y, gate, weight, bias, rows)."""
+    has_y, has_gate, per_token, modulate = case
+    x = torch.randn(B, L, D, device=device) * 3 + 1
+    y = torch.randn(B, L, D, device=device).bfloat16() if has_y else None
+    mod = torch.randn(R if per_token else B, 6, D, device=device)
+    rows = torch.randint(0, R, (B, L), device=device) if per_token else None
+    gate = mod[:, 2] if has_gate else None
+    weight, bias = (mod[:, 1], mod[:, 0]) if modulate else (torch.randn(D, device=device), torch.randn(D, device=device))
+    return x, y, gate, weight, bias, rows
+
+
+def reference(x, y, gate, weight, bias, rows, modulate: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager expressions, x left as it is: (the updated stream, the fp32 LayerNorm rows)."""
+    import torch.nn.functional as F
+
+    pick = (lambda t: t[rows]) if rows is not None else (lambda t: t[:, None])
+    stream = x.clone()
+    if y is not None:
+        stream += y.float() * pick(gate) if gate is not None else y.float()
+    if modulate:
+        return stream, F.layer_norm(stream, (x.shape[-1],), eps=eps) * (1 + pick(weight)) + pick(bias)
+    return stream, F.layer_norm(stream, (x.shape[-1],), weight, bias, eps)
+
+
 # Each case: (y given, gate given, per-token rows, modulate); every block site and both row layouts.
 _INTERPRETED = r"""
-import json, sys, torch, torch.nn.functional as F
+import json, sys, torch
+from tests.wan_core.ops.test_fused_norm import draw_case, reference
 from wan_core.ops import fused_norm
 from wan_core.ops.fp8 import E4M3, quantize_rows
 torch.manual_seed(0)
 B, L, D, R, EPS = 2, 21, 40, 3, 1e-6  # D not a power of two: masked lanes
 results = []
-for has_y, has_gate, per_token, modulate in json.loads(sys.argv[1]):
-    x = torch.randn(B, L, D) * 3 + 1
-    y = torch.randn(B, L, D).bfloat16() if has_y else None
-    mod = torch.randn(R if per_token else B, 6, D)
-    rows = torch.randint(0, R, (B, L)) if per_token else None
-    gate = mod[:, 2] if has_gate else None
-    if modulate:
-        weight, bias = mod[:, 1], mod[:, 0]
-    else:
-        weight, bias = torch.randn(D), torch.randn(D)
-    pick = (lambda t: t[rows]) if per_token else (lambda t: t[:, None])
+for case in json.loads(sys.argv[1]):
+    modulate = case[3]
+    x, y, gate, weight, bias, rows = draw_case(case, B, L, D, R)
     x0 = x.clone()
-    expected = x.clone()
-    if has_y:
-        expected += y.float() * pick(gate) if has_gate else y.float()
-    if modulate:
-        ref = F.layer_norm(expected, (D,), eps=EPS) * (1 + pick(weight)) + pick(bias)
-    else:
-        ref = F.layer_norm(expected, (D,), weight, bias, EPS)
+    expected, ref = reference(x, y, gate, weight, bias, rows, modulate, EPS)
     out = torch.empty(B, L, D, dtype=torch.bfloat16)
     fused_norm.launch(fused_norm._residual_norm_kernel, x, y, gate, weight, bias, rows, modulate, EPS, out)
     # the same rows in e4m3 with their scales: the stream and the scales (the interpreter's own
@@ -98,28 +111,14 @@ def test_unavailable_off_cuda() -> None:
 @torch.no_grad()
 def test_cuda_fp8_rows_are_torchs_quantization_of_the_fp32_rows(case: tuple[bool, bool, bool, bool]) -> None:
     """The kernel's e4m3 rows and scales are `quantize_rows` of the fp32 LayerNorm rows."""
-    import torch.nn.functional as F
-
     from wan_core.ops import fused_norm
     from wan_core.ops.fp8 import E4M3, RowScaled, quantize_rows
 
-    has_y, has_gate, per_token, modulate = case
+    has_y, modulate = case[0], case[3]
     torch.manual_seed(0)
     B, L, D, R, eps = 2, 333, 5120, 3, 1e-6  # the A14B's width
-    x = torch.randn(B, L, D, device="cuda") * 3 + 1
-    y = torch.randn(B, L, D, device="cuda").bfloat16() if has_y else None
-    mod = torch.randn(R if per_token else B, 6, D, device="cuda")
-    rows = torch.randint(0, R, (B, L), device="cuda") if per_token else None
-    gate = mod[:, 2] if has_gate else None
-    weight, bias = (mod[:, 1], mod[:, 0]) if modulate else (torch.randn(D, device="cuda"), torch.randn(D, device="cuda"))
-    pick = (lambda t: t[rows]) if per_token else (lambda t: t[:, None])
-    stream = x.clone()
-    if has_y:
-        stream += y.float() * pick(gate) if has_gate else y.float()
-    if modulate:
-        ref = F.layer_norm(stream, (D,), eps=eps) * (1 + pick(weight)) + pick(bias)
-    else:
-        ref = F.layer_norm(stream, (D,), weight, bias, eps)
+    x, y, gate, weight, bias, rows = draw_case(case, B, L, D, R, "cuda")
+    stream, ref = reference(x, y, gate, weight, bias, rows, modulate, eps)
     if has_y:
         got = fused_norm.add_norm_(x, y, gate, weight, bias, rows, modulate=modulate, eps=eps, out_dtype=E4M3)
     else:
