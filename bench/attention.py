@@ -1,9 +1,10 @@
-"""Attention kernels alone at Wan's self-attention shapes: time, TFLOP/s and error per backend.
+"""Attention kernels alone at Wan's shapes: time, TFLOP/s and error per backend.
 
-For each workload (batch 1, the DiT's heads × 128, its token count) every requested backend of
+For each workload (batch 1, the DiT's heads × 128, its token count; the `-cross` ones attend to
+the 512 text tokens, as cross-attention does) every requested backend of
 `wan_core.ops.attention` runs the same random q/k/v (q/k RMS-normalised per token like the DiT's,
 times a gain; optionally a per-channel offset on k and v); the median of the warm runs (CUDA
-events) is reported with 4·L²·dim FLOPs, and each output's cosine / relative L2 / PSNR against the
+events) is reported with 4·Lq·Lk·dim FLOPs, and each output's cosine / relative L2 / PSNR against the
 `sdpa` (cuDNN bf16) output. `fp8:cudnn` and `fp8:flashinfer` run the `fp8` backend with its
 kernel forced (by default it takes FlashInfer's where that loads).
 
@@ -32,31 +33,34 @@ from timing import timed  # noqa: E402  (bench/timing.py)
 from wan_core.ops import fp8_attention  # noqa: E402
 from wan_core.ops.attention import BACKENDS, attention  # noqa: E402
 
-# workload → (heads, tokens): the DiT's self-attention at the issue's sizes (spec §1.2, §1.4)
+# workload → (heads, query tokens, key tokens): the DiT's self-attention at the issue's sizes
+# (spec §1.2, §1.4) and its cross-attention to the zero-padded text (text_len 512)
 WORKLOADS = {
-    "a14b-720p": (40, 21 * 45 * 80),  # 1280×720×81
-    "a14b-480p": (40, 21 * 30 * 52),  # 832×480×81
-    "5b-720p": (24, 31 * 22 * 40),  # 1280×704×121
+    "a14b-720p": (40, 21 * 45 * 80, 21 * 45 * 80),  # 1280×720×81
+    "a14b-480p": (40, 21 * 30 * 52, 21 * 30 * 52),  # 832×480×81
+    "5b-720p": (24, 31 * 22 * 40, 31 * 22 * 40),  # 1280×704×121
+    "a14b-720p-cross": (40, 21 * 45 * 80, 512),
+    "5b-720p-cross": (24, 31 * 22 * 40, 512),
 }
 HEAD_DIM = 128
 
 
-def inputs(heads: int, tokens: int, device: torch.device, gain: float, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+def inputs(heads: int, tokens: int, keys: int, device: torch.device, gain: float, offset: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """q, k RMS-normalised per token times `gain`; v standard normal; k and v plus a per-channel
     offset of scale `offset` shared by all tokens (the channel bias real DiTs' keys carry)."""
     gen = torch.Generator(device).manual_seed(0)
 
-    def randn() -> Tensor:
-        return torch.randn(1, tokens, heads, HEAD_DIM, device=device, generator=gen)
+    def randn(n: int = keys) -> Tensor:
+        return torch.randn(1, n, heads, HEAD_DIM, device=device, generator=gen)
 
-    def normed() -> Tensor:
-        x = randn()
+    def normed(n: int = keys) -> Tensor:
+        x = randn(n)
         return x * torch.rsqrt(x.pow(2).mean((-2, -1), keepdim=True)) * gain
 
     def channel_offset() -> Tensor:
         return offset * torch.randn(1, 1, heads, HEAD_DIM, device=device, generator=gen)
 
-    q, k, v = normed(), normed() + channel_offset(), randn() + channel_offset()
+    q, k, v = normed(tokens), normed() + channel_offset(), randn() + channel_offset()
     return q.bfloat16(), k.bfloat16(), v.bfloat16()
 
 
@@ -79,13 +83,13 @@ def main() -> int:
         parser.error("needs a CUDA GPU")
     device = torch.device("cuda")
     for workload in args.workloads:
-        heads, tokens = WORKLOADS[workload]
-        flops = 4 * tokens * tokens * heads * HEAD_DIM
-        q, k, v = inputs(heads, tokens, device, args.gain, args.offset)
+        heads, tokens, keys = WORKLOADS[workload]
+        flops = 4 * tokens * keys * heads * HEAD_DIM
+        q, k, v = inputs(heads, tokens, keys, device, args.gain, args.offset)
         info = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": torch.cuda.get_device_name(device), "torch": torch.__version__,
-            "cudnn": torch.backends.cudnn.version(), "workload": workload, "heads": heads, "tokens": tokens,
+            "cudnn": torch.backends.cudnn.version(), "workload": workload, "heads": heads, "tokens": tokens, "keys": keys,
             "gain": args.gain, "offset": args.offset,
         }
         outputs = {}

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from wan_core.checkpoint.errors import CheckpointError
 from wan_core.ops import fused_norm
-from wan_core.ops.attention import attention
+from wan_core.ops.attention import attention, attention_with_shift
 from wan_core.ops.fp8 import E4M3, RowScaled, quantize_rows, split_rows
 
 # Parameters whose computation the official forward keeps in fp32 (§3.8): the time embedding and
@@ -397,10 +397,13 @@ class WanSelfAttention(_Projections):
 
     def forward(self, x: Tensor | RowScaled, freqs: Tensor, k_lens: Tensor | None = None) -> Tensor:
         q, k, v = self.qkv(x, freqs)
-        return self.project_out(attention(q, k, v, k_lens=k_lens, backend=self.attention_backend))
+        return self.project_out(*attention_with_shift(q, k, v, k_lens=k_lens, backend=self.attention_backend))
 
-    def project_out(self, out: Tensor) -> Tensor:
-        """The attention's (B, L, N, D) output through `o`: [B, L, dim]."""
+    def project_out(self, out: Tensor, shift: Tensor | None = None) -> Tensor:
+        """The attention's (B, L, N, D) output, plus `shift` (B, 1, N, D) where the kernel left
+        one to add (FP8 attention: V's mean), through `o`: [B, L, dim]."""
+        if shift is not None:  # compiled, the add joins the kernel that quantizes o's rows
+            out = (out.float() + shift).to(out.dtype)
         return _linear(self.o, out.flatten(2))
 
 

@@ -171,12 +171,31 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, 
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(f"attention wants (B, L, N, D) q/k/v with matching B, N, D; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
-    if torch.is_autocast_enabled(q.device.type):
-        # Autocast does not look inside a custom operator (and a compiled graph runs without it):
-        # cast here as it casts SDPA, to its lower-precision dtype, in eager and compiled code.
-        dtype = torch.get_autocast_dtype(q.device.type)
-        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    q, k, v = _autocast(q, k, v)
     return _attention_op(q, k, v, k_lens, backend)
+
+
+def attention_with_shift(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None,
+                         backend: str | None = None) -> tuple[Tensor, Tensor | None]:
+    """`attention` as (out, shift) with the attention = out + shift, for a caller that reads out
+    anyway and can add shift there (the DiT's o projection, in the kernel quantizing its rows).
+
+    Only the `fp8` backend, passed here by name and with no key padding, returns a shift: V's
+    per-channel mean (B, 1, N, D, fp32), which its kernel attends without (`fp8_attention.attend`).
+    Everything else is `attention` with shift None.
+    """
+    if backend == "fp8" and k_lens is None:
+        return fp8_attention.attend(*_autocast(q, k, v))
+    return attention(q, k, v, k_lens=k_lens, backend=backend), None
+
+
+def _autocast(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Autocast does not look inside a custom operator (and a compiled graph runs without it):
+    q, k, v cast as it casts SDPA, to its lower-precision dtype, in eager and compiled code."""
+    if not torch.is_autocast_enabled(q.device.type):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(q.device.type)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
 # One opaque operator for the compiler: the kernel is chosen when it runs (the environment, a

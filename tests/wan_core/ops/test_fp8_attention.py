@@ -4,12 +4,25 @@ close to exact attention with either kernel, even where keys and values carry la
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
 
-from wan_core.models.dit import DiTConfig, WanModel
+from wan_core.models.dit import (
+    DiTConfig,
+    WanModel,
+    WanSelfAttention,
+    grid_positions,
+    rope_freqs,
+)
 from wan_core.ops import fp8_attention
-from wan_core.ops.attention import BACKENDS, attention, select_backend
+from wan_core.ops.attention import (
+    BACKENDS,
+    attention,
+    attention_with_shift,
+    select_backend,
+)
 
 quantize = fp8_attention._quantize  # eager here (`run` compiles it): same math, no CPU compile in tests
 
@@ -44,6 +57,38 @@ def test_self_attention_takes_the_backend_set_on_it() -> None:
         model.blocks[1].self_attn.attention_backend = "fp8"
         with pytest.raises(RuntimeError, match="'fp8' cannot run this request"):
             model(x, t, context)
+
+
+def test_only_fp8_by_name_hands_back_a_shift() -> None:
+    q, k, v = (x.bfloat16() for x in _inputs(0.0, n=16))
+    out, shift = attention_with_shift(q, k, v, backend="math")
+    assert shift is None and torch.equal(out, attention(q, k, v, backend="math"))
+    with pytest.raises(RuntimeError, match="'fp8' cannot run this request: needs CUDA tensors, got cpu"):
+        attention_with_shift(q, k, v, backend="fp8")
+
+
+def test_compiled_self_attention_quantizes_inside_its_own_graph() -> None:
+    """fp8-full's self-attention traces as one graph: the quantization of q, k and v and the add
+    of V's mean sit in it beside the producers and the consumer Inductor fuses them into, and
+    only the kernel is opaque. On the CPU that kernel then refuses, with the reason."""
+    graphs = []
+
+    def capture(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    attn = WanSelfAttention(256, 2, 1e-6).to(torch.bfloat16)
+    attn.attention_backend = "fp8"
+    x = torch.randn(1, 12, 256, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="'fp8' cannot run this request: needs CUDA tensors, got cpu"):
+        torch.compile(attn, backend=capture, fullgraph=True)(x, rope_freqs(grid_positions((1, 3, 4), x.device), 128))
+    (graph,) = graphs
+    nodes = list(graph.graph.nodes)
+    (kernel,) = [i for i, n in enumerate(nodes) if n.target is torch.ops.wanops.fp8_attention.default]
+    casts = [i for i, n in enumerate(nodes) if n.target == "to" and torch.float8_e4m3fn in n.args]
+    assert len(casts) == 3 and max(casts) < kernel  # q, k, v
+    after = [n.target for n in nodes[kernel + 1 :]]
+    assert after.index(operator.add) < after.index(torch._C._nn.linear)  # O + V's mean, then o
 
 
 @pytest.mark.parametrize("offset", [0.0, 20.0])
