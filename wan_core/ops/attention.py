@@ -5,7 +5,8 @@
 
 - `flash3`  FlashAttention-3 (`flash_attn_interface`), CUDA sm90, fp16/bf16 — what upstream runs.
 - `flashinfer`  FlashInfer's FA3-class sm90 kernel (`wan_core.ops.flashinfer_attention`): FA3's
-            speed where FA3 itself does not install (≈12% faster than cuDNN at Wan's shapes).
+            speed where FA3 itself does not install (≈12% faster than cuDNN on the video's
+            tokens; passed over for ≤ 512 keys, the cross-attention to the text, where cuDNN's is faster).
 - `flash2`  FlashAttention-2 (`flash_attn`), CUDA sm80+, fp16/bf16 — upstream's fallback.
 - `sdpa`    `torch.nn.functional.scaled_dot_product_attention` on CUDA, cuDNN first, then flash,
             memory-efficient, math; an enclosing `torch.nn.attention.sdpa_kernel` overrides that.
@@ -55,6 +56,7 @@ class Backend:
     check: Callable[[Tensor, Tensor, Tensor], str | None]
     run: Callable[[Tensor, Tensor, Tensor], Tensor]  # dense (B, L, N, D) → (B, Lq, N, D)
     exact: bool = True  # False: changes the numbers; only ever run when forced
+    min_auto_keys: int = 1  # automatic selection passes it over for fewer keys (forcing does not)
 
 
 @cache
@@ -125,11 +127,16 @@ def _run_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         return _sdpa(q.float(), k.float(), v.float()).to(q.dtype)
 
 
+# Up to this many keys (the cross-attention's 512 text tokens) cuDNN's kernel through SDPA beats
+# FlashInfer's, which is tiled for long sequences: 1.49 against 2.06 ms at A14B 720P, 0.45 against
+# 0.53 ms at TI2V-5B 720P on an H100 (BENCHMARKS.md); FlashInfer wins on the video's own tokens.
+SHORT_KEYS = 512
+
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("flash3", _check_flash("flash_attn_interface", (9, 0), (9, 0)), _run_flash3),
-        Backend("flashinfer", flashinfer_attention.check, flashinfer_attention.run),
+        Backend("flashinfer", flashinfer_attention.check, flashinfer_attention.run, min_auto_keys=SHORT_KEYS + 1),
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
@@ -160,7 +167,7 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) 
         if reason:
             raise RuntimeError(f"attention backend {name!r} cannot run this request: {reason}")
         return BACKENDS[name]
-    return next(b for b in BACKENDS.values() if b.exact and b.check(q, k, v) is None)
+    return next(b for b in BACKENDS.values() if b.exact and k.shape[1] >= b.min_auto_keys and b.check(q, k, v) is None)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, backend: str | None = None) -> Tensor:

@@ -55,24 +55,15 @@ def device_problem(device: torch.device, dtype: torch.dtype = torch.bfloat16) ->
     return None
 
 
-def _input_problem(q: Tensor) -> str | None:
-    """What the inputs' metadata rules out (checked while tracing too: no device queries)."""
-    if q.dtype not in (torch.float16, torch.bfloat16):
-        return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
-    if q.shape[-1] != 128:
-        return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
-    return None
-
-
 def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     """None when an FP8 attention kernel can run (B, L, N, D) q/k/v, else why not."""
     if not q.is_cuda:
         return device_problem(q.device)
-    return _input_problem(q) or device_problem(q.device, q.dtype)
-
-
-def _refusal(reason: str) -> RuntimeError:
-    return RuntimeError(f"attention backend 'fp8' cannot run this request: {reason}")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        return f"takes fp16/bf16 inputs (it quantizes them), got {q.dtype}"
+    if q.shape[-1] != 128:
+        return f"head dim {q.shape[-1]} is not 128 (every Wan2.2 DiT's; the only one measured)"
+    return device_problem(q.device, q.dtype)
 
 
 @cache
@@ -90,9 +81,7 @@ def _quantize(x: Tensor, smooth: bool) -> tuple[Tensor, Tensor, Tensor, Tensor |
     e4m3's 3-bit mantissa then spends on what varies between tokens. For K it changes every
     logit of a query by the same amount, which the softmax cancels; for V the output is shifted
     by exactly that mean (the softmax weights sum to 1), which the caller adds back. max|x − mean|
-    comes from each channel's max and min, so no pass reads x − mean before the cast. Without
-    smoothing the maximum is taken per token first: in a compiled block that reduction joins the
-    kernel that writes x's rows (q's RMSNorm and RoPE) instead of reading x again.
+    comes from each channel's max and min, so no pass reads x − mean before the cast.
     """
     x = x.float()
     if smooth:
@@ -184,60 +173,53 @@ def attend(q: Tensor, k: Tensor, v: Tensor, kernel: str | None = None) -> tuple[
     """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v as (out, v_mean), the attention being
     out + v_mean: out (B, Lq, N, D) in q's dtype, V's per-channel mean (B, 1, N, D) in fp32.
 
-    Leaving the add to the caller saves a pass over O: the DiT adds it in the kernel that
-    quantizes O's rows for the o projection (`WanSelfAttention.project_out`). Traced by a
-    compiled block, the quantization of q, k and v joins the block's graph, so Inductor fuses it
-    with the kernels that write them; the kernels run behind one opaque operator. `kernel`
-    forces one of KERNELS (benchmarks, tests); by default FlashInfer's where it loads.
+    Leaving the add to the caller saves a pass over O (read and written, 1.5 GB at 720P A14B):
+    the DiT adds it in the kernel that quantizes O's rows for the o projection anyway
+    (`WanSelfAttention.project_out`). `kernel` forces one of KERNELS (benchmarks, tests); by
+    default FlashInfer's where it loads.
     """
     if kernel is not None and kernel not in KERNELS:
         raise ValueError(f"unknown FP8 attention kernel {kernel!r}; known: {', '.join(KERNELS)}")
-    if reason := _input_problem(q):
-        raise _refusal(reason)
-    quantize = _quantize if torch.compiler.is_compiling() else _compiled(_quantize)
-    (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = quantize(q, False), quantize(k, True), quantize(v, True)
-    return _kernel_op(q8, k8, v8, dq, dk, sv, dv, q.dtype, kernel), v_mean
+    return _attend_op(q, k, v, kernel)
 
 
 def run(q: Tensor, k: Tensor, v: Tensor, kernel: str | None = None) -> Tensor:
     """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's
     dtype (`attend` with V's mean added back: the `fp8` backend of `wan_core.ops.attention`)."""
     out, v_mean = attend(q, k, v, kernel)
-    return (add_mean if torch.compiler.is_compiling() else _compiled(add_mean))(out, v_mean)
+    return _compiled(add_mean)(out, v_mean)
 
 
+# One opaque operator, as `wanops::attention` is: the kernel is chosen where it runs (what loads
+# on that machine) and a compiled block around it stays one graph.
 @torch.library.custom_op("wanops::fp8_attention", mutates_args=())
-def _kernel_op(
-    q8: Tensor, k8: Tensor, v8: Tensor, descale_q: Tensor, descale_k: Tensor, scale_v: Tensor, descale_v: Tensor,
-    out_dtype: torch.dtype, kernel: str | None,
-) -> Tensor:
-    """The kernel on quantized q/k/v, O (its V less V's mean) in `out_dtype`. One operator, so the
-    kernel is chosen where it runs (what loads on that machine) and a compiled block stays one graph."""
-    if reason := device_problem(q8.device, out_dtype):
-        raise _refusal(reason)
+def _attend_op(q: Tensor, k: Tensor, v: Tensor, kernel: str | None) -> tuple[Tensor, Tensor]:
+    if reason := check(q, k, v):
+        raise RuntimeError(f"attention backend 'fp8' cannot run this request: {reason}")
     if kernel is None:
-        kernel = "flashinfer" if _flashinfer_problem(q8.device, out_dtype) is None else "cudnn"
+        kernel = "flashinfer" if _flashinfer_problem(q.device, q.dtype) is None else "cudnn"
+    quantize = _compiled(_quantize)
+    (q8, _, dq, _), (k8, _, dk, _), (v8, sv, dv, v_mean) = quantize(q, False), quantize(k, True), quantize(v, True)
     if kernel == "flashinfer":
-        return flashinfer_attention.run_fp8(q8, k8, v8, (descale_q, descale_k, descale_v), out_dtype).contiguous()
-    o8 = torch.empty(q8.shape, dtype=E4M3, device=q8.device)
+        return flashinfer_attention.run_fp8(q8, k8, v8, (dq, dk, dv), q.dtype).contiguous(), v_mean
+    o8 = torch.empty(q.shape, dtype=E4M3, device=q.device)
     plan = _plan(q8, k8, v8, o8)
-    if q8.device.index not in _p_scales:
-        one = torch.ones(1, 1, 1, 1, dtype=torch.float32, device=q8.device)
-        _p_scales[q8.device.index] = (one * E4M3_MAX, one / E4M3_MAX)
-    scale_s, descale_s = _p_scales[q8.device.index]
-    amax = torch.empty(2, 1, 1, 1, dtype=torch.float32, device=q8.device)  # cuDNN reports max|P|, max|O|: unused
+    if q.device.index not in _p_scales:
+        one = torch.ones(1, 1, 1, 1, dtype=torch.float32, device=q.device)
+        _p_scales[q.device.index] = (one * E4M3_MAX, one / E4M3_MAX)
+    scale_s, descale_s = _p_scales[q.device.index]
+    amax = torch.empty(2, 1, 1, 1, dtype=torch.float32, device=q.device)  # cuDNN reports max|P|, max|O|: unused
     tensors = {
-        "q": q8, "k": k8, "v": v8, "descale_q": descale_q, "descale_k": descale_k, "descale_v": descale_v,
-        "descale_s": descale_s, "scale_s": scale_s, "scale_o": scale_v,
+        "q": q8, "k": k8, "v": v8, "descale_q": dq, "descale_k": dk, "descale_v": dv,
+        "descale_s": descale_s, "scale_s": scale_s, "scale_o": sv,
         "o": o8, "amax_s": amax[0:1], "amax_o": amax[1:2],
     }
-    handle = _handle(q8.device)
-    _frontend().set_stream(handle=handle, stream=torch.cuda.current_stream(q8.device).cuda_stream)
+    handle = _handle(q.device)
+    _frontend().set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
     plan.graph.execute({plan.ports[name]: t for name, t in tensors.items()}, plan.workspace, handle=handle)
-    return _compiled(_dequantize)(o8, descale_v, out_dtype)
+    return _compiled(_dequantize)(o8, dv, q.dtype), v_mean
 
 
-@_kernel_op.register_fake
-def _(q8: Tensor, k8: Tensor, v8: Tensor, descale_q: Tensor, descale_k: Tensor, scale_v: Tensor, descale_v: Tensor,
-      out_dtype: torch.dtype, kernel: str | None) -> Tensor:
-    return torch.empty(q8.shape, dtype=out_dtype, device=q8.device)
+@_attend_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, kernel: str | None) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(q, memory_format=torch.contiguous_format), v.new_empty((v.shape[0], 1, *v.shape[2:]), dtype=torch.float32)

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from wan_core.ops.attention import ENV_VAR, attention, attention_backend, select_backend
+from wan_core.ops import attention as attention_module
+from wan_core.ops.attention import (
+    ENV_VAR,
+    SHORT_KEYS,
+    Backend,
+    attention,
+    attention_backend,
+    select_backend,
+)
 
 
 def masked_reference(q: Tensor, k: Tensor, v: Tensor, k_lens: list[int]) -> Tensor:
@@ -45,6 +53,27 @@ def test_environment_variable_forces_a_backend(monkeypatch: pytest.MonkeyPatch) 
         attention(q, q, q)
     with attention_backend("math"):  # the context manager wins over the environment
         assert attention(q, q, q).dtype == torch.bfloat16
+
+
+def test_automatic_choice_passes_over_a_kernel_below_its_key_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlashInfer's kernel loses to cuDNN's on the 512 text keys: picked for the video's own
+    tokens only, unless forced."""
+    kernels = {name: Backend(name, lambda q, k, v: None, lambda q, k, v: q) for name in ("long", "any")}
+    kernels["long"] = Backend("long", lambda q, k, v: None, lambda q, k, v: q, min_auto_keys=SHORT_KEYS + 1)
+    monkeypatch.setattr(attention_module, "BACKENDS", kernels)
+    q = torch.randn(1, 4, 2, 8)
+    text, video = (torch.randn(1, n, 2, 8) for n in (SHORT_KEYS, SHORT_KEYS + 1))
+    assert select_backend(q, text, text).name == "any"
+    assert select_backend(q, video, video).name == "long"
+    assert select_backend(q, text, text, backend="long").name == "long"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_takes_cudnn_for_the_text_keys() -> None:
+    q = torch.randn(1, 2048, 4, 128, device="cuda", dtype=torch.bfloat16)
+    text = torch.randn(1, SHORT_KEYS, 4, 128, device="cuda", dtype=torch.bfloat16)
+    assert select_backend(q, q, q).name in ("flash3", "flashinfer", "flash2", "sdpa")
+    assert select_backend(q, text, text).name in ("flash3", "flash2", "sdpa")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
