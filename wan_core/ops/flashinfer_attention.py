@@ -135,9 +135,7 @@ def build(modules: list[tuple[torch.dtype, torch.dtype | None]], head_dim: int, 
     prefill, why = _import()
     if prefill is None:
         raise SystemExit(why)
-    from flashinfer.jit import (
-        env,  # FlashInfer's cache layout (pinned <0.8 in pyproject)
-    )
+    from flashinfer.jit import env  # FlashInfer's cache layout (pinned <0.8 in pyproject)
 
     built = []
     for dtype, out_dtype in modules:

@@ -100,7 +100,7 @@ def _dequantize(x: Tensor, descale: Tensor, dtype: torch.dtype) -> Tensor:
     return (x.float() * descale.reshape(())).to(dtype)
 
 
-def add_mean(x: Tensor, mean: Tensor) -> Tensor:
+def _add_mean(x: Tensor, mean: Tensor) -> Tensor:
     """The attention's output from `attend`'s: V's mean added back (see `_quantize`)."""
     return (x.float() + mean).to(x.dtype)
 
@@ -187,7 +187,7 @@ def run(q: Tensor, k: Tensor, v: Tensor, kernel: str | None = None) -> Tensor:
     """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's
     dtype (`attend` with V's mean added back: the `fp8` backend of `wan_core.ops.attention`)."""
     out, v_mean = attend(q, k, v, kernel)
-    return _compiled(add_mean)(out, v_mean)
+    return _compiled(_add_mean)(out, v_mean)
 
 
 # One opaque operator, as `wanops::attention` is: the kernel is chosen where it runs (what loads
