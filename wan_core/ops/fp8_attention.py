@@ -101,7 +101,7 @@ def _dequantize(x: Tensor, descale: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _add_mean(x: Tensor, mean: Tensor) -> Tensor:
-    """The attention's output from `attend`'s: V's mean added back (see `_quantize`)."""
+    """`attend`'s output with V's mean added back: the attention itself (see `_quantize`)."""
     return (x.float() + mean).to(x.dtype)
 
 
