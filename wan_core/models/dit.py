@@ -34,6 +34,7 @@ from wan_core.checkpoint.errors import CheckpointError
 from wan_core.ops import fused_norm
 from wan_core.ops.attention import attention, attention_with_shift
 from wan_core.ops.fp8 import E4M3, RowScaled, quantize_rows, split_rows
+from wan_core.ops.fp8_attention import add_shift
 
 # Parameters whose computation the official forward keeps in fp32 (§3.8): the time embedding and
 # its projection, the per-block and head modulation tables, the affine LayerNorm before
@@ -403,7 +404,7 @@ class WanSelfAttention(_Projections):
         """The attention's (B, L, N, D) output, plus `shift` (B, 1, N, D) where the kernel left
         one to add (FP8 attention: V's mean), through `o`: [B, L, dim]."""
         if shift is not None:  # compiled, the add joins the kernel that quantizes o's rows
-            out = (out.float() + shift).to(out.dtype)
+            out = add_shift(out, shift)
         return _linear(self.o, out.flatten(2))
 
 

@@ -56,6 +56,8 @@ class Backend:
     check: Callable[[Tensor, Tensor, Tensor], str | None]
     run: Callable[[Tensor, Tensor, Tensor], Tensor]  # dense (B, L, N, D) → (B, Lq, N, D)
     exact: bool = True  # False: changes the numbers; only ever run when forced
+    # (out, shift) with the attention = out + shift, for callers that add shift themselves
+    shifted: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
     min_auto_keys: int = 1  # automatic selection passes it over for fewer keys (forcing does not)
 
 
@@ -140,7 +142,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
-        Backend("fp8", fp8_attention.check, fp8_attention.run, exact=False),
+        Backend("fp8", fp8_attention.check, fp8_attention.run, exact=False, shifted=fp8_attention.attend),
     )
 }
 
@@ -187,12 +189,13 @@ def attention_with_shift(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | No
     """`attention` as (out, shift) with the attention = out + shift, for a caller that reads out
     anyway and can add shift there (the DiT's o projection, in the kernel quantizing its rows).
 
-    Only the `fp8` backend, passed here by name and with no key padding, returns a shift: V's
-    per-channel mean (B, 1, N, D, fp32), which its kernel attends without (`fp8_attention.attend`).
-    Everything else is `attention` with shift None.
+    Only a backend with a `shifted` entry, passed here by name and with no key padding, returns a
+    shift: the `fp8` one, V's per-channel mean (B, 1, N, D, fp32), which its kernel attends
+    without (`fp8_attention.attend`). Everything else is `attention` with shift None.
     """
-    if backend == "fp8" and k_lens is None:
-        return fp8_attention.attend(*_autocast(q, k, v))
+    shifted = BACKENDS[backend].shifted if backend in BACKENDS else None
+    if shifted is not None and k_lens is None:
+        return shifted(*_autocast(q, k, v))
     return attention(q, k, v, k_lens=k_lens, backend=backend), None
 
 

@@ -100,9 +100,10 @@ def _dequantize(x: Tensor, descale: Tensor, dtype: torch.dtype) -> Tensor:
     return (x.float() * descale.reshape(())).to(dtype)
 
 
-def _add_mean(x: Tensor, mean: Tensor) -> Tensor:
-    """`attend`'s output with V's mean added back: the attention itself (see `_quantize`)."""
-    return (x.float() + mean).to(x.dtype)
+def add_shift(out: Tensor, shift: Tensor) -> Tensor:
+    """out + shift in fp32, rounded to out's dtype: `attend`'s output with V's mean added back is
+    the attention itself (see `_quantize`)."""
+    return (out.float() + shift).to(out.dtype)
 
 
 @dataclass
@@ -187,7 +188,7 @@ def run(q: Tensor, k: Tensor, v: Tensor, kernel: str | None = None) -> Tensor:
     """softmax(q·kᵀ/√D)·v for (B, L, N, D) q/k/v through an FP8 kernel; (B, Lq, N, D) in q's
     dtype (`attend` with V's mean added back: the `fp8` backend of `wan_core.ops.attention`)."""
     out, v_mean = attend(q, k, v, kernel)
-    return _compiled(_add_mean)(out, v_mean)
+    return _compiled(add_shift)(out, v_mean)
 
 
 # One opaque operator, as `wanops::attention` is: the kernel is chosen where it runs (what loads

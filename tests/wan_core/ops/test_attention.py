@@ -58,8 +58,10 @@ def test_environment_variable_forces_a_backend(monkeypatch: pytest.MonkeyPatch) 
 def test_automatic_choice_passes_over_a_kernel_below_its_key_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """FlashInfer's kernel loses to cuDNN's on the 512 text keys: picked for the video's own
     tokens only, unless forced."""
-    kernels = {name: Backend(name, lambda q, k, v: None, lambda q, k, v: q) for name in ("long", "any")}
-    kernels["long"] = Backend("long", lambda q, k, v: None, lambda q, k, v: q, min_auto_keys=SHORT_KEYS + 1)
+    kernels = {
+        "long": Backend("long", lambda q, k, v: None, lambda q, k, v: q, min_auto_keys=SHORT_KEYS + 1),
+        "any": Backend("any", lambda q, k, v: None, lambda q, k, v: q),
+    }
     monkeypatch.setattr(attention_module, "BACKENDS", kernels)
     q = torch.randn(1, 4, 2, 8)
     text, video = (torch.randn(1, n, 2, 8) for n in (SHORT_KEYS, SHORT_KEYS + 1))
