@@ -20,22 +20,15 @@ state, and the source of `wan_core.models` and `wan_core.ops` (a changed kernel 
 runs stale code). A file that cannot be read, or whose guards refuse the call, is compiled again.
 A load marks its file used; a save beyond `MAX_SAVED` files removes the least recently used, so
 the files of past torch versions, GPU kinds, sizes and our past code do not pile up on a claim.
-
-Loading a saved block still costs a process ≈ 2 s of one CPU core with the GPU idle (H100 host,
-BENCHMARKS.md): the modules its generated code imports, and the cache keys Triton and Inductor
-hash from their own installed files. A thread does that work from `compile_blocks` on, while the
-prompts are encoded and the weights move to the GPU; the first call waits for it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,9 +44,6 @@ ENV_VAR = "WANOPS_COMPILE"
 SAVED_FORMAT = 1
 MAX_SAVED = 64  # compiled blocks kept per folder (a few MB each)
 _SOURCES = ("models", "ops")  # wan_core subpackages whose code a compiled block runs
-# What a saved block's Inductor code imports when it loads (its header) that torch has not yet.
-_LOAD_IMPORTS = ("torch._inductor.select_algorithm", "torch._inductor.codegen.memory_planning",
-                 "torch._inductor.async_compile", "torch._inductor.runtime.triton_heuristics", "triton.language")
 
 
 def compile_wanted(device: torch.device) -> bool:
@@ -100,38 +90,12 @@ def saved_folder() -> Path:
     return Path(cache_dir()) / "wanops-blocks"
 
 
-@functools.cache
-def _load_warmup() -> threading.Thread:
-    """The process's one thread doing `_warm_load`, started at the first call."""
-    thread = threading.Thread(target=_warm_load, name="wanops-compile-warm", daemon=True)
-    thread.start()
-    return thread
-
-
-def _warm_load() -> None:
-    """The one-time work of loading a saved block that needs no block: imports and cache keys.
-
-    Only a head start: what fails here fails again, with its error, where the load needs it."""
-    try:
-        for name in _LOAD_IMPORTS:
-            importlib.import_module(name)
-        from torch._inductor.codecache import torch_key
-        from triton.runtime.cache import triton_key
-
-        triton_key()  # each cached for the process after its first call
-        torch_key()
-    except Exception as err:
-        log.debug("compiler warm-up stopped: %s", err)
-
-
 class SavedForward:
     """One block class's forward, compiled once per input signature and kept in `folder`."""
 
     def __init__(self, folder: Path, backend: str) -> None:
         self.folder, self.backend = Path(folder), backend
         self._compiled: dict[str, Callable[..., Tensor]] = {}
-        if backend == "inductor":
-            _load_warmup()
 
     def __getstate__(self) -> dict[str, Any]:
         # Saving a block pickles its guards' state, which reaches this object through the block's
@@ -139,8 +103,6 @@ class SavedForward:
         return {**self.__dict__, "_compiled": {}}
 
     def __call__(self, block: nn.Module, *args: Any) -> Tensor:
-        if self.backend == "inductor":  # the compiler is touched here first: no import races it
-            _load_warmup().join()
         key = self._key(block, args)
         if (fn := self._compiled.get(key)) is None:
             fn = self._compiled[key] = self._load(key) or self._compile(key, block, args)
