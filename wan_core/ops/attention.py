@@ -172,15 +172,6 @@ def select_backend(q: Tensor, k: Tensor, v: Tensor, backend: str | None = None) 
     return next(b for b in BACKENDS.values() if b.exact and k.shape[1] >= b.min_auto_keys and b.check(q, k, v) is None)
 
 
-def load_ahead(device: torch.device, dtype: torch.dtype, head_dim: int, backend: str | None = None) -> None:
-    """Load what the backend of a long self-attention needs before its first call (FlashInfer's
-    package and kernel module: ≈ 1 s of one CPU core on an H100 host), e.g. on a thread while the
-    weights move in. A backend that cannot run is left for the first call to report."""
-    q = torch.empty((1, SHORT_KEYS + 1, 1, head_dim), device=device, dtype=dtype)
-    with contextlib.suppress(RuntimeError, ValueError, StopIteration):
-        select_backend(q, q, q, backend)
-
-
 def attention(q: Tensor, k: Tensor, v: Tensor, *, k_lens: Tensor | None = None, backend: str | None = None) -> Tensor:
     """softmax(q·kᵀ/√D)·v on (B, L, N, D) tensors; keys ≥ k_lens[b] of sample b are ignored.
 

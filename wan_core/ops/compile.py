@@ -20,18 +20,12 @@ state, and the source of `wan_core.models` and `wan_core.ops` (a changed kernel 
 runs stale code). A file that cannot be read, or whose guards refuse the call, is compiled again.
 A load marks its file used; a save beyond `MAX_SAVED` files removes the least recently used, so
 the files of past torch versions, GPU kinds, sizes and our past code do not pile up on a claim.
-
-Loading a saved block still costs a process ≈ 2 s of one CPU core with the GPU idle (H100 host,
-BENCHMARKS.md), mostly the modules Inductor's generated code imports and the cache key Triton
-hashes from its installed files: `load_ahead` does that work where a caller has a thread and time
-to spare (the pipelines: while the first DiT's weights move to the GPU).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -50,9 +44,6 @@ ENV_VAR = "WANOPS_COMPILE"
 SAVED_FORMAT = 1
 MAX_SAVED = 64  # compiled blocks kept per folder (a few MB each)
 _SOURCES = ("models", "ops")  # wan_core subpackages whose code a compiled block runs
-# What a saved block's generated code imports when it loads that torch has not imported before.
-_LOAD_IMPORTS = ("torch._inductor.select_algorithm", "torch._inductor.codegen.memory_planning",
-                 "torch._inductor.async_compile", "torch._inductor.runtime.triton_heuristics", "triton.language")
 
 
 def compile_wanted(device: torch.device) -> bool:
@@ -82,22 +73,6 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", *, saved: Path |
     for block in model.blocks:
         block.compile(backend=backend, dynamic=False)
     return model
-
-
-def load_ahead() -> None:
-    """The part of loading a compiled block that needs no block: Inductor's imports and the cache
-    keys of Triton and Inductor (each kept for the process after its first use). Only a head
-    start: what fails here fails again, with its error, where the load needs it."""
-    try:
-        for name in _LOAD_IMPORTS:
-            importlib.import_module(name)
-        from torch._inductor.codecache import torch_key
-        from triton.runtime.cache import triton_key
-
-        triton_key()
-        torch_key()
-    except Exception as err:
-        log.debug("compiled block load ahead stopped: %s", err)
 
 
 def _aot_compile_available() -> bool:

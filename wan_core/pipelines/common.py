@@ -38,13 +38,11 @@ host copy stays the checkpoint's fp32 file mapping (`residency.py`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
 import random
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -62,12 +60,10 @@ from wan_core.checkpoint.dit import load_dit_experts
 from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
 from wan_core.checkpoint.vae import load_vae
-from wan_core.models.dit import WanModel, WanSelfAttention
+from wan_core.models.dit import WanModel
 from wan_core.models.t5 import T5Encoder
 from wan_core.models.vae_blocks import ChunkedVAE
-from wan_core.ops.attention import load_ahead as load_attention_ahead
 from wan_core.ops.compile import compile_blocks, compile_wanted, saved_folder
-from wan_core.ops.compile import load_ahead as load_compiled_ahead
 from wan_core.ops.quant import check_quantization, quantize_dit
 from wan_core.pipelines.residency import Residency
 from wan_core.prompt_cache import PromptCache, entry_variant
@@ -85,9 +81,6 @@ log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed accepts 0 … 2^64 − 1
 _DTYPES = (torch.float32, torch.bfloat16)
-# While `_load_ahead`'s thread runs it hands the GIL over after this many seconds, not Python's
-# 5 ms: the weight copies it overlaps are many short GIL-free calls, each waiting for the GIL back.
-AHEAD_SWITCH_INTERVAL = 1e-4
 
 
 def sequential_branches(
@@ -96,16 +89,6 @@ def sequential_branches(
     """The two CFG branches one after the other, as upstream (`wan_core.parallel.cfg` has the
     two-group alternative)."""
     return model(x, t, context, y), model(x, t, context_null, y)
-
-
-def _run_ahead(tasks: list[Callable[[], None]]) -> None:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, AHEAD_SWITCH_INTERVAL))
-    try:
-        for task in tasks:
-            task()
-    finally:
-        sys.setswitchinterval(before)
 
 
 def resolve_seed(seed: int) -> int:
@@ -304,7 +287,7 @@ class WanPipeline:
         cast_on_device = (convert_model_dtype and precision == "exact" and self.parallel is None
                           and self.device.type == "cuda" and self.dtype != torch.float32)
         stored = self.dtype if (convert_model_dtype or precision != "exact") and not cast_on_device else None
-        compile = self._compile = compile_wanted(self.device)
+        compile = compile_wanted(self.device)
         if self.parallel is None:
             self.experts: dict[str, WanModel] = load_dit_experts(
                 folder.root, device="cpu", dtype=stored, model_type=self.task.model_type,
@@ -501,12 +484,9 @@ class WanPipeline:
                 continue
             expert, scale = expert_for_step(self.task, t, opts.guide_scale)
             moved = time.perf_counter()
-            ahead = self._load_ahead(self.experts[expert]) if i == start else None
             model = self._active_dit(expert, keep_others=keep)
             if i == start:  # a cold start's second half: the first DiT's copy here, then its compile
                 log.info("%s on %s in %.1f s", expert or "DiT", self.device, time.perf_counter() - moved)
-                if ahead is not None:
-                    ahead.join()
             timestep = first_frame.timesteps(t) if first_frame is not None else t[None]
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
@@ -528,20 +508,6 @@ class WanPipeline:
             self._residency.release_all(except_=None if opts.offload_model else expert)
             self._empty_cache()
         return x
-
-    def _load_ahead(self, model: WanModel) -> threading.Thread | None:
-        """A thread loading what the process's first forward would load with the GPU idle (the
-        compiled blocks' Inductor modules, the self-attention kernel's module: ≈ 2 s of one CPU
-        core on an H100 host) while the caller copies `model` in, whose copies release the GIL;
-        loaded at the start of the run instead, it took as long from the prompts' encoding."""
-        if self.device.type != "cuda":
-            return None
-        backend = next((m.attention_backend for m in model.modules() if isinstance(m, WanSelfAttention)), None)
-        tasks = [load_compiled_ahead] if self._compile else []
-        tasks.append(functools.partial(load_attention_ahead, self.device, self.dtype, model.cfg.head_dim, backend))
-        thread = threading.Thread(target=_run_ahead, args=(tasks,), name="wanops-load-ahead", daemon=True)
-        thread.start()
-        return thread
 
     def decode(self, latent: Tensor) -> Tensor | None:
         """[z, F_lat, h, w] → video [3, F, H, W] fp32 in [−1, 1] (§5.5).
