@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny config and a few tokens on CPU: checks the script")
     parser.add_argument("--out", type=Path, help="append one JSON line with the results here")
     args = parser.parse_args()
+    if args.runs < 1 or args.rounds < 1:
+        parser.error("--runs and --rounds must be at least 1")
 
     flavor, cfg, size, frames, device, shape, tokens = workload(args.model, None, None, args.tiny)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
