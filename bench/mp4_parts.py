@@ -43,7 +43,9 @@ from wan_core.video import CODEC, QUALITY, save_video, to_frames  # noqa: E402
 FPS = 24
 
 
-def timed(fn: Callable[[], Any], runs: int, device: torch.device) -> list[float]:
+def host_clock(fn: Callable[[], Any], runs: int, device: torch.device) -> list[float]:
+    """`runs` host-clock timings of `fn`, GPU work included. No warm-up, unlike bench/timing.py's
+    `timed` and decode_to_mp4.py's `wall`: the process's first decode is one of the parts."""
     out = []
     for _ in range(runs):
         if device.type == "cuda":
@@ -91,7 +93,7 @@ def main() -> int:
     parts: dict[str, list[float]] = {}
 
     def part(name: str, fn: Callable[[], Any], runs: int = args.runs) -> None:
-        parts[name] = timed(fn, runs, device)
+        parts[name] = host_clock(fn, runs, device)
         print(f"{name:>40}: {' '.join(f'{s:.2f}' for s in parts[name])} s", flush=True)
 
     def encode(frames_uint8: np.ndarray, params: list[str] | None) -> None:
