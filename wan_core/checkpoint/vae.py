@@ -4,12 +4,15 @@ The files are plain `torch.save`d fp32 state dicts with the official names (spec
 config: which VAE it is and its architecture are read off the tensor shapes (`from_state_dict`),
 every key and shape is checked against a model built on the meta device from that architecture,
 and the tensors — memory-mapped, not read into RAM first — are moved straight to the target device
-and dtype and assigned. Every problem with the file is one `CheckpointError` naming it.
+and dtype and assigned. Every problem with the file is one `CheckpointError` naming it, raised by
+`open_vae`, which checks without moving anything; `VAEFile.load` moves it, where and when the
+caller wants (the pipelines: on a thread while the DiT samples).
 """
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,14 +49,24 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_vae(
-    path: str | Path,
-    *,
-    kind: VAEKind | None = None,
-    device: torch.device | str,
-    dtype: torch.dtype = torch.float32,
-) -> Wan21VAE | Wan22VAE:
-    """Build the VAE the file holds on `device` in `dtype` (fp32 = official, §5.5; bf16 is opt-in).
+@dataclass
+class VAEFile:
+    """A checked VAE file: its model built on the meta device and its tensors memory-mapped."""
+
+    path: Path
+    model: Wan21VAE | Wan22VAE
+    state: dict[str, torch.Tensor]
+
+    def load(self, *, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Wan21VAE | Wan22VAE:
+        """The model on `device` in `dtype` (fp32 = official, §5.5; bf16 is opt-in). Once per file:
+        each tensor goes from the mapped file straight to device and dtype (no staging copy there)
+        and is assigned into the meta model, not copied again."""
+        self.model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in self.state.items()}, strict=True, assign=True)
+        return self.model.eval().requires_grad_(False)
+
+
+def open_vae(path: str | Path, *, kind: VAEKind | None = None) -> VAEFile:
+    """Check the VAE file (keys, shapes, dtypes, which VAE) without loading its tensors.
 
     `kind` ("2.1" or "2.2") is what the task needs; a file of the other kind is refused.
     """
@@ -83,7 +96,18 @@ def load_vae(
     not_float = sorted(k for k, v in state.items() if not v.is_floating_point())
     if not_float:
         raise CheckpointError(path, f"non-floating tensors: {', '.join(not_float[:8])}", "fp32 weights")
-    # Each tensor goes from the mapped file straight to device and dtype (no staging copy there)
-    # and is assigned into the meta model, not copied again.
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return VAEFile(path, model, state)
+
+
+def load_vae(
+    path: str | Path,
+    *,
+    kind: VAEKind | None = None,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> Wan21VAE | Wan22VAE:
+    """Build the VAE the file holds on `device` in `dtype` (fp32 = official, §5.5; bf16 is opt-in).
+
+    `kind` ("2.1" or "2.2") is what the task needs; a file of the other kind is refused.
+    """
+    return open_vae(path, kind=kind).load(device=device, dtype=dtype)

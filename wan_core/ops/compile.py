@@ -20,6 +20,11 @@ state, and the source of `wan_core.models` and `wan_core.ops` (a changed kernel 
 runs stale code). A file that cannot be read, or whose guards refuse the call, is compiled again.
 A load marks its file used; a save beyond `MAX_SAVED` files removes the least recently used, so
 the files of past torch versions, GPU kinds, sizes and our past code do not pile up on a claim.
+
+A load first asks for `triton_key()`, Inductor's cache key for the Triton it runs: a SHA-256 of
+Triton's sources and its 0.5 GB `libtriton.so`, ≈0.4 s of one core once per process, on the way
+to the first denoising step. Reading and hashing release the GIL, so `compile_blocks` starts it on
+a thread, where it runs beside the weights' load and copy to the GPU.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,7 @@ def compile_blocks(model: nn.Module, backend: str = "inductor", *, saved: Path |
     only for blocks without hooks, and where this torch has AOT compile.
     """
     if saved is not None and _aot_compile_available():
+        _hash_triton_ahead()
         shared = SavedForward(saved, backend)
         for block in model.blocks:
             block.forward = functools.partial(shared, block)
@@ -80,6 +87,28 @@ def _aot_compile_available() -> bool:
     import torch._dynamo
 
     return hasattr(torch.compiler, "load_compiled_function") and hasattr(torch._dynamo.config, "enable_aot_compile")
+
+
+_triton_key_thread: threading.Thread | None = None
+
+
+def _hash_triton_ahead() -> None:
+    """Compute `triton_key()` on a thread, once per process (module docstring); its cache keeps it."""
+    global _triton_key_thread
+    if _triton_key_thread is not None:
+        return
+    try:
+        from triton.runtime.cache import triton_key
+    except ImportError:  # no Triton: nothing to hash, and Inductor will say so itself
+        return
+    _triton_key_thread = threading.Thread(target=triton_key, name="triton-key", daemon=True)
+    _triton_key_thread.start()
+
+
+def _triton_key_hashed() -> None:
+    """Wait for the thread, so a load does not hash the same library a second time beside it."""
+    if _triton_key_thread is not None:
+        _triton_key_thread.join()
 
 
 def saved_folder() -> Path:
@@ -132,6 +161,7 @@ class SavedForward:
         path = self.folder / f"{key}.bin"
         if not path.is_file():
             return None
+        _triton_key_hashed()
         try:
             with path.open("rb") as f:
                 fn = torch.compiler.load_compiled_function(f)

@@ -11,16 +11,25 @@ and builds its kernels with nvcc on first use (`build`, below, does it ahead of 
 Its FP8 variant (e4m3 Q, K, V with one dequantization scale per head, bf16/fp16 out) is the
 kernel `wan_core.ops.fp8_attention` prefers for the lossy `fp8-full` mode: 2.5% faster than
 cuDNN's FP8 kernel at A14B 720P with the same quantization and the same measured error.
+
+A module the image installed in FlashInfer's AOT folder is loaded by path through `tvm_ffi`,
+without importing the `flashinfer` package: its `__init__` imports every subpackage (MoE, GEMM,
+MLA, an HTTP client, …), ≈0.6 s on the path to a process's first denoising step. Both ways call
+the same module function with the same arguments (`_call`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
+import math
 import os
 import shutil
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,7 @@ DTYPES = (torch.float16, torch.bfloat16)
 E4M3 = torch.float8_e4m3fn
 
 
-@cache
+@functools.cache
 def _import() -> tuple[Any | None, str | None]:
     """(flashinfer.prefill, None), or (None, why it cannot be used)."""
     try:
@@ -56,22 +65,83 @@ def _module_args(dtype: torch.dtype, head_dim: int, out_dtype: torch.dtype | Non
     return ("fa3", dtype, dtype, out_dtype or dtype, head_dim, head_dim, 0, False, False, False)
 
 
-@cache
-def _load(dtype: torch.dtype, head_dim: int, out_dtype: torch.dtype | None = None) -> str | None:
-    """Load (building it first if it is not in FlashInfer's cache) the kernel module; None on
-    success, else the reason in one line. Cached: a failed build is not retried every call."""
+# FlashInfer versions whose module `run` takes `_run_module`'s arguments (its internal interface,
+# read off 0.7.2's `prefill.run_single_prefill`). Other versions go through the package's API.
+_DIRECT_VERSIONS = frozenset({"0.7.2", "0.7.2.post1"})
+_DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16", E4M3: "e4m3"}
+_TMP_BYTES = 32 << 20  # FlashInfer's SINGLE_KERNEL_TMP_SIZE
+Scales = tuple[Tensor, Tensor, Tensor]  # e4m3 q, k, v: one dequantization scale per head
+Kernel = Callable[[Tensor, Tensor, Tensor, torch.dtype, Scales | None], Tensor]  # one request's (L, N, D) q, k, v → o
+
+
+def _uri(args: tuple) -> str:
+    """FlashInfer's name for the module of `_module_args` (`prefill.get_single_prefill_uri`)."""
+    backend, q, kv, o, d_qk, d_vo, posenc, swa, cap, f16qk = args
+    return (f"single_prefill_with_kv_cache_dtype_q_{_DTYPE_NAMES[q]}_dtype_kv_{_DTYPE_NAMES[kv]}_"
+            f"dtype_o_{_DTYPE_NAMES[o]}_head_dim_qk_{d_qk}_head_dim_vo_{d_vo}_posenc_{posenc}_"
+            f"use_swa_{swa}_use_logits_cap_{cap}_f16qk_{f16qk}" + ("_sm90" if backend == "fa3" else ""))
+
+
+def _installed_path(args: tuple) -> Path | None:
+    """The module in FlashInfer's in-package AOT folder, where the runner image installs it
+    (`build --install`), found without importing the package; None if absent or another version."""
+    try:
+        version = importlib.metadata.version("flashinfer-python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    spec = importlib.util.find_spec("flashinfer")  # finds the package without running its __init__
+    if version not in _DIRECT_VERSIONS or spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "data" / "aot" / _uri(args) / f"{_uri(args)}.so"
+    return path if path.is_file() else None
+
+
+def _run_module(run: Callable[..., None], q: Tensor, k: Tensor, v: Tensor, out_dtype: torch.dtype,
+                scales: Scales | None) -> Tensor:
+    """One request through the module's `run` with what `flashinfer.single_prefill_with_kv_cache(q,
+    k, v, causal=False, kv_layout="NHD", backend="fa3"[, scale_q=, scale_k=, scale_v=], o_dtype=)`
+    passes it: non-causal, NHD layout, no window, no LSE, softmax scale 1/√D."""
+    tmp = torch.empty(_TMP_BYTES, dtype=torch.uint8, device=q.device)
+    out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+    sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    non_causal, nhd, no_window, no_lse = 0, 0, -1, None
+    if scales is None:  # fp16/bf16: no V scale tensor, no logits soft cap, scalar V scale 1
+        run(q, k, v, tmp, out, no_lse, non_causal, nhd, no_window, None, 0.0, sm_scale, 1.0)
+    else:  # e4m3: the per-head scale tensors, scalar scales 1
+        run(q, k, v, tmp, out, no_lse, non_causal, nhd, no_window, *scales, sm_scale, 1.0, 1.0, 1.0)
+    return out
+
+
+def _run_package(prefill: Any, q: Tensor, k: Tensor, v: Tensor, out_dtype: torch.dtype, scales: Scales | None) -> Tensor:
+    """One request through the package's API."""
+    fp8 = {} if scales is None else dict(zip(("scale_q", "scale_k", "scale_v"), scales, strict=True))
+    return prefill.single_prefill_with_kv_cache(q, k, v, causal=False, kv_layout="NHD", backend="fa3", o_dtype=out_dtype, **fp8)
+
+
+@functools.cache
+def _load(args: tuple) -> tuple[Kernel | None, str | None]:
+    """(the kernel of `_module_args`, None), or (None, why not in one line). An installed module
+    of a known version loads by path; otherwise the package loads the module, building it first if
+    it is not in its cache. Cached: a failed build is not retried every call."""
+    if (path := _installed_path(args)) is not None:
+        try:
+            import tvm_ffi  # FlashInfer's module loader, one of its dependencies
+
+            run = tvm_ffi.load_module(str(path)).run
+            log.info("FlashInfer's FA3 kernel loaded from %s", path)
+            return functools.partial(_run_module, run), None
+        except Exception as e:  # noqa: BLE001  (a broken file or library: the package's way may still work)
+            log.warning("cannot load FlashInfer's module %s directly (%s: %s); importing the package", path, type(e).__name__, e)
     prefill, why = _import()
     if prefill is None:
-        return why
-    args = _module_args(dtype, head_dim, out_dtype)
-    log.info("loading FlashInfer's FA3 kernel %s (the first use on a machine compiles it: 1-2 min on 16 cores)",
-             prefill.get_single_prefill_uri(*args))
+        return None, why
+    log.info("loading FlashInfer's FA3 kernel %s (the first use on a machine compiles it: 1-2 min on 16 cores)", _uri(args))
     try:
         prefill.get_single_prefill_module(*args)
     except Exception as e:  # noqa: BLE001  (nvcc missing, compile error, ABI mismatch: all mean "fall back")
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        return f"FlashInfer could not build or load its FA3 kernel ({type(e).__name__}: {first[:200]})"
-    return None
+        return None, f"FlashInfer could not build or load its FA3 kernel ({type(e).__name__}: {first[:200]})"
+    return functools.partial(_run_package, prefill), None
 
 
 def device_problem(device: torch.device) -> str | None:
@@ -93,34 +163,33 @@ def check(q: Tensor, k: Tensor, v: Tensor) -> str | None:
         return f"head dim {q.shape[-1]} is not one of {HEAD_DIMS}"
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         return "needs the head dim contiguous"
-    return _load(q.dtype, q.shape[-1])
+    return _load(_module_args(q.dtype, q.shape[-1]))[1]
 
 
-def _per_sample(q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> Tensor:
-    """FlashInfer's single-request prefill on each sample of (B, L, N, D) tensors (its API is per
+def _per_sample(q: Tensor, k: Tensor, v: Tensor, out_dtype: torch.dtype, scales: Scales | None = None) -> Tensor:
+    """The single-request kernel on each sample of (B, L, N, D) tensors (its interface is per
     request; at Wan's sizes each call is milliseconds to seconds of work, so the loop costs nothing)."""
-    prefill = _flashinfer()
-    out = [prefill.single_prefill_with_kv_cache(q[b], k[b], v[b], causal=False, kv_layout="NHD", backend="fa3", **kwargs)
-           for b in range(q.shape[0])]
+    kernel, _ = _load(_module_args(q.dtype, q.shape[-1], out_dtype))
+    out = [kernel(q[b], k[b], v[b], out_dtype, scales) for b in range(q.shape[0])]
     return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
 def run(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q·kᵀ/√D)·v on (B, L, N, D) q/k/v; (B, Lq, N, D) in q's dtype."""
-    return _per_sample(q, k, v)
+    return _per_sample(q, k, v, q.dtype)
 
 
 def fp8_problem(device: torch.device, head_dim: int, out_dtype: torch.dtype) -> str | None:
     """None when the FP8 kernel (e4m3 in, `out_dtype` out) runs on `device`, else why not."""
-    return device_problem(device) or _load(E4M3, head_dim, out_dtype)
+    return device_problem(device) or _load(_module_args(E4M3, head_dim, out_dtype))[1]
 
 
 def run_fp8(q8: Tensor, k8: Tensor, v8: Tensor, descales: tuple[Tensor, Tensor, Tensor], out_dtype: torch.dtype) -> Tensor:
     """softmax(q·kᵀ/√D)·v of e4m3 (B, L, N, D) q8/k8/v8, each dequantized by its one-element
     descale (FlashInfer takes one per head: the same value repeated), in `out_dtype`."""
     heads = q8.shape[2]
-    scale_q, scale_k, scale_v = (d.reshape(1).expand(heads).contiguous() for d in descales)
-    return _per_sample(q8, k8, v8, scale_q=scale_q, scale_k=scale_k, scale_v=scale_v, o_dtype=out_dtype)
+    scales = tuple(d.reshape(1).expand(heads).contiguous() for d in descales)
+    return _per_sample(q8, k8, v8, out_dtype, scales)
 
 
 # What the runner image builds: exact bf16/fp16 and the FP8 kernel with bf16/fp16 out.

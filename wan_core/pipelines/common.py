@@ -34,6 +34,10 @@ host copy stays, so that is free), which upstream does only with `offload_model`
 umT5 on the CPU and encodes there. `convert_model_dtype` stores the DiT weights in bf16 (half the
 memory); in one process on a GPU the cast happens on the GPU as the weights are copied in, and the
 host copy stays the checkpoint's fp32 file mapping (`residency.py`).
+
+The VAE's file is checked when the pipeline loads, and its weights go to the device when first
+needed: before sampling to encode an image (I2V, TI2V image mode), else on a thread while the
+DiT samples (`VAELoader`), off the path to the first step.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -59,7 +64,7 @@ from wan_core.checkpoint import readahead
 from wan_core.checkpoint.dit import load_dit_experts
 from wan_core.checkpoint.folder import inspect_folder
 from wan_core.checkpoint.t5 import load_t5
-from wan_core.checkpoint.vae import load_vae
+from wan_core.checkpoint.vae import VAEFile, open_vae
 from wan_core.models.dit import WanModel
 from wan_core.models.t5 import T5Encoder
 from wan_core.models.vae_blocks import ChunkedVAE
@@ -221,15 +226,71 @@ class FirstFrame:
         return (self.mask[0][:, :: PATCH_SIZE[1], :: PATCH_SIZE[2]] * t).flatten()[None]
 
 
+def open_task_vae(task: TaskSpec, path: str | Path) -> VAEFile:
+    """The task's VAE file, checked (the wrong VAE, a damaged file: refused here, before any load)."""
+    return open_vae(path, kind="2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2")
+
+
 def load_task_vae(task: TaskSpec, path: str | Path, device: torch.device, dtype: torch.dtype) -> ChunkedVAE:
     """The task's VAE as the pipelines run it: exact fp32 (§5.5) in fp32 mode; in bf16 mode its
     fast path on whole frames, without spatial tiles (lossy at their seams; 720P fits in ≤ 8 GiB).
     The runner's decode-only retry loads it here too, so a retried decode equals the first one."""
-    kind = "2.1" if task.vae_checkpoint == "Wan2.1_VAE.pth" else "2.2"
-    vae = load_vae(path, kind=kind, device=device, dtype=dtype)
-    if dtype == torch.bfloat16:
-        vae.set_fast()
-    return vae
+    return VAELoader(open_task_vae(task, path), device, dtype).get()
+
+
+class VAELoader:
+    """A checked VAE file, loaded as `load_task_vae` loads it when first asked for (`get`), or on a
+    thread once `start`ed: text-to-video needs the VAE only to decode, so the pipelines start it
+    after the first denoising step, and its copy to the device (≈0.6 s for the 2.8 GB Wan2.2 VAE)
+    runs while the DiT samples. The thread copies on its own CUDA stream, so the copies wait
+    neither for the sampling's queued kernels nor it for them."""
+
+    def __init__(self, file: VAEFile, device: torch.device, dtype: torch.dtype) -> None:
+        self.file, self.device, self.dtype = file, device, dtype
+        self._vae: ChunkedVAE | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Load on a thread, unless loaded or loading already."""
+        if self._vae is None and self._thread is None:
+            self._thread = threading.Thread(target=self._load_aside, name="vae-load", daemon=True)
+            self._thread.start()
+
+    def get(self) -> ChunkedVAE:
+        """The VAE on the device: loaded now, or when the thread has loaded it (its error raised here)."""
+        if self._vae is None:
+            if self._thread is None:
+                self._vae = self._load()
+            else:
+                self._thread.join()
+                if self._error is not None:
+                    raise self._error
+        assert self._vae is not None
+        return self._vae
+
+    def pending_bytes(self) -> int:
+        """What the VAE will take on the device when loaded; 0 once it is."""
+        if self._vae is not None:
+            return 0
+        return sum(t.numel() for t in self.file.state.values()) * self.dtype.itemsize
+
+    def _load(self) -> ChunkedVAE:
+        vae = self.file.load(device=self.device, dtype=self.dtype)
+        return vae.set_fast() if self.dtype == torch.bfloat16 else vae
+
+    def _load_aside(self) -> None:
+        try:
+            if self.device.type != "cuda":
+                self._vae = self._load()
+                return
+            side = torch.cuda.Stream(self.device)
+            with torch.cuda.device(self.device), torch.cuda.stream(side):
+                vae = self._load()
+            side.synchronize()  # before `get` hands it to the main stream
+            self._vae = vae
+        except BaseException as err:  # noqa: BLE001  (raised where the VAE is asked for)
+            self._error = err
 
 
 class WanPipeline:
@@ -279,8 +340,8 @@ class WanPipeline:
         self._t5_residency: Residency | None = None
         if self.prompt_cache is None:
             self._load_t5()
-        # The VAE lives on the device for the whole run.
-        self.vae = load_task_vae(self.task, folder.vae, self.device, self.dtype)
+        # The VAE lives on the device for the whole run, from when it is first needed (`vae`).
+        self._vae_loader = VAELoader(open_task_vae(self.task, folder.vae), self.device, self.dtype)
         # The DiTs start on the CPU (upstream's init-on-CPU); fp32 as stored unless converted
         # (quantized modes start from bf16). In one process on a GPU, `convert_model_dtype` casts
         # as each weight lands on it instead (same bits, seconds sooner, no second host copy).
@@ -369,6 +430,11 @@ class WanPipeline:
             guide_scale=scales, seed=resolve_seed(seed), offload_model=offload_model,
         )
 
+    @property
+    def vae(self) -> ChunkedVAE:
+        """The VAE on the device (loaded now if no thread has loaded it yet)."""
+        return self._vae_loader.get()
+
     def _check_offload(self, offload_model: bool) -> None:
         """FSDP shards live on their GPUs; moving them to the CPU between uses is not supported."""
         if offload_model and self.parallel is not None and (self.parallel.dit_fsdp or self.parallel.t5_fsdp):
@@ -436,12 +502,14 @@ class WanPipeline:
 
         Only with `offload_model=False` (True asks for the least device memory: one expert at a
         time, as upstream) and when the free device memory covers the experts not yet there plus
-        one forward's activations (wanspec's calibrated estimate) within the planner's margin.
+        one forward's activations (wanspec's calibrated estimate) and the VAE, if it is still to
+        load, within the planner's margin.
         Then the next expert is copied in while the current one samples, and no switch waits.
         """
         if opts.offload_model or len(experts) < 2 or self._residency is None or self.device.type != "cuda":
             return False
         missing = sum(self._residency.nbytes(n) for n in experts if not self._residency.on_device(n))
+        missing += self._vae_loader.pending_bytes()  # it loads while they sample
         tokens = latent.shape[1] * (latent.shape[2] // PATCH_SIZE[1]) * (latent.shape[3] // PATCH_SIZE[2])
         free, total = torch.cuda.mem_get_info(self.device)
         cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
@@ -491,6 +559,8 @@ class WanPipeline:
             with self._dit_precision():
                 v_cond, v_uncond = self._cfg_branches(model, x[None], timestep, context, context_null, y_batch)
             x = solver.step(cfg_combine(v_cond[0], v_uncond[0], scale), x)
+            if i == start:  # the first step queued: the VAE (if still on the host) loads beside the rest
+                self._vae_loader.start()
             if i == start and len(plan) > 1:  # after the first step (and its compile): the next experts
                 if keep:  # copied in on a side stream
                     for name in plan[1:]:

@@ -129,6 +129,24 @@ def test_a_saved_block_is_loaded_by_the_next_process_without_tracing(tmp_path, m
     assert "cannot be loaded" in caplog.text and files[0].read_bytes() != b"damaged"
 
 
+def test_triton_is_hashed_on_a_thread_before_a_saved_block_loads(tmp_path, monkeypatch) -> None:
+    """`triton_key()` (≈0.4 s, GIL released) starts when the blocks are set up, once per process,
+    and its cached value is what a load then uses."""
+    triton_key = pytest.importorskip("triton.runtime.cache").triton_key
+    monkeypatch.setattr(compile_mod, "_triton_key_thread", None)
+    triton_key.cache_clear()
+    compile_blocks(_model("tiny-ti2v"), backend="aot_eager", saved=tmp_path)
+    thread = compile_mod._triton_key_thread
+    assert thread is not None and thread.name == "triton-key"
+    compile_blocks(_model("tiny-ti2v"), backend="aot_eager", saved=tmp_path)  # a second expert
+    assert compile_mod._triton_key_thread is thread
+    compile_mod._triton_key_hashed()
+    assert not thread.is_alive()
+    assert triton_key.cache_info().currsize == 1 and triton_key.cache_info().misses == 1
+    triton_key()
+    assert triton_key.cache_info().hits == 1
+
+
 def test_a_block_that_cannot_be_kept_still_runs(tmp_path, caplog) -> None:
     """Keeping the compiled block is only an optimisation: an unwritable folder costs the next
     process a compile, never this run."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import threading
 
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 
 from wan_core.checkpoint import readahead
-from wan_core.pipelines import WanPipeline, initial_noise, resolve_seed
+from wan_core.checkpoint.errors import CheckpointError
+from wan_core.pipelines import WanPipeline, initial_noise, load_pipeline, resolve_seed
 from wan_core.pipelines.common import FirstFrame, expert_for_step, to_tensor
 from wan_core.sampling.schedule import make_schedule
 from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, TASKS
@@ -125,3 +127,48 @@ def test_first_frame_tokens_get_timestep_zero() -> None:
     tokens_per_frame = 2 * 3  # (4/2)·(6/2)
     assert ts.shape == (1, 3 * tokens_per_frame) and ts.dtype == torch.float32
     assert (ts[0, :tokens_per_frame] == 0).all() and (ts[0, tokens_per_frame:] == 900).all()
+
+
+def test_the_vae_loads_while_a_text_mode_run_samples(tiny_ckpts, pipelines: dict[str, WanPipeline]) -> None:
+    """Text mode needs the VAE only to decode: nothing is loaded before sampling, the load starts
+    once the first step is queued, and the video is the one a VAE loaded up front decodes."""
+    pipe = load_pipeline("ti2v-5B", tiny_ckpts["ti2v-5B"], device="cpu", dtype=torch.float32)
+    loader = pipe._vae_loader
+    assert loader._thread is None and loader._vae is None and loader.pending_bytes() > 0
+    started: list[bool] = []
+    opts = pipe.sampling_options(frame_num=5, sampling_steps=2, seed=4)
+    video = pipe.run("a fox", 32, 32, opts, callback=lambda *a: started.append(loader._thread is not None))
+    assert started == [True, True] and loader.pending_bytes() == 0
+    eager = pipelines["ti2v-5B"]
+    eager.vae  # noqa: B018  (loaded before its run)
+    assert torch.equal(video, eager.run("a fox", 32, 32, eager.sampling_options(frame_num=5, sampling_steps=2, seed=4)))
+
+
+def test_an_image_mode_run_loads_the_vae_before_sampling(tiny_ckpts) -> None:
+    pipe = load_pipeline("ti2v-5B", tiny_ckpts["ti2v-5B"], device="cpu", dtype=torch.float32)
+    loaded: list[bool] = []
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (32, 64, 3), dtype=np.uint8))
+    pipe.run_image("a fox", image, 64 * 32, pipe.sampling_options(frame_num=5, sampling_steps=1, seed=3),
+                   callback=lambda *a: loaded.append(pipe._vae_loader._vae is not None), decode=False)
+    assert loaded == [True] and pipe._vae_loader._thread is None  # encoded with it: loaded in line
+
+
+def test_a_vae_that_fails_to_load_on_the_thread_fails_the_decode(tiny_ckpts, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = load_pipeline("ti2v-5B", tiny_ckpts["ti2v-5B"], device="cpu", dtype=torch.float32)
+
+    def out_of_memory(**kwargs: object) -> None:
+        raise torch.OutOfMemoryError("no room for the VAE")
+
+    monkeypatch.setattr(pipe._vae_loader.file, "load", out_of_memory)
+    opts = pipe.sampling_options(frame_num=1, sampling_steps=1, seed=0)
+    with pytest.raises(torch.OutOfMemoryError, match="no room for the VAE"):
+        pipe.run("a fox", 32, 32, opts)
+
+
+def test_the_wrong_vae_is_refused_when_the_pipeline_loads(tiny_ckpts, tmp_path) -> None:
+    """The file is checked up front, though its weights load later: a bad folder loses no sampling."""
+    folder = tmp_path / "ti2v"
+    shutil.copytree(tiny_ckpts["ti2v-5B"], folder)
+    shutil.copy(tiny_ckpts["t2v-A14B"] / "Wan2.1_VAE.pth", folder / "Wan2.2_VAE.pth")
+    with pytest.raises(CheckpointError, match="is a Wan2.1 VAE"):
+        load_pipeline("ti2v-5B", folder, device="cpu", dtype=torch.float32)

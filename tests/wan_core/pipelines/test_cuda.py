@@ -75,3 +75,14 @@ def test_cuda_noise_is_one_seeded_cuda_randn() -> None:
     shape = (48, 31, 44, 80)  # ti2v-5B 1280*704, 121 frames
     want = torch.randn(shape, dtype=torch.float32, device="cuda", generator=torch.Generator("cuda").manual_seed(42))
     assert torch.equal(initial_noise(shape, 42, "cuda"), want)
+
+
+def test_a_vae_loaded_while_sampling_decodes_what_one_loaded_first_does(tiny_ckpts: dict[str, Path]) -> None:
+    """Text mode loads the VAE on a thread and its own stream during sampling: the same video."""
+    aside = load_pipeline("ti2v-5B", tiny_ckpts["ti2v-5B"], offload_model=False)
+    first = load_pipeline("ti2v-5B", tiny_ckpts["ti2v-5B"], offload_model=False)
+    assert where(first.vae) == "cuda" and aside._vae_loader._vae is None
+    opts = {"frame_num": 5, "sampling_steps": 3, "seed": 1}
+    video = aside.run("a fox", 64, 32, aside.sampling_options(**opts))
+    assert aside._vae_loader._thread is not None and where(aside.vae) == "cuda" and aside.vae.fast
+    assert torch.equal(video, first.run("a fox", 64, 32, first.sampling_options(**opts)))
