@@ -52,7 +52,9 @@ runner)
   fi
   if [[ "${WITH_FLASHINFER:-0}" == 1 ]]; then
     # Built here, where nvcc is, into FlashInfer's package: the runtime stage has no compiler.
-    "${pip[@]}" "${SRC}[runner,flashinfer]"
+    # Pinned to the release whose kernel-module interface wan_core calls directly (loaded by path,
+    # without the package's 0.6 s import: wan_core/ops/flashinfer_attention.py).
+    "${pip[@]}" "${SRC}[runner,flashinfer]" "flashinfer-python==0.7.2.post1"
     "$PYTHON" -m wan_core.ops.flashinfer_attention --dtype bfloat16 float16 --install
   fi
   compile_bytecode

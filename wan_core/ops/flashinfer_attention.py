@@ -14,8 +14,9 @@ cuDNN's FP8 kernel at A14B 720P with the same quantization and the same measured
 
 A module the image installed in FlashInfer's AOT folder is loaded by path through `tvm_ffi`,
 without importing the `flashinfer` package: its `__init__` imports every subpackage (MoE, GEMM,
-MLA, an HTTP client, …), ≈0.6 s on the path to a process's first denoising step. Both ways call
-the same module function with the same arguments (`_call`).
+MLA, an HTTP client, …), ≈0.6 s on the path to a process's first denoising step. `_run_module`
+then calls the module's `run` with the arguments the package's API passes it (FlashInfer 0.7.2's
+interface: other versions, and modules built at run time, go through the package).
 """
 
 from __future__ import annotations
@@ -231,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, choices=HEAD_DIMS, default=128, help="128 for every Wan2.2 DiT")
     parser.add_argument("--install", action="store_true", help="copy into FlashInfer's package (its AOT folder)")
     args = parser.parse_args(argv)
-    for path in build([m for d in args.dtype for m in PREBUILT[d]], args.head_dim, args.install):
+    modules = [m for d in args.dtype for m in PREBUILT[d]]
+    for path in build(modules, args.head_dim, args.install):
         print(path)
+    if args.install and any(_installed_path(_module_args(d, args.head_dim, o)) is None for d, o in modules):
+        log.warning("this FlashInfer is not one whose modules load by path (%s): each process imports its "
+                    "package to load them (≈0.6 s more at the first step)", ", ".join(sorted(_DIRECT_VERSIONS)))
     return 0
 
 

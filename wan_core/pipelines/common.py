@@ -241,8 +241,8 @@ def load_task_vae(task: TaskSpec, path: str | Path, device: torch.device, dtype:
 class VAELoader:
     """A checked VAE file, loaded as `load_task_vae` loads it when first asked for (`get`), or on a
     thread once `start`ed: text-to-video needs the VAE only to decode, so the pipelines start it
-    after the first denoising step, and its copy to the device (≈0.6 s for the 2.8 GB Wan2.2 VAE)
-    runs while the DiT samples. The thread copies on its own CUDA stream, so the copies wait
+    after the first denoising step, and its copy to the device (≈0.5 s of a TI2V-5B run's load,
+    BENCHMARKS.md) runs while the DiT samples. The thread copies on its own CUDA stream, so the copies wait
     neither for the sampling's queued kernels nor it for them."""
 
     def __init__(self, file: VAEFile, device: torch.device, dtype: torch.dtype) -> None:
