@@ -11,8 +11,15 @@ lossy run's decoded MP4 frames against the exact run's (same seed, so the differ
 precision mode's cost), and whether the compiled DiT block was loaded or traced; with `--out`,
 each run's whole log beside.
 
+The mode `diffusers` runs the peer instead: diffusers' `WanPipeline` from a folder that
+`bench/diffusers_e2e.py convert` wrote from the same checkpoint (`--peer-dir`), in a fresh process
+timed the same way, with the same task, size, steps, seed and prompt. Modes may repeat, so the two
+can be alternated on one machine:
+
     python bench/end_to_end.py --ckpt_dir /tmp/ck5 --task ti2v-5B --size 1280*704 \\
         --precision fp8-full exact --out bench.jsonl
+    python bench/end_to_end.py --ckpt_dir /tmp/ck5 --peer-dir /dev/shm/ck5-diffusers \\
+        --inductor-cache /tmp/ind --precision exact diffusers exact diffusers --out bench.jsonl
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ import numpy as np
 # DiT's copy to the GPU ("DiT on cuda:0 in …", "high_noise_model on cuda:0 in …"), the cold start.
 STAMP = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] INFO: "
-    r"(readahead|loaded|prompts encoded|\w+ on cuda|first step|saved)"
+    r"(readahead|loaded|prompts encoded|\w+ on cuda|first step|sampled|saved)"
 )
+
+
+PEER = "diffusers"  # the mode that runs diffusers' pipeline (bench/diffusers_e2e.py)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,13 +56,19 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
-def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
-    video = out_dir / f"{precision}.mp4"
-    cmd = [sys.executable, "-m", "wan_core", "--task", args.task, "--size", args.size, "--ckpt_dir", str(args.ckpt_dir),
-           "--offload_model", args.offload_model, "--convert_model_dtype", "--base_seed", "1", "--precision", precision,
-           "--save_file", str(video)]
+def run(args: argparse.Namespace, precision: str, out_dir: Path, index: int) -> dict:
+    video = out_dir / f"{index}-{precision}.mp4"
+    if precision == PEER:
+        cmd = [sys.executable, str(Path(__file__).with_name("diffusers_e2e.py")), "run", "--model_dir", str(args.peer_dir),
+               "--task", args.task, "--size", args.size, "--base_seed", "1", "--out", str(video)]
+    else:
+        cmd = [sys.executable, "-m", "wan_core", "--task", args.task, "--size", args.size, "--ckpt_dir", str(args.ckpt_dir),
+               "--offload_model", args.offload_model, "--convert_model_dtype", "--base_seed", "1", "--precision", precision,
+               "--save_file", str(video)]
     if args.sample_steps:
         cmd += ["--sample_steps", str(args.sample_steps)]
+    if args.frame_num:
+        cmd += ["--frame_num", str(args.frame_num)]
     cache = str(args.inductor_cache) if args.inductor_cache else tempfile.mkdtemp(prefix=f"inductor-{precision}-")
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
     start = time.time()
@@ -66,10 +82,10 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path) -> dict:
         if m := STAMP.match(line):
             stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
             moments.setdefault(m.group(2), round(stamp - start, 1))  # the first: later experts come in later
-    bar = re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)
+    bar = [] if precision == PEER else re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)  # the peer's is off
     sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
     return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
-            "bytecode": bytecode(), "compiled_block": compiled_block(log), "video": str(video),
+            "bytecode": bytecode(), "compiled_block": None if precision == PEER else compiled_block(log), "video": str(video),
             "command": " ".join(cmd), "log": log}
 
 
@@ -97,31 +113,38 @@ def main() -> int:
     parser.add_argument("--ckpt_dir", type=Path, required=True)
     parser.add_argument("--task", default="ti2v-5B")
     parser.add_argument("--size", default="1280*704")
-    parser.add_argument("--precision", nargs="+", default=["exact"], help="modes to run, in order")
+    parser.add_argument("--precision", nargs="+", default=["exact"],
+                        help=f"modes to run, in order (repeats allowed); {PEER!r} runs the peer from --peer-dir")
+    parser.add_argument("--peer-dir", type=Path, help="diffusers' folder of the same weights (bench/diffusers_e2e.py convert)")
     parser.add_argument("--offload_model", choices=["True", "False"], default="False",
                         help="True: one A14B expert on the GPU at a time (both need ≈ 53 GiB in bf16)")
     parser.add_argument("--sample_steps", type=int, help="fewer steps than the task's (a cold-start measurement)")
+    parser.add_argument("--frame_num", type=int, help="fewer frames than the task's (a trial on the CPU)")
     parser.add_argument("--inductor-cache", type=Path,
                         help="reuse this Inductor cache (a pod with runner.compileCache); default: a fresh one per run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if PEER in args.precision and args.peer_dir is None:
+        parser.error(f"--precision {PEER} needs --peer-dir (write it with bench/diffusers_e2e.py convert)")
     out_dir = Path(tempfile.mkdtemp(prefix="e2e-"))
-    runs = [run(args, p, out_dir) for p in args.precision]
+    runs = [run(args, p, out_dir, i) for i, p in enumerate(args.precision)]
     if "exact" in args.precision:
-        exact = np.stack(list(iio.imiter(out_dir / "exact.mp4", plugin="FFMPEG")))
+        exact = np.stack(list(iio.imiter(runs[args.precision.index("exact")]["video"], plugin="FFMPEG")))
         for r in runs:
-            if r["precision"] != "exact":
+            if r["precision"] not in ("exact", PEER):  # the peer draws its noise its own way
                 frames = np.stack(list(iio.imiter(r["video"], plugin="FFMPEG")))
                 r["psnr_vs_exact_db"] = round(psnr(frames, exact), 2)
     for r in runs:
         print(json.dumps({k: v for k, v in r.items() if k != "log"}))
     if args.out:
-        for r in runs:  # each run's whole log beside the results, for the phases between the moments
-            args.out.with_name(f"{args.out.stem}.{r['precision']}.log").write_text(r.pop("log"))
+        for i, r in enumerate(runs):  # each run's whole log beside the results, for the phases between the moments
+            name = r["precision"] if args.precision.count(r["precision"]) == 1 else f"{r['precision']}-{i}"
+            args.out.with_name(f"{args.out.stem}.{name}.log").write_text(r.pop("log"))
         with args.out.open("a") as f:
             for r in runs:
                 f.write(json.dumps({"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                                     "task": args.task, "size": args.size, "sample_steps": args.sample_steps,
+                                    "frame_num": args.frame_num,
                                     "inductor_cache": "reused" if args.inductor_cache else "fresh", **r}) + "\n")
     return 0
 
