@@ -237,6 +237,7 @@ def log_memory_estimate(cfg: contract.RunnerConfig, layout: Any) -> dict[str, An
 
 def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     from wan_core.checkpoint.errors import CheckpointError
+    from wan_core.cuda_start import start_cuda
     from wan_core.ops.quant import check_quantization
     from wan_core.parallel import (
         LayoutError,
@@ -262,6 +263,8 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     except LayoutError as e:
         raise errors.bad_input(errors.CONFIG_INVALID, f"the GPU layout cannot run: {e}") from e
     layout = init_distributed(layout)
+    if layout.device.type == "cuda":  # overlaps the reporter's and the store's setup
+        start_cuda(layout.device)
     store = Store.from_env(cfg.output, os.environ)
     run_id = run_identity(cfg)
     metrics = Metrics()
