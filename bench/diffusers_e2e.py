@@ -38,6 +38,7 @@ from wanspec.tasks import DEFAULT_NEGATIVE_PROMPT, EXAMPLE_PROMPT_T2V, Size, get
 
 log = logging.getLogger("diffusers_e2e")
 QUALITY = 8  # imageio quality as `wan_core.video` writes (crf 10)
+TEXT_TASKS = ("ti2v-5B", "t2v-A14B")  # text to video: diffusers' `WanPipeline` (TI2V-5B in text mode)
 
 
 def convert(ckpt_dir: Path, task_name: str, out: Path) -> None:
@@ -119,11 +120,11 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="write the official folder in diffusers' layout (not timed)")
     c.add_argument("--ckpt_dir", type=Path, required=True)
-    c.add_argument("--task", default="ti2v-5B")
+    c.add_argument("--task", default="ti2v-5B", choices=TEXT_TASKS)
     c.add_argument("--out", type=Path, required=True)
     r = sub.add_parser("run", help="one generation with diffusers' pipeline, moments logged")
     r.add_argument("--model_dir", type=Path, required=True)
-    r.add_argument("--task", default="ti2v-5B")
+    r.add_argument("--task", default="ti2v-5B", choices=TEXT_TASKS)
     r.add_argument("--size", default="1280*704")
     r.add_argument("--frame_num", type=int)
     r.add_argument("--sample_steps", type=int)
