@@ -46,6 +46,7 @@ def convert(ckpt_dir: Path, task_name: str, out: Path) -> None:
     from diffusers import UniPCMultistepScheduler, WanPipeline
 
     from wan_core.pipelines import load_pipeline
+    from wan_core.testing.diffusers_pipelines import unipc_settings
     from wan_core.testing.diffusers_vae import diffusers_vae
     from wan_core.testing.diffusers_wan import diffusers_wan
     from wan_core.testing.hf_umt5 import auto_tokenizer, hf_umt5
@@ -64,14 +65,10 @@ def convert(ckpt_dir: Path, task_name: str, out: Path) -> None:
     else:
         dits = dict(transformer=transformer(""), expand_timesteps=True)
     t5 = pipe.text_encoder.model
-    scheduler = UniPCMultistepScheduler(
-        num_train_timesteps=1000, solver_order=2, prediction_type="flow_prediction", predict_x0=True,
-        solver_type="bh2", lower_order_final=True, use_flow_sigmas=True, flow_shift=task.sample_shift,
-        final_sigmas_type="zero",
-    )
     peer = WanPipeline(tokenizer=auto_tokenizer(pipe.folder.tokenizer),
                        text_encoder=hf_umt5(t5.config, t5.state_dict(), attention="sdpa"),
-                       vae=diffusers_vae(pipe.vae), scheduler=scheduler, **dits)
+                       vae=diffusers_vae(pipe.vae), scheduler=UniPCMultistepScheduler(**unipc_settings(task.sample_shift)),
+                       **dits)
     peer.save_pretrained(out, safe_serialization=True)
 
 

@@ -263,8 +263,7 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     except LayoutError as e:
         raise errors.bad_input(errors.CONFIG_INVALID, f"the GPU layout cannot run: {e}") from e
     layout = init_distributed(layout)
-    if layout.device.type == "cuda":  # overlaps the reporter's and the store's setup
-        start_cuda(layout.device)
+    start_cuda(layout.device)  # overlaps the reporter's and the store's setup
     store = Store.from_env(cfg.output, os.environ)
     run_id = run_identity(cfg)
     metrics = Metrics()

@@ -259,10 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         task, ulysses=args.ulysses_size, cfg_parallel=True if args.cfg_parallel else None,
         dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu,
     ))
-    if layout.device.type == "cuda":  # overlaps the pipeline's imports (wan_core.cuda_start)
-        from wan_core.cuda_start import start_cuda
+    from wan_core.cuda_start import start_cuda
 
-        start_cuda(layout.device)
+    start_cuda(layout.device)  # overlaps the pipeline's imports
     # Upstream logs INFO on rank 0 only, errors on the others (spec §9).
     logging.basicConfig(level=logging.INFO if layout.is_main else logging.ERROR,
                         format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)

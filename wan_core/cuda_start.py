@@ -14,9 +14,12 @@ import threading
 import torch
 
 
-def start_cuda(device: torch.device) -> threading.Thread:
-    """Begin CUDA on `device` in the background. A failure is left to the main thread's first
-    CUDA call, which raises it where the caller handles errors."""
+def start_cuda(device: torch.device) -> threading.Thread | None:
+    """Begin CUDA on `device` in the background (None: not a CUDA device, nothing to begin). A
+    failure is left to the main thread's first CUDA call, which raises it where the caller handles
+    errors."""
+    if device.type != "cuda":
+        return None
 
     def touch() -> None:
         try:

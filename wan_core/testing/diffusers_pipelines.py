@@ -52,6 +52,15 @@ def reference_transformer(model: WanModel) -> nn.Module:
     return ref
 
 
+def unipc_settings(shift: float) -> dict[str, object]:
+    """Upstream's flow UniPC settings (spec §6.2) as `UniPCMultistepScheduler` arguments."""
+    return dict(
+        num_train_timesteps=1000, solver_order=2, prediction_type="flow_prediction",
+        predict_x0=True, solver_type="bh2", lower_order_final=True, disable_corrector=[],
+        use_flow_sigmas=True, flow_shift=shift, final_sigmas_type="zero",
+    )  # fmt: skip
+
+
 def upstream_grid_unipc(shift: float):
     """diffusers' flow UniPC with upstream's settings and sigma grid (spec §6.1–6.2)."""
     from diffusers import UniPCMultistepScheduler
@@ -61,11 +70,7 @@ def upstream_grid_unipc(shift: float):
             super().set_timesteps(sigmas=unipc_base_sigmas(num_inference_steps).copy(), device=device)
             self.set_begin_index(0)
 
-    return UpstreamGridUniPC(
-        num_train_timesteps=1000, solver_order=2, prediction_type="flow_prediction",
-        predict_x0=True, solver_type="bh2", lower_order_final=True, disable_corrector=[],
-        use_flow_sigmas=True, flow_shift=shift, final_sigmas_type="zero",
-    )  # fmt: skip
+    return UpstreamGridUniPC(**unipc_settings(shift))
 
 
 def reference_pipeline(pipe: WanPipeline, shift: float, *, image: bool = False):
