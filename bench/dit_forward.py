@@ -7,13 +7,15 @@ same tensors to diffusers' model (eager, its fastest lossless setting) and runs 
 median of the warm runs (CUDA events), the peak memory of each, our first-call (compile) time and
 the cosine similarity of the two outputs (≥ 0.9999 required; exit status 1 otherwise). Diffusers
 runs torch SDPA with its fastest kernel (cuDNN where it works); ours runs the attention backend
-the pipelines pick (`--attention` forces one), and when that is not SDPA, ours is timed again
-under the same SDPA kernel as diffusers, so both kernels' figures come from one process.
+the pipelines pick (`--attention` forces one), then is timed again with each backend of
+`--compare-attention` (default: SDPA under the same kernel as diffusers), so every kernel's
+figure comes from one process.
 
     python bench/dit_forward.py --model a14b --size 1280*720 --frames 81 --out bench.jsonl
     python bench/dit_forward.py --model 5b --size 1280*704 --frames 121 --out bench.jsonl
     python bench/dit_forward.py --model 5b --tiny            # CPU check that the script runs
     python bench/dit_forward.py --model a14b --quant fp8     # also the lossy FP8 mode vs exact
+    python bench/dit_forward.py --model a14b --attention flash4 --compare-attention flashinfer sdpa
 
 With `--quant`, ours is then rebuilt from the same weights in that lossy mode (`quantize_dit`,
 compiled) and timed too; its quality is the cosine / PSNR of its output against our exact output.
@@ -192,6 +194,8 @@ def main() -> int:
     reference.add_argument("--quant", choices=QUANT_MODES, help="also time ours in this lossy mode and measure its cost against exact")
     exact = sorted(name for name, b in BACKENDS.items() if b.exact)
     parser.add_argument("--attention", choices=exact, help="force our exact attention backend (default: the pipelines' choice)")
+    parser.add_argument("--compare-attention", nargs="*", choices=exact, default=["sdpa"],
+                        help="also time ours with each of these exact backends, in the same process (CUDA)")
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3")
@@ -249,13 +253,14 @@ def main() -> int:
         info["ours_first_call_s"] = time.perf_counter() - begin
         info["ours_compiled_graphs"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         out_ours, sec_ours, peak_ours = timed(lambda: ours(x, t, context), args.runs, device, warmup=False)
-    if ours_attention not in (None, "sdpa"):  # the same compiled blocks: the attention call is outside the graphs
-        with torch.inference_mode(), attention_kernels(sdpa, "sdpa"):
-            out_sdpa, sec_sdpa, peak_sdpa = timed(lambda: ours(x, t, context), args.runs, device)
-        info["ours_sdpa"] = {"median_s": statistics.median(sec_sdpa), "runs_s": sec_sdpa, "peak_gib": peak_sdpa,
-                             "cosine_vs_ours": float(torch.nn.functional.cosine_similarity(
-                                 out_sdpa.double().flatten(), out_ours.double().flatten(), dim=0))}
-        del out_sdpa
+    # the same compiled blocks with another attention kernel (the attention call is outside the graphs)
+    for other in (a for a in args.compare_attention if sdpa and a != ours_attention):
+        with torch.inference_mode(), attention_kernels(sdpa, other):
+            out_other, sec_other, peak_other = timed(lambda: ours(x, t, context), args.runs, device)
+        info[f"ours_{other}"] = {"median_s": statistics.median(sec_other), "runs_s": sec_other, "peak_gib": peak_other,
+                                 "cosine_vs_ours": float(torch.nn.functional.cosine_similarity(
+                                     out_other.double().flatten(), out_ours.double().flatten(), dim=0))}
+        del out_other
     state = ours.state_dict()  # the same tensors; kept for the fp32 reference
     del ours
 
@@ -302,7 +307,7 @@ def main() -> int:
         rel_l2=rel_l2(out_ours, out_ref),
         ok=cosine >= MIN_COSINE,
     )
-    for name in ("ours", "ours_sdpa", "diffusers"):
+    for name in ["ours", *(f"ours_{a}" for a in args.compare_attention), "diffusers"]:
         if name not in info:
             continue
         r = info[name]

@@ -8,6 +8,8 @@
             speed where FA3 itself does not install (≈12% faster than cuDNN on the video's
             tokens; passed over for ≤ 512 keys, the cross-attention to the text, where cuDNN's is faster).
 - `flash2`  FlashAttention-2 (`flash_attn`), CUDA sm80+, fp16/bf16 — upstream's fallback.
+- `flash4`  FlashAttention-4 (`flash_attn.cute`, the `flash-attn-4` package: CuTe DSL kernels
+            compiled on first use), CUDA sm90+, fp16/bf16; only when forced until measured ahead.
 - `sdpa`    `torch.nn.functional.scaled_dot_product_attention` on CUDA, cuDNN first, then flash,
             memory-efficient, math; an enclosing `torch.nn.attention.sdpa_kernel` overrides that.
 - `math`    exact reference on any device: SDPA's math kernel in fp32 (the CPU default).
@@ -96,6 +98,10 @@ def _run_flash2(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return _module("flash_attn").flash_attn_func(q, k, v)
 
 
+def _run_flash4(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    return _module("flash_attn.cute").flash_attn_func(q, k, v)[0]  # (out, lse)
+
+
 def _check_sdpa(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return None if q.is_cuda else f"meant for CUDA, got {q.device.type} (use `math`)"
 
@@ -133,6 +139,7 @@ def _run_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 # FlashInfer's, which is tiled for long sequences: 1.49 against 2.06 ms at A14B 720P, 0.45 against
 # 0.53 ms at TI2V-5B 720P on an H100 (BENCHMARKS.md); FlashInfer wins on the video's own tokens.
 SHORT_KEYS = 512
+_NEVER = 1 << 62  # min_auto_keys of a backend that runs only when forced
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
@@ -140,6 +147,7 @@ BACKENDS: dict[str, Backend] = {
         Backend("flash3", _check_flash("flash_attn_interface", (9, 0), (9, 0)), _run_flash3),
         Backend("flashinfer", flashinfer_attention.check, flashinfer_attention.run, min_auto_keys=SHORT_KEYS + 1),
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
+        Backend("flash4", _check_flash("flash_attn.cute", (9, 0), None), _run_flash4, min_auto_keys=_NEVER),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
         Backend("fp8", fp8_attention.check, fp8_attention.run, exact=False, shifted=fp8_attention.attend),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import Tensor
 
 from wan_core.ops import attention as attention_module
 from wan_core.ops.attention import (
+    BACKENDS,
     ENV_VAR,
     SHORT_KEYS,
     Backend,
@@ -42,6 +45,8 @@ def test_cpu_picks_math_and_forced_backends_say_why_not() -> None:
         attention(q, q, q)
     with pytest.raises(RuntimeError, match="'flash2' cannot run this request: needs CUDA tensors"):
         attention(q, q, q, backend="flash2")
+    with pytest.raises(RuntimeError, match="'flash4' cannot run this request: needs CUDA tensors"):
+        attention(q, q, q, backend="flash4")
     with pytest.raises(ValueError, match="unknown attention backend"):
         attention(q, q, q, backend="nope")
 
@@ -68,6 +73,19 @@ def test_automatic_choice_passes_over_a_kernel_below_its_key_count(monkeypatch: 
     assert select_backend(q, text, text).name == "any"
     assert select_backend(q, video, video).name == "long"
     assert select_backend(q, text, text, backend="long").name == "long"
+
+
+def test_flash4_runs_only_when_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FlashAttention-4 is not picked automatically, at any key count, until measured ahead."""
+    kernels = {
+        "flash4": dataclasses.replace(BACKENDS["flash4"], check=lambda q, k, v: None, run=lambda q, k, v: q),
+        "any": Backend("any", lambda q, k, v: None, lambda q, k, v: q),
+    }
+    monkeypatch.setattr(attention_module, "BACKENDS", kernels)
+    q = torch.randn(1, 4, 2, 8)
+    video = torch.randn(1, 75_600, 2, 8)
+    assert select_backend(q, video, video).name == "any"
+    assert select_backend(q, video, video, backend="flash4").name == "flash4"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
