@@ -4,6 +4,8 @@
 #   docker build --target runner   -t wanops/runner   .   CUDA runtime, torch, wanops[runner]
 #        --build-arg WITH_FLASH_ATTN=1                     also flash-attn (compiled in the builder)
 #        --build-arg WITH_FLASHINFER=0                     without FlashInfer's prebuilt FA3 kernels
+#        --build-arg WITH_FLASH4=1                         also FlashAttention-4 (≈250 MB of CUDA 12 compiler
+#                                                          libraries; measured on an H200, not yet in this image)
 # Both install through docker/install.sh, which the test suite runs too, and end as a numeric
 # non-root user with no compilers or package caches in the final stage.
 #
@@ -39,6 +41,7 @@ ENTRYPOINT ["python", "-m", "wanops_operator"]
 FROM ${CUDA_DEVEL_BASE} AS runner-build
 ARG WITH_FLASH_ATTN=0
 ARG WITH_FLASHINFER=1
+ARG WITH_FLASH4=0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ENV PIP_NO_CACHE_DIR=1 PYTHON=/opt/venv/bin/python DEBIAN_FRONTEND=noninteractive
 # Ubuntu 24.04's own Python (3.12): the runtime stage installs the same package, so the venv's
@@ -56,7 +59,7 @@ COPY localcluster /src/localcluster
 COPY runner /src/runner
 COPY wanops_operator /src/wanops_operator
 COPY docker/install.sh /src/docker/install.sh
-RUN SRC=/src WITH_FLASH_ATTN=${WITH_FLASH_ATTN} WITH_FLASHINFER=${WITH_FLASHINFER} TORCH_INDEX_URL=${TORCH_INDEX_URL} \
+RUN SRC=/src WITH_FLASH_ATTN=${WITH_FLASH_ATTN} WITH_FLASHINFER=${WITH_FLASHINFER} WITH_FLASH4=${WITH_FLASH4} TORCH_INDEX_URL=${TORCH_INDEX_URL} \
     /src/docker/install.sh runner
 
 FROM ${CUDA_RUNTIME_BASE} AS runner

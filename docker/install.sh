@@ -7,7 +7,8 @@
 #   docker/install.sh runner     torch (from $TORCH_INDEX_URL) and wanops[runner];
 #                                flash-attn too when WITH_FLASH_ATTN=1 (needs nvcc: devel base);
 #                                FlashInfer with its FA3 kernels built ahead of time for Hopper
-#                                when WITH_FLASHINFER=1 (needs nvcc, no GPU)
+#                                when WITH_FLASHINFER=1 (needs nvcc, no GPU);
+#                                FlashAttention-4 (wanops[flash4]) when WITH_FLASH4=1
 #
 # Environment: PYTHON (default python3), SRC (the wanops source tree, default: this script's
 # checkout), TORCH_INDEX_URL (default: the PyTorch CUDA 12.8 wheels), PIP_NO_CACHE_DIR as usual.
@@ -56,6 +57,10 @@ runner)
     # without the package's 0.6 s import: wan_core/ops/flashinfer_attention.py).
     "${pip[@]}" "${SRC}[runner,flashinfer]" "flashinfer-python==0.7.2.post1"
     "$PYTHON" -m wan_core.ops.flashinfer_attention --dtype bfloat16 float16 --install
+  fi
+  if [[ "${WITH_FLASH4:-0}" == 1 ]]; then
+    # Its kernels compile at first use on the GPU (no nvcc); the runner keeps them in its compile cache.
+    "${pip[@]}" "${SRC}[runner,flash4]"
   fi
   compile_bytecode
   "$PYTHON" -B - <<'PY'  # -B: the check must not write the bytecode it looks for

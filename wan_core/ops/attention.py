@@ -4,12 +4,15 @@
 (B, Lq, N, D) in q's dtype, softmax(q·kᵀ/√D)·v. Backends, tried in this order when none is forced:
 
 - `flash3`  FlashAttention-3 (`flash_attn_interface`), CUDA sm90, fp16/bf16 — what upstream runs.
+- `flash4`  FlashAttention-4 (`flash_attn.cute`, the `flash-attn-4` package: CuTe DSL kernels
+            compiled on first use, kept on disk beside Inductor's cache), CUDA sm90+, fp16/bf16:
+            ≈1% faster than FlashInfer's per A14B forward on an H200; passed over for ≤ 512 keys,
+            like FlashInfer, where cuDNN's is faster. Its import (≈1 s past torch._dynamo) begins
+            on a thread (`import_ahead`).
 - `flashinfer`  FlashInfer's FA3-class sm90 kernel (`wan_core.ops.flashinfer_attention`): FA3's
             speed where FA3 itself does not install (≈12% faster than cuDNN on the video's
             tokens; passed over for ≤ 512 keys, the cross-attention to the text, where cuDNN's is faster).
 - `flash2`  FlashAttention-2 (`flash_attn`), CUDA sm80+, fp16/bf16 — upstream's fallback.
-- `flash4`  FlashAttention-4 (`flash_attn.cute`, the `flash-attn-4` package: CuTe DSL kernels
-            compiled on first use), CUDA sm90+, fp16/bf16; only when forced until measured ahead.
 - `sdpa`    `torch.nn.functional.scaled_dot_product_attention` on CUDA, cuDNN first, then flash,
             memory-efficient, math; an enclosing `torch.nn.attention.sdpa_kernel` overrides that.
 - `math`    exact reference on any device: SDPA's math kernel in fp32 (the CPU default).
@@ -32,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -44,6 +49,8 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from wan_core.ops import flashinfer_attention, fp8_attention
+
+log = logging.getLogger(__name__)
 
 ENV_VAR = "WANOPS_ATTENTION_BACKEND"
 _HALF = (torch.float16, torch.bfloat16)
@@ -63,12 +70,44 @@ class Backend:
     min_auto_keys: int = 1  # automatic selection passes it over for fewer keys (forcing does not)
 
 
+def _keep_flash4_kernels() -> None:
+    """FlashAttention-4 compiles each kernel on first use (3 s) and keeps it on disk only when told,
+    at its import: kept beside Inductor's cache, so a runner pod's compile cache claim keeps it too."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", os.path.join(cache_dir(), "flash-attn-cute"))
+
+
+_BEFORE_IMPORT: dict[str, Callable[[], None]] = {"flash_attn.cute": _keep_flash4_kernels}
+
+
 @cache
 def _module(name: str) -> ModuleType | None:
+    """The optional kernel package, or None: one not installed, or installed but broken (a
+    mismatched CUDA library, say), is passed over rather than failing the run."""
+    if name in _BEFORE_IMPORT:
+        _BEFORE_IMPORT[name]()
     try:
         return importlib.import_module(name)
-    except ImportError:
+    except ModuleNotFoundError as error:
+        if error.name is not None and name.startswith(error.name):  # not installed
+            return None
+        log.warning("`%s` is installed but does not import (%s): passed over", name, error)
+    except Exception as error:  # noqa: BLE001 (any failure of an optional kernel's import)
+        log.warning("`%s` is installed but does not import (%s): passed over", name, error)
+    return None
+
+
+def import_ahead(device: torch.device) -> threading.Thread | None:
+    """Begin FlashAttention-4's import on a thread (≈1 s past torch._dynamo, which it imports too),
+    so that the first forward finds it done rather than waiting for it; None where it would not
+    run: not a CUDA device, or another backend forced by the environment."""
+    if device.type != "cuda" or os.environ.get(ENV_VAR, "flash4") != "flash4":
         return None
+    thread = threading.Thread(target=_module, args=("flash_attn.cute",), name="attention-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def _check_flash(module: str, min_capability: tuple[int, int], max_capability: tuple[int, int] | None) -> Callable[[Tensor, Tensor, Tensor], str | None]:
@@ -82,8 +121,8 @@ def _check_flash(module: str, min_capability: tuple[int, int], max_capability: t
         capability = torch.cuda.get_device_capability(q.device)
         if capability < min_capability or (max_capability and capability > max_capability):
             return f"GPU compute capability {capability} is not supported"
-        if _module(module) is None:
-            return f"`{module}` is not importable"
+        if not hasattr(_module(module), "flash_attn_func"):  # flash-attn-4 alone leaves `flash_attn` a bare namespace
+            return f"`{module}.flash_attn_func` is not importable"
         return None
 
     return check
@@ -136,18 +175,18 @@ def _run_math(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 # Up to this many keys (the cross-attention's 512 text tokens) cuDNN's kernel through SDPA beats
-# FlashInfer's, which is tiled for long sequences: 1.49 against 2.06 ms at A14B 720P, 0.45 against
-# 0.53 ms at TI2V-5B 720P on an H100 (BENCHMARKS.md); FlashInfer wins on the video's own tokens.
+# FlashInfer's and FlashAttention-4's, which are tiled for long sequences: 1.49 against 2.06 ms at
+# A14B 720P, 0.45 against 0.53 ms at TI2V-5B 720P on an H100, 1.60 / 2.06 / 1.89 ms (cuDNN /
+# FlashInfer / FA4) on an H200 (BENCHMARKS.md); they win on the video's own tokens.
 SHORT_KEYS = 512
-_NEVER = 1 << 62  # min_auto_keys of a backend that runs only when forced
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
     for b in (
         Backend("flash3", _check_flash("flash_attn_interface", (9, 0), (9, 0)), _run_flash3),
+        Backend("flash4", _check_flash("flash_attn.cute", (9, 0), None), _run_flash4, min_auto_keys=SHORT_KEYS + 1),
         Backend("flashinfer", flashinfer_attention.check, flashinfer_attention.run, min_auto_keys=SHORT_KEYS + 1),
         Backend("flash2", _check_flash("flash_attn", (8, 0), None), _run_flash2),
-        Backend("flash4", _check_flash("flash_attn.cute", (9, 0), None), _run_flash4, min_auto_keys=_NEVER),
         Backend("sdpa", _check_sdpa, _run_sdpa),
         Backend("math", lambda q, k, v: None, _run_math),
         Backend("fp8", fp8_attention.check, fp8_attention.run, exact=False, shifted=fp8_attention.attend),
