@@ -238,7 +238,6 @@ def log_memory_estimate(cfg: contract.RunnerConfig, layout: Any) -> dict[str, An
 def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
     from wan_core.checkpoint.errors import CheckpointError
     from wan_core.cuda_start import start_cuda
-    from wan_core.ops.attention import import_ahead
     from wan_core.ops.quant import check_quantization
     from wan_core.parallel import (
         LayoutError,
@@ -265,7 +264,6 @@ def run(cfg: contract.RunnerConfig, work_dir: Path) -> None:
         raise errors.bad_input(errors.CONFIG_INVALID, f"the GPU layout cannot run: {e}") from e
     layout = init_distributed(layout)
     start_cuda(layout.device)  # overlaps the reporter's and the store's setup
-    import_ahead(layout.device)  # and the checkpoint's loading
     store = Store.from_env(cfg.output, os.environ)
     run_id = run_identity(cfg)
     metrics = Metrics()

@@ -261,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     ))
     from wan_core.cuda_start import start_cuda
 
-    from wan_core.ops.attention import import_ahead
-
     start_cuda(layout.device)  # overlaps the pipeline's imports
-    import_ahead(layout.device)  # and the checkpoint's loading
     # Upstream logs INFO on rank 0 only, errors on the others (spec §9).
     logging.basicConfig(level=logging.INFO if layout.is_main else logging.ERROR,
                         format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stderr)

@@ -7,8 +7,8 @@
 - `flash4`  FlashAttention-4 (`flash_attn.cute`, the `flash-attn-4` package: CuTe DSL kernels
             compiled on first use, kept on disk beside Inductor's cache), CUDA sm90+, fp16/bf16:
             ≈1% faster than FlashInfer's per A14B forward on an H200; passed over for ≤ 512 keys,
-            like FlashInfer, where cuDNN's is faster. Its import (≈1 s past torch._dynamo) begins
-            on a thread (`import_ahead`).
+            like FlashInfer, where cuDNN's is faster. Imported at the first forward (≈1 s past
+            torch._dynamo; on a thread beside the main one's imports it broke torch's circular ones).
 - `flashinfer`  FlashInfer's FA3-class sm90 kernel (`wan_core.ops.flashinfer_attention`): FA3's
             speed where FA3 itself does not install (≈12% faster than cuDNN on the video's
             tokens; passed over for ≤ 512 keys, the cross-attention to the text, where cuDNN's is faster).
@@ -37,7 +37,6 @@ import contextlib
 import importlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -97,17 +96,6 @@ def _module(name: str) -> ModuleType | None:
     except Exception as error:  # noqa: BLE001 (any failure of an optional kernel's import)
         log.warning("`%s` is installed but does not import (%s): passed over", name, error)
     return None
-
-
-def import_ahead(device: torch.device) -> threading.Thread | None:
-    """Begin FlashAttention-4's import on a thread (≈1 s past torch._dynamo, which it imports too),
-    so that the first forward finds it done rather than waiting for it; None where it would not
-    run: not a CUDA device, or another backend forced by the environment."""
-    if device.type != "cuda" or os.environ.get(ENV_VAR, "flash4") != "flash4":
-        return None
-    thread = threading.Thread(target=_module, args=("flash_attn.cute",), name="attention-import", daemon=True)
-    thread.start()
-    return thread
 
 
 def _check_flash(module: str, min_capability: tuple[int, int], max_capability: tuple[int, int] | None) -> Callable[[Tensor, Tensor, Tensor], str | None]:
