@@ -89,13 +89,11 @@ def _module(name: str) -> ModuleType | None:
         _BEFORE_IMPORT[name]()
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name is not None and name.startswith(error.name):  # not installed
-            return None
-        log.warning("`%s` is installed but does not import (%s): passed over", name, error)
     except Exception as error:  # noqa: BLE001 (any failure of an optional kernel's import)
-        log.warning("`%s` is installed but does not import (%s): passed over", name, error)
-    return None
+        absent = isinstance(error, ModuleNotFoundError) and error.name is not None and name.startswith(error.name)
+        if not absent:
+            log.warning("`%s` is installed but does not import (%s): passed over", name, error)
+        return None
 
 
 def _check_flash(module: str, min_capability: tuple[int, int], max_capability: tuple[int, int] | None) -> Callable[[Tensor, Tensor, Tensor], str | None]:
