@@ -84,7 +84,9 @@ def run(args: argparse.Namespace, precision: str, out_dir: Path, index: int) -> 
             moments.setdefault(m.group(2), round(stamp - start, 1))  # the first: later experts come in later
     bar = [] if precision == PEER else re.findall(r"(\d+)/(\d+) \[(\d+):(\d+)<", log)  # the peer's is off
     sampling = int(bar[-1][2]) * 60 + int(bar[-1][3]) if bar else None
+    kernels = sorted(set(re.findall(r"attention kernel (\w+)", log)))  # what imported decides (wan_core.ops.attention)
     return {"precision": precision, "wall_s": round(wall, 1), "moments_s": moments, "sampling_bar_s": sampling,
+            "attention": kernels,
             "bytecode": bytecode(), "compiled_block": None if precision == PEER else compiled_block(log), "video": str(video),
             "command": " ".join(cmd), "log": log}
 

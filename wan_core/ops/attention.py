@@ -255,8 +255,21 @@ def _(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | Non
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
+_announced: set[str] = set()
+
+
+def _announce(name: str, keys: int) -> None:
+    """Log each kernel once, at its first use: which one ran is decided by what imports, and a
+    user (or a benchmark) reading the log should not have to guess."""
+    if name not in _announced:
+        _announced.add(name)
+        log.info("attention kernel %s (first used for %d keys)", name, keys)
+
+
 def _attend(q: Tensor, k: Tensor, v: Tensor, k_lens: Tensor | None, backend: str | None) -> Tensor:
-    run = select_backend(q, k, v, backend).run
+    chosen = select_backend(q, k, v, backend)
+    _announce(chosen.name, k.shape[1])
+    run = chosen.run
     if k_lens is None:
         return run(q, k, v)
     lens = [int(n) for n in k_lens.tolist()]

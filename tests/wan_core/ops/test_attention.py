@@ -204,3 +204,14 @@ def test_flash4_keeps_its_compiled_kernels_beside_inductors_cache(kernel_package
     (kernel_packages / "wanops_bare_namespace").mkdir()
     assert attention_module._module("wanops_bare_namespace") is not None
     assert not hasattr(attention_module._module("wanops_bare_namespace"), "flash_attn_func")
+
+
+def test_each_kernel_is_named_in_the_log_once_at_its_first_use(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Which kernel runs depends on what imports: the log says it, once per kernel."""
+    monkeypatch.setattr(attention_module, "_announced", set())
+    q = torch.randn(1, 4, 2, 8)
+    caplog.set_level("INFO", logger=attention_module.__name__)
+    attention(q, q, q)
+    attention(q, q, q)
+    attention(q, q, q, backend="math")
+    assert [r.getMessage() for r in caplog.records] == ["attention kernel math (first used for 4 keys)"]
