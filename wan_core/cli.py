@@ -230,8 +230,12 @@ class _Progress:
 
     def __call__(self, step: int, total: int, expert: str | None) -> None:
         if self.bar is None:
-            log.info("first step done")  # the end of a cold start: load, encode, compile, one step
+            import torch
             from tqdm import tqdm
+
+            if torch.cuda.is_initialized():  # the step is queued, not done: its end is the GPU's (one wait)
+                torch.cuda.synchronize()
+            log.info("first step done")  # the end of a cold start: load, encode, compile, one step
 
             self.bar = tqdm(total=total, desc="sampling", unit="step")
         self.bar.set_postfix_str(expert or "", refresh=False)
